@@ -1,0 +1,175 @@
+"""The `lambdaflow` command: a thin shell over the library.
+
+Results go to stdout (JSON lines unless ``--format table``); progress and logs
+go to stderr. An error the user can fix prints one line and exits 1; a usage
+error exits 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+
+import click
+
+from stream_worker.config import settings
+from stream_worker.errors import LambdaflowError
+from stream_worker.output import FORMATS, ProgressBar, configure_logging, emit_record
+
+log = logging.getLogger("lambdaflow")
+
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+    help="JSON lines, or a table for people.",
+)
+_share = click.FloatRange(0.0, 1.0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+@click.version_option(package_name="lambdaflow")
+def cli(verbose: bool) -> None:
+    """lambdaflow: a Lambda-architecture analytics pipeline on Kafka, dbt-duckdb, Airflow and Polars.
+
+    \b
+    Environment:
+      KAFKA_BOOTSTRAP      a real Kafka's bootstrap servers (default: the embedded broker)
+      LAMBDAFLOW_TOPIC     the events topic (default: events)
+      LAMBDAFLOW_DATA_DIR  where every file goes (default: data/)
+    """
+    configure_logging(verbose)
+    settings()  # a bad environment fails here, before any work starts
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: a free one).")
+def broker(port: int | None) -> None:
+    """Run the embedded Kafka-compatible broker on 127.0.0.1 until stopped.
+
+    Starts Tansu (memory-only: a restart loses the log, the raw store keeps the
+    events), creates the topic, prints `bootstrap: 127.0.0.1:PORT` and serves
+    until SIGINT or SIGTERM. Other lambdaflow commands find it through
+    LAMBDAFLOW_DATA_DIR; KAFKA_BOOTSTRAP, when set, wins over it.
+    """
+    from stream_worker.broker import BrokerAnnouncement, EmbeddedBroker
+    from stream_worker.clients import ensure_topic
+
+    config = settings()
+    running = BrokerAnnouncement.read(config.broker_file)
+    if running is not None and running.is_alive():
+        raise LambdaflowError(
+            f"an embedded broker already serves {running.bootstrap} (pid {running.pid}) for {config.data_dir}"
+        )
+    if config.kafka_bootstrap:
+        log.warning("KAFKA_BOOTSTRAP is set: other commands will use %s, not this broker", config.kafka_bootstrap)
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    embedded = EmbeddedBroker(port, log_path=config.data_dir / "broker" / "tansu.log")
+    embedded.start()
+    announcement = BrokerAnnouncement(embedded.bootstrap, os.getpid(), embedded.pid)
+    try:
+        ensure_topic(embedded.bootstrap, config.topic, config.partitions)
+        announcement.write(config.broker_file)
+        click.echo(f"bootstrap: {embedded.bootstrap}")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            if embedded.process.poll() is not None:
+                raise LambdaflowError(
+                    f"the embedded broker exited with code {embedded.process.returncode}; "
+                    f"see {embedded.log_path}"
+                )
+        log.info("stopping the embedded broker")
+    finally:
+        if BrokerAnnouncement.read(config.broker_file) == announcement:
+            config.broker_file.unlink(missing_ok=True)
+        embedded.stop()
+
+
+@cli.command()
+@click.option("--days", type=click.IntRange(0, 3660), default=7, show_default=True,
+              help="Whole UTC days of history before today.")
+@click.option("--events-per-day", type=click.IntRange(0), default=10_000, show_default=True,
+              help="Distinct valid events per whole day; today gets its share so far.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same events.")
+@click.option("--until", "until", metavar="ISO-8601",
+              help="Where 'today so far' ends, e.g. 2026-11-27T12:00:00Z (default: now).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="At most this many messages per second.")
+@click.option("--duplicates", type=_share, default=0.0, show_default=True, help="Share of events sent twice.")
+@click.option("--out-of-order", type=_share, default=0.0, show_default=True,
+              help="Share of messages sent up to 500 places early.")
+@click.option("--late", type=_share, default=0.0, show_default=True,
+              help="Share of events held back and sent after all others.")
+@click.option("--malformed", type=_share, default=0.0, show_default=True,
+              help="Share of extra messages that break the contract, one kind after another.")
+@_format_option
+def produce(
+    days: int,
+    events_per_day: int,
+    seed: int,
+    until: str | None,
+    rate: float | None,
+    duplicates: float,
+    out_of_order: float,
+    late: float,
+    malformed: float,
+    fmt: str,
+) -> None:
+    """Send deterministic synthetic events (key = user_id, lz4) and print a summary.
+
+    Covers the UTC days from `--days` before today up to `--until`, in time order,
+    with the chosen shares of duplicates, disorder, late and malformed messages.
+    """
+    from stream_worker import synthetic
+    from stream_worker.broker import resolve_bootstrap
+    from stream_worker.produce import produce as send_events
+
+    config = settings()
+    end = datetime.now(timezone.utc) if until is None else _parse_instant("--until", until)
+    options = synthetic.Options(
+        days=days,
+        events_per_day=events_per_day,
+        seed=seed,
+        until=end,
+        duplicates=duplicates,
+        out_of_order=out_of_order,
+        late=late,
+        malformed=malformed,
+    )
+    bootstrap = resolve_bootstrap(config)
+    log.info("producing to %s at %s (seed %d)", config.topic, bootstrap, seed)
+    with ProgressBar(f"produce {config.topic}") as bar:
+        summary = send_events(bootstrap, config.topic, config.partitions, options, rate, bar.update)
+    emit_record(summary.as_dict(), fmt)
+
+
+def _parse_instant(option: str, text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO-8601 date and time", param_hint=option) from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def main() -> None:
+    try:
+        exit_code = cli.main(prog_name="lambdaflow", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lambdaflow: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except LambdaflowError as error:
+        click.echo(f"lambdaflow: error: {error}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("lambdaflow: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

@@ -1,0 +1,103 @@
+"""Kafka clients with the settings every lambdaflow process shares."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
+
+from stream_worker.errors import BrokerUnavailable, LambdaflowError
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID = "lambdaflow"
+
+
+def producer(bootstrap: str, **overrides: object) -> KafkaProducer:
+    """An idempotent lz4 producer that waits for all in-sync replicas."""
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": CLIENT_ID,
+        "acks": "all",
+        "compression_type": "lz4",
+        "linger_ms": 20,
+        "batch_size": 256 * 1024,
+        "enable_idempotence": True,
+    }
+    options.update(overrides)
+    return _connect(KafkaProducer, bootstrap, **options)
+
+
+def consumer(bootstrap: str, group_id: str | None, **overrides: object) -> KafkaConsumer:
+    """A consumer that commits nothing by itself: lambdaflow keeps its own offsets."""
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": CLIENT_ID,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 50_000,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return _connect(KafkaConsumer, bootstrap, **options)
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> int:
+    """Create the topic unless it exists; return its partition count once metadata shows it."""
+    admin = _connect(KafkaAdminClient, bootstrap, bootstrap_servers=bootstrap, client_id=CLIENT_ID)
+    try:
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+            log.info("created topic %s with %d partitions", topic, partitions)
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        admin.close()
+    probe = _connect(
+        KafkaConsumer, bootstrap, bootstrap_servers=bootstrap, client_id=CLIENT_ID, enable_auto_commit=False
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = probe.partitions_for_topic(topic)
+            if found:
+                if len(found) != partitions:
+                    log.warning("topic %s has %d partitions, not %d", topic, len(found), partitions)
+                return len(found)
+            if time.monotonic() > deadline:
+                raise LambdaflowError(f"topic {topic} did not appear in the broker's metadata in {timeout:.0f} s")
+            time.sleep(0.1)
+    finally:
+        probe.close()
+
+
+def _connect(client_class, bootstrap: str, **options):
+    if not any(_answers(server) for server in bootstrap.split(",")):
+        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap}")
+    try:
+        return client_class(**options)
+    except (KafkaTimeoutError, KafkaConnectionError):
+        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap}") from None
+    except KafkaError as error:
+        raise LambdaflowError(f"cannot connect to Kafka at {bootstrap}: {error}") from None
+
+
+def _answers(server: str, timeout: float = 2.0) -> bool:
+    """A TCP connect, so an address with nothing behind it fails in seconds, not after client timeouts."""
+    host, _, port = server.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False

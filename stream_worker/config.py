@@ -1,0 +1,78 @@
+"""Settings, read from the environment once.
+
+Every part of lambdaflow takes its configuration from one frozen
+:class:`Settings`; :func:`settings` parses the process environment the first
+time it is called and returns the same object after that. The defaults run on
+one machine with no setup: the embedded broker and files under ``data/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from stream_worker.errors import ConfigError
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_BOOTSTRAP = re.compile(r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str | None
+    """A real Kafka's bootstrap servers (KAFKA_BOOTSTRAP); None means the embedded broker."""
+    topic: str
+    """The events topic (LAMBDAFLOW_TOPIC)."""
+    data_dir: Path
+    """Root of every file lambdaflow writes (LAMBDAFLOW_DATA_DIR), absolute."""
+    partitions: int
+    """Partitions of the topic when lambdaflow creates it (LAMBDAFLOW_PARTITIONS)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        bootstrap = environ.get("KAFKA_BOOTSTRAP", "").strip() or None
+        if bootstrap is not None and not _BOOTSTRAP.fullmatch(bootstrap):
+            raise ConfigError(
+                f"KAFKA_BOOTSTRAP={bootstrap!r} is not a list of host:port, e.g. 127.0.0.1:9092"
+            )
+        topic = environ.get("LAMBDAFLOW_TOPIC", "").strip() or "events"
+        if not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}:
+            raise ConfigError(
+                f"LAMBDAFLOW_TOPIC={topic!r} is not a Kafka topic name "
+                "(1-249 of the characters A-Z a-z 0-9 . _ -)"
+            )
+        data_dir = Path(environ.get("LAMBDAFLOW_DATA_DIR", "").strip() or "data")
+        return cls(
+            kafka_bootstrap=bootstrap,
+            topic=topic,
+            data_dir=data_dir.expanduser().absolute(),
+            partitions=_positive_int(environ, "LAMBDAFLOW_PARTITIONS", default=3),
+        )
+
+    @property
+    def broker_file(self) -> Path:
+        """Where the embedded broker announces its address while it runs."""
+        return self.data_dir / "broker" / "broker.json"
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r} must be a whole number of at least 1")
+    return value
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process's settings, parsed from os.environ on first use."""
+    return Settings.from_env(os.environ)

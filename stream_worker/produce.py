@@ -1,0 +1,98 @@
+"""Send synthetic events to Kafka: the library behind `lambdaflow produce`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from stream_worker import clients, synthetic
+from stream_worker.errors import LambdaflowError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Summary:
+    topic: str
+    seed: int
+    messages: int
+    events: int
+    duplicates: int
+    malformed: int
+    out_of_order: int
+    late: int
+    events_per_date: dict[str, int]
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.__dict__,
+            "seconds": round(self.seconds, 3),
+            "messages_per_second": round(self.messages / self.seconds) if self.seconds > 0 else None,
+        }
+
+
+class RateLimiter:
+    """Paces calls to at most ``rate`` per second (None: no limit)."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate is not None and rate <= 0:
+            raise LambdaflowError(f"--rate must be above 0, not {rate}")
+        self._interval = 1.0 / rate if rate else 0.0
+        self._clock = clock
+        self._next = clock()
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        now = self._clock()
+        if self._next > now:
+            time.sleep(self._next - now)
+        self._next = max(self._next, now - 1.0) + self._interval
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    options: synthetic.Options,
+    rate: float | None = None,
+    on_progress: Callable[[int, int], None] = lambda sent, total: None,
+) -> Summary:
+    """Generate the plan for ``options`` and send it; returns once every message is acknowledged."""
+    plan = synthetic.generate(options)
+    clients.ensure_topic(bootstrap, topic, partitions)
+    producer = clients.producer(bootstrap)
+    limiter = RateLimiter(rate)
+    failures: list[BaseException] = []
+    started = time.monotonic()
+    total = len(plan.messages)
+    try:
+        for sent, message in enumerate(plan.messages, start=1):
+            limiter.wait()
+            future = producer.send(topic, key=message.key, value=message.value)
+            future.add_errback(failures.append)
+            if sent % 1000 == 0 or sent == total:
+                on_progress(sent, total)
+            if failures:
+                break
+        producer.flush()
+    finally:
+        producer.close()
+    if failures:
+        raise LambdaflowError(f"Kafka rejected a message: {failures[0]}")
+    counts = plan.counts
+    return Summary(
+        topic=topic,
+        seed=options.seed,
+        messages=total,
+        events=counts["events"],
+        duplicates=counts["duplicates"],
+        malformed=counts["malformed"],
+        out_of_order=plan.out_of_order,
+        late=plan.late,
+        events_per_date=dict(sorted(plan.events_per_date.items())),
+        seconds=time.monotonic() - started,
+    )

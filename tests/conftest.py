@@ -1,0 +1,82 @@
+"""Shared fixtures: a real Kafka-compatible broker over TCP, and the real CLI.
+
+The session's broker is the embedded Tansu on a free 127.0.0.1 port, started
+here and stopped here by its PID; with KAFKA_BOOTSTRAP set, the tests use that
+broker instead. Every test that touches Kafka gets a topic of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stream_worker.broker import EmbeddedBroker
+from stream_worker.clients import ensure_topic
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
+    real_kafka = os.environ.get("KAFKA_BOOTSTRAP")
+    if real_kafka:
+        yield real_kafka
+        return
+    broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str) -> str:
+    """A fresh topic with 3 partitions."""
+    name = f"events-{uuid.uuid4().hex[:12]}"
+    ensure_topic(kafka_bootstrap, name, partitions=3)
+    return name
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Cli:
+    """Runs the installed `lambdaflow` command with its own environment."""
+
+    env: dict[str, str]
+
+    def __call__(self, *args: str, timeout: float = 300) -> CliResult:
+        done = subprocess.run(
+            [sys.executable, "-m", "stream_worker", *args],
+            env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        )
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def cli(data_dir: Path) -> Cli:
+    """The CLI with an empty data directory and no broker configured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_"))}
+    env["LAMBDAFLOW_DATA_DIR"] = str(data_dir)
+    return Cli(env)
+
+
+@pytest.fixture
+def kafka_cli(cli: Cli, kafka_bootstrap: str, topic: str) -> Cli:
+    """The CLI pointed at the session's broker and a fresh topic."""
+    return Cli({**cli.env, "KAFKA_BOOTSTRAP": kafka_bootstrap, "LAMBDAFLOW_TOPIC": topic})

@@ -1,0 +1,49 @@
+"""The `lambdaflow` command itself: help, errors, and where output goes."""
+
+from __future__ import annotations
+
+import pytest
+
+SUBCOMMANDS = ["broker", "produce"]
+
+
+def test_top_level_help_lists_the_subcommands(cli) -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: lambdaflow [OPTIONS] COMMAND")
+    for name in SUBCOMMANDS:
+        assert f"\n  {name} " in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(cli, name: str) -> None:
+    result = cli(name, "--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: lambdaflow {name} [OPTIONS]")
+    assert result.stderr == ""
+
+
+def test_unknown_subcommand_is_a_usage_error(cli) -> None:
+    result = cli("archiv")
+    assert result.exit_code == 2
+    assert "No such command 'archiv'" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LAMBDAFLOW_TOPIC", "bad topic!",
+         "LAMBDAFLOW_TOPIC='bad topic!' is not a Kafka topic name (1-249 of the characters A-Z a-z 0-9 . _ -)"),
+        ("KAFKA_BOOTSTRAP", "localhost",
+         "KAFKA_BOOTSTRAP='localhost' is not a list of host:port, e.g. 127.0.0.1:9092"),
+        ("LAMBDAFLOW_PARTITIONS", "0", "LAMBDAFLOW_PARTITIONS='0' must be a whole number of at least 1"),
+    ],
+)
+def test_bad_environment_gets_one_clear_line(cli, variable: str, value: str, message: str) -> None:
+    cli.env[variable] = value
+    result = cli("produce", "--days", "0")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"lambdaflow: error: {message}"]
+    assert result.stdout == ""

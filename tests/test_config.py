@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from stream_worker.config import Settings
+from stream_worker.errors import ConfigError
+
+
+def test_defaults_run_on_one_machine_with_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.kafka_bootstrap is None
+    assert settings.topic == "events"
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.partitions == 3
+
+
+def test_environment_overrides_defaults(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "KAFKA_BOOTSTRAP": "127.0.0.1:9092,127.0.0.1:9093",
+        "LAMBDAFLOW_TOPIC": "clicks.v2",
+        "LAMBDAFLOW_DATA_DIR": str(tmp_path / "lake"),
+        "LAMBDAFLOW_PARTITIONS": "6",
+    })
+    assert settings.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
+    assert settings.topic == "clicks.v2"
+    assert settings.data_dir == tmp_path / "lake"
+    assert settings.partitions == 6
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.topic = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"LAMBDAFLOW_TOPIC": "../etc"}, {"LAMBDAFLOW_TOPIC": "x" * 250}, {"KAFKA_BOOTSTRAP": "127.0.0.1"},
+     {"LAMBDAFLOW_PARTITIONS": "three"}, {"LAMBDAFLOW_PARTITIONS": "-1"}],
+)
+def test_unusable_values_are_refused(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env(environ)
