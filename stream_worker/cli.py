@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 
 import click
@@ -67,10 +68,7 @@ def broker(port: int | None) -> None:
     if config.kafka_bootstrap:
         log.warning("KAFKA_BOOTSTRAP is set: other commands will use %s, not this broker", config.kafka_bootstrap)
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-
+    stop = _stop_on_signals()
     embedded = EmbeddedBroker(port, log_path=config.data_dir / "broker" / "tansu.log")
     embedded.start()
     announcement = BrokerAnnouncement(embedded.bootstrap, os.getpid(), embedded.pid)
@@ -147,6 +145,47 @@ def produce(
     with ProgressBar(f"produce {config.topic}") as bar:
         summary = send_events(bootstrap, config.topic, config.partitions, options, rate, bar.update)
     emit_record(summary.as_dict(), fmt)
+
+
+@cli.command()
+@click.option("--until-idle", is_flag=True, help="Stop once every assigned partition is archived up to its end.")
+@_format_option
+def archive(until_idle: bool, fmt: str) -> None:
+    """Land every message once in the raw store (consumer group `archiver`).
+
+    Valid events go to raw/events/event_date=D/ as Parquet, rejects to
+    dead_letter/, each batch published whole; the per-partition manifest under
+    archiver/ is the resume point. Runs until SIGINT/SIGTERM, or with
+    --until-idle until caught up. Prints a JSON summary on exit.
+    """
+    from stream_worker.archiver import Archiver, RollPolicy
+    from stream_worker.broker import resolve_bootstrap
+    from stream_worker.clients import ensure_topic
+    from stream_worker.raw_store import RawStore
+
+    config = settings()
+    bootstrap = resolve_bootstrap(config)
+    ensure_topic(bootstrap, config.topic, config.partitions)
+    stop = _stop_on_signals()
+    store = RawStore(config.data_dir, config.topic)
+    roll = RollPolicy(max_bytes=config.archive_roll_bytes, max_seconds=config.archive_roll_seconds)
+    log.info("archiving %s from %s into %s", config.topic, bootstrap, store.events_dir)
+    started = time.monotonic()
+    totals = Archiver(bootstrap, store, roll).run(stop, until_idle=until_idle)
+    resume = {str(p): m.next_offset for p, m in sorted(store.manifests().items())}
+    log.info(
+        "archived %d messages: %d events, %d rejects, in %d files (%d batches); resume offsets %s",
+        totals.messages, totals.events, totals.rejects, totals.files, totals.batches, resume,
+    )
+    emit_record({"topic": config.topic, **totals.as_dict(), "resume_offsets": resume,
+                 "seconds": round(time.monotonic() - started, 3)}, fmt)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 def _parse_instant(option: str, text: str) -> datetime:

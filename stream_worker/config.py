@@ -31,6 +31,10 @@ class Settings:
     """Root of every file lambdaflow writes (LAMBDAFLOW_DATA_DIR), absolute."""
     partitions: int
     """Partitions of the topic when lambdaflow creates it (LAMBDAFLOW_PARTITIONS)."""
+    archive_roll_bytes: int
+    """The archiver publishes a partition's buffer at this many bytes of messages (LAMBDAFLOW_ARCHIVE_ROLL_MB)."""
+    archive_roll_seconds: float
+    """... or when it is this old (LAMBDAFLOW_ARCHIVE_ROLL_SECONDS)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -50,7 +54,9 @@ class Settings:
             kafka_bootstrap=bootstrap,
             topic=topic,
             data_dir=data_dir.expanduser().absolute(),
-            partitions=_positive_int(environ, "LAMBDAFLOW_PARTITIONS", default=3),
+            partitions=int(_positive(environ, "LAMBDAFLOW_PARTITIONS", default=3, whole=True)),
+            archive_roll_bytes=int(_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64) * 1024 * 1024),
+            archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300),
         )
 
     @property
@@ -59,16 +65,18 @@ class Settings:
         return self.data_dir / "broker" / "broker.json"
 
 
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+def _positive(environ: Mapping[str, str], name: str, default: float, whole: bool = False) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = int(raw) if whole else float(raw)
     except ValueError:
         value = 0
-    if value < 1:
+    if whole and value < 1:
         raise ConfigError(f"{name}={raw!r} must be a whole number of at least 1")
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} must be a number above 0")
     return value
 
 

@@ -1,0 +1,398 @@
+"""The batch layer's consumer: lands every message once in the raw store.
+
+Consumer group ``archiver``. Per owned partition it buffers classified
+messages until the buffer is big enough or old enough (or the partition is
+caught up under ``--until-idle``), then publishes the batch: one Parquet file
+per event date plus a dead-letter file, each written to a temporary name,
+fsynced and linked to a name that must be new, and only then the partition's
+manifest, the one resume point. Kafka's committed offsets are written after
+that, for lag tools only.
+
+On every assignment the archiver seeks to the record just before the
+manifest's resume offset and checks that it is the record it archived last. If
+it is not, the partition's log restarted (a memory-only broker came back
+empty): the archiver starts a new log epoch, so new files never collide with
+old ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import polars as pl
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+
+from stream_worker import clients
+from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
+from stream_worker.files import publish_new, read_json, replace_json, temp_path_for, write_parquet_durably
+from stream_worker.raw_store import BatchRange, Manifest, RawStore
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "archiver"
+STATUS_EVERY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RollPolicy:
+    """When a partition's buffer becomes a file."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_seconds: float = 300.0
+
+
+def fingerprint(record) -> dict:
+    """Identifies a record well enough to tell a restarted log from the one archived."""
+    digest = zlib.crc32(record.key or b"", zlib.crc32(record.value or b""))
+    return {"offset": record.offset, "timestamp": record.timestamp, "crc32": digest}
+
+
+@dataclass
+class Buffer:
+    """Classified messages of one partition that are not yet published."""
+
+    epoch: int
+    start: int  # the manifest's resume offset when the buffer began
+    opened_at: float
+    last: int | None = None
+    last_record: dict | None = None
+    events: list[pl.DataFrame] = field(default_factory=list)
+    rejects: list[pl.DataFrame] = field(default_factory=list)
+    value_bytes: int = 0
+    messages: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.last is None
+
+
+@dataclass
+class OwnedPartition:
+    manifest: Manifest
+    buffer: Buffer
+    verify_offset: int | None  # the record to check before archiving on, if any
+    position: int  # the next offset expected from Kafka
+    watermark: str | None = None
+    caught_up_at: str | None = None
+    end_offset: int | None = None
+    status_written: float = 0.0
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    events: int = 0
+    rejects: int = 0
+    files: int = 0
+    batches: int = 0
+    new_epochs: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Archiver(ConsumerRebalanceListener):
+    def __init__(
+        self,
+        bootstrap: str,
+        store: RawStore,
+        roll: RollPolicy = RollPolicy(),
+        group_id: str = GROUP_ID,
+        session_timeout_ms: int = 6000,
+    ) -> None:
+        self.store = store
+        self.topic = store.topic
+        self.roll = roll
+        self.totals = Totals()
+        self.owned: dict[int, OwnedPartition] = {}
+        self._classifier = Classifier()
+        self._consumer = clients.consumer(
+            bootstrap,
+            group_id,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(500, session_timeout_ms // 4),
+        )
+
+    # the loop
+
+    def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
+        started = time.monotonic()
+        self._consumer.subscribe([self.topic], listener=self)
+        try:
+            while not stop.is_set():
+                polled = self._consumer.poll(timeout_ms=500)
+                self._accept(polled)
+                self._check_restarted_logs()
+                for partition in list(self.owned):
+                    self._maybe_publish(partition, until_idle)
+                    self._write_status(partition)
+                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned):
+                    log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
+                    break
+                if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
+                    log.warning("%s: no partition assigned in %.0f s; stopping", self.topic, idle_timeout)
+                    break
+            for partition in list(self.owned):
+                self._publish(partition)
+                self._write_status(partition, force=True)
+        finally:
+            self._consumer.close()
+            self._classifier.close()
+        return self.totals
+
+    def _accept(self, polled: dict) -> None:
+        if not polled:
+            return
+        accepted = []
+        for tp, records in polled.items():
+            owned = self.owned.get(tp.partition)
+            if owned is None or not records:
+                continue
+            records = self._after_verification(tp, owned, records)
+            if records is None:
+                continue
+            if records and records[0].offset < owned.position:
+                # The consumer was reset below where it stood: the log restarted.
+                self._publish(tp.partition)
+                self._start_new_epoch(tp, self.owned[tp.partition],
+                                      f"offset {records[0].offset} arrived after offset {owned.position - 1}")
+                continue
+            if records:
+                owned.position = records[-1].offset + 1
+                accepted.extend(records)
+                buffer = owned.buffer
+                buffer.last = records[-1].offset
+                buffer.last_record = fingerprint(records[-1])
+                buffer.value_bytes += sum(len(r.value or b"") for r in records)
+                buffer.messages += len(records)
+        if not accepted:
+            return
+        decoded = self._classifier.classify(records_frame(accepted))
+        for (partition,), events in decoded.events.partition_by("kafka_partition", as_dict=True).items():
+            self.owned[partition].buffer.events.append(events)
+        for (partition,), rejects in decoded.rejects.partition_by("kafka_partition", as_dict=True).items():
+            self.owned[partition].buffer.rejects.append(rejects)
+            for row in rejects.head(3).iter_rows(named=True):
+                log.debug("%s[%d] offset %d rejected: %s", self.topic, partition, row["kafka_offset"], row["reason"])
+
+    def _after_verification(self, tp: TopicPartition, owned: OwnedPartition, records: list) -> list | None:
+        """Check the first record after an assignment; None when the batch must be dropped."""
+        expected = owned.verify_offset
+        if expected is None:
+            return records
+        first = records[0]
+        owned.verify_offset = None
+        if first.offset == expected and fingerprint(first) == owned.manifest.last_record:
+            return records[1:]
+        if first.offset > expected:
+            resume = owned.manifest.next_offset
+            if first.offset > resume:
+                log.error("%s[%d] offsets %d..%d left the log before they were archived",
+                          self.topic, tp.partition, resume, first.offset - 1)
+            return records
+        self._start_new_epoch(tp, owned, f"the record at offset {expected} is not the one archived")
+        return None
+
+    def _check_restarted_logs(self) -> None:
+        """A log that restarted empty answers nothing: catch it by its end offset."""
+        for partition, owned in list(self.owned.items()):
+            tp = TopicPartition(self.topic, partition)
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            owned.end_offset = end
+            if owned.verify_offset is not None and end <= owned.verify_offset:
+                owned.verify_offset = None
+                self._start_new_epoch(tp, owned, f"the log ends at {end}, before the resume offset "
+                                                 f"{owned.manifest.next_offset}")
+
+    def _start_new_epoch(self, tp: TopicPartition, owned: OwnedPartition, why: str) -> None:
+        with self.store.partition_lock(tp.partition):
+            manifest = self.store.read_manifest(tp.partition)
+            if manifest != owned.manifest:
+                log.warning("%s[%d] manifest moved under us; re-reading it", self.topic, tp.partition)
+                self._take(tp)
+                return
+            manifest = manifest.new_epoch()
+            self.store.write_manifest(manifest)
+        log.warning(
+            "%s[%d] LOG RESTARTED: %s. Starting log epoch %d at the beginning of the new log; "
+            "files of epoch %d stay as they are.",
+            self.topic, tp.partition, why, manifest.epoch, manifest.epoch - 1,
+        )
+        self.totals.new_epochs += 1
+        owned.manifest = manifest
+        owned.buffer = Buffer(epoch=manifest.epoch, start=0, opened_at=time.monotonic())
+        owned.position = 0
+        self._consumer.seek_to_beginning(tp)
+
+    # publishing
+
+    def _maybe_publish(self, partition: int, until_idle: bool) -> None:
+        buffer = self.owned[partition].buffer
+        if buffer.empty:
+            return
+        old = time.monotonic() - buffer.opened_at >= self.roll.max_seconds
+        big = buffer.value_bytes >= self.roll.max_bytes
+        idle = until_idle and self._consumed_to_end(partition)
+        if old or big or idle:
+            self._publish(partition)
+
+    def _publish(self, partition: int) -> None:
+        owned = self.owned[partition]
+        buffer = owned.buffer
+        if buffer.empty:
+            return
+        batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
+        ingested_at = datetime.now(timezone.utc)
+        stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
+        events = _concat(buffer.events, EVENT_SCHEMA).with_columns(stamp)
+        rejects = _concat(buffer.rejects, REJECT_SCHEMA).with_columns(stamp)
+        with self.store.partition_lock(partition):
+            manifest = self.store.read_manifest(partition)
+            if manifest.epoch != batch.epoch or manifest.next_offset != batch.first:
+                log.error(
+                    "%s[%d] batch %d..%d dropped: the manifest resumes at epoch %d offset %d "
+                    "(another archiver took this partition)",
+                    self.topic, partition, batch.first, batch.last, manifest.epoch, manifest.next_offset,
+                )
+                self._resync(partition, manifest)
+                return
+            files = self._write_files(batch, events, rejects, ingested_at)
+            manifest = manifest.advanced(batch, buffer.last_record)
+            self.store.write_manifest(manifest)
+        owned.manifest = manifest
+        owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
+        if events.height:
+            latest = events["occurred_at"].max().isoformat()
+            owned.watermark = max(owned.watermark or latest, latest)
+        self._commit_to_kafka(partition, manifest.next_offset)
+        self.totals.messages += buffer.messages
+        self.totals.events += events.height
+        self.totals.rejects += rejects.height
+        self.totals.files += len(files)
+        self.totals.batches += 1
+        log.info(
+            "%s[%d] offsets %d..%d published: %d events, %d rejects, %d files; resume at %d",
+            self.topic, partition, batch.first, batch.last, events.height, rejects.height, len(files),
+            manifest.next_offset,
+        )
+        self._write_status(partition, force=True)
+
+    def _write_files(self, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame,
+                     ingested_at: datetime) -> list:
+        staged = []
+        if events.height:
+            for (event_date,), day in events.sort("kafka_offset").partition_by("event_date", as_dict=True).items():
+                staged.append((self.store.event_file(event_date, batch), day.drop("event_date")))
+        if rejects.height:
+            staged.append((self.store.dead_letter_file(ingested_at.date(), batch), rejects.sort("kafka_offset")))
+        temps = []
+        for final, frame in staged:
+            temp = temp_path_for(final, self.store.temp_dir)
+            write_parquet_durably(frame, temp)
+            temps.append((temp, final))
+        for temp, final in temps:
+            publish_new(temp, final)
+        return [final for _, final in temps]
+
+    def _resync(self, partition: int, manifest: Manifest) -> None:
+        """Drop what is buffered and continue from what the manifest says."""
+        owned = self.owned[partition]
+        owned.manifest = manifest
+        owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
+        self._seek_to_resume(TopicPartition(self.topic, partition), owned)
+
+    def _commit_to_kafka(self, partition: int, offset: int) -> None:
+        try:
+            self._consumer.commit({TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)})
+        except Exception as error:  # informational only: the manifest is the resume point
+            log.debug("%s[%d] committing offset %d to Kafka failed: %s", self.topic, partition, offset, error)
+
+    # progress
+
+    def _consumed_to_end(self, partition: int) -> bool:
+        owned = self.owned[partition]
+        return owned.end_offset is not None and owned.verify_offset is None and owned.position >= owned.end_offset
+
+    def _caught_up(self, partition: int) -> bool:
+        return self._consumed_to_end(partition) and self.owned[partition].buffer.empty
+
+    def _write_status(self, partition: int, force: bool = False) -> None:
+        owned = self.owned.get(partition)
+        if owned is None:
+            return
+        now = time.monotonic()
+        if not force and now - owned.status_written < STATUS_EVERY_SECONDS:
+            return
+        if self._caught_up(partition):
+            owned.caught_up_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        owned.status_written = now
+        replace_json(self.store.status_path(partition), {
+            "topic": self.topic,
+            "partition": partition,
+            "epoch": owned.manifest.epoch,
+            "next_offset": owned.manifest.next_offset,
+            "published_offset": owned.manifest.next_offset - 1,
+            "end_offset": owned.end_offset,
+            "watermark": owned.watermark,
+            "caught_up_at": owned.caught_up_at,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "pid": os.getpid(),
+        })
+
+    # rebalances (kafka-python calls these from inside poll)
+
+    def on_partitions_revoked(self, revoked) -> None:
+        for tp in revoked:
+            if tp.partition in self.owned:
+                self._publish(tp.partition)
+                self._write_status(tp.partition, force=True)
+                del self.owned[tp.partition]
+                log.info("%s[%d] revoked", self.topic, tp.partition)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        for tp in sorted(assigned, key=lambda tp: tp.partition):
+            self._take(tp)
+
+    def _take(self, tp: TopicPartition) -> None:
+        with self.store.partition_lock(tp.partition):
+            self.store.remove_uncovered(tp.partition)
+            manifest = self.store.read_manifest(tp.partition)
+        previous = self._previous_status(tp.partition)
+        owned = OwnedPartition(
+            manifest=manifest,
+            buffer=Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic()),
+            verify_offset=None,
+            position=manifest.next_offset,
+            watermark=previous.get("watermark"),
+            caught_up_at=previous.get("caught_up_at"),
+        )
+        self.owned[tp.partition] = owned
+        self._seek_to_resume(tp, owned)
+        log.info("%s[%d] assigned: epoch %d, resuming at offset %d",
+                 self.topic, tp.partition, manifest.epoch, manifest.next_offset)
+
+    def _seek_to_resume(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+        manifest = owned.manifest
+        owned.position = manifest.next_offset
+        if manifest.next_offset > 0 and manifest.last_record is not None:
+            owned.verify_offset = manifest.next_offset - 1
+            self._consumer.seek(tp, owned.verify_offset)
+        else:
+            owned.verify_offset = None
+            self._consumer.seek(tp, manifest.next_offset)
+
+    def _previous_status(self, partition: int) -> dict:
+        status = read_json(self.store.status_path(partition)) or {}
+        return status if status.get("epoch") is not None else {}
+
+
+def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)

@@ -1,0 +1,70 @@
+"""Crash-safe file moves: a reader sees a whole file or none of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(final: Path, temp_dir: Path) -> Path:
+    """A unique temporary name in ``temp_dir``, which sits on the same file system as ``final``."""
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    return temp_dir / f"{final.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def write_parquet_durably(frame: pl.DataFrame, path: Path) -> None:
+    frame.write_parquet(path, compression="zstd", statistics=True)
+    fsync_file(path)
+
+
+def publish_new(temp: Path, final: Path) -> None:
+    """Give a finished temporary file its final name, which must not exist yet.
+
+    A hard link fails atomically when the name is taken, so a published file is
+    never replaced, not even by a racing writer.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.link(temp, final)  # FileExistsError when the name is taken
+    os.unlink(temp)
+    fsync_dir(final.parent)
+
+
+def replace_json(path: Path, document: Any, temp_dir: Path | None = None) -> None:
+    """Atomically replace a small JSON file (write, fsync, rename, fsync the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(path, temp_dir or path.parent)
+    with temp.open("w") as handle:
+        json.dump(document, handle, indent=1, sort_keys=True, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
