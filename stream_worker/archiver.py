@@ -8,11 +8,13 @@ fsynced and linked to a name that must be new, and only then the partition's
 manifest, the one resume point. Kafka's committed offsets are written after
 that, for lag tools only.
 
-On every assignment the archiver seeks to the record just before the
-manifest's resume offset and checks that it is the record it archived last. If
-it is not, the partition's log restarted (a memory-only broker came back
-empty): the archiver starts a new log epoch, so new files never collide with
-old ones.
+Before it resumes a partition and before it publishes a batch, the archiver
+reads the record just before the resume offset back from the broker and checks
+that it is the record it archived last. If it is not, the partition's log
+restarted (a memory-only broker came back empty, then perhaps filled again):
+the archiver drops what it buffered from that log, starts a new log epoch at
+the new log's beginning, and says so loudly. New files never collide with old
+ones, and no record of a new log is filed under an old epoch.
 """
 
 from __future__ import annotations
@@ -53,6 +55,41 @@ def fingerprint(record) -> dict:
     return {"offset": record.offset, "timestamp": record.timestamp, "crc32": digest}
 
 
+class LogProbe:
+    """Reads single records back from the broker, outside the consumer group."""
+
+    def __init__(self, bootstrap: str, timeout: float = 10.0) -> None:
+        self._bootstrap = bootstrap
+        self._timeout = timeout
+        self._consumer = None
+
+    def holds(self, tp: TopicPartition, offset: int, expected: dict) -> bool | None:
+        """Is the record at ``offset`` the one fingerprinted? None when the broker does not answer."""
+        if self._consumer is None:
+            self._consumer = clients.consumer(self._bootstrap, None, max_partition_fetch_bytes=1024 * 1024)
+        consumer = self._consumer
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            records = consumer.poll(timeout_ms=200, max_records=1).get(tp)
+            if records:
+                found = records[0]
+                if found.offset == offset:
+                    return fingerprint(found) == expected
+                # Below: the consumer was reset to the start of a shorter log. Above: the record
+                # left the log (retention, compaction), so there is nothing to compare.
+                return found.offset > offset
+            end = consumer.highwater(tp)
+            if end is not None and end <= offset:
+                return False
+        return None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+
+
 @dataclass
 class Buffer:
     """Classified messages of one partition that are not yet published."""
@@ -61,6 +98,7 @@ class Buffer:
     start: int  # the manifest's resume offset when the buffer began
     opened_at: float
     last: int | None = None
+    first_record: dict | None = None
     last_record: dict | None = None
     events: list[pl.DataFrame] = field(default_factory=list)
     rejects: list[pl.DataFrame] = field(default_factory=list)
@@ -76,7 +114,6 @@ class Buffer:
 class OwnedPartition:
     manifest: Manifest
     buffer: Buffer
-    verify_offset: int | None  # the record to check before archiving on, if any
     position: int  # the next offset expected from Kafka
     watermark: str | None = None
     caught_up_at: str | None = None
@@ -112,6 +149,7 @@ class Archiver(ConsumerRebalanceListener):
         self.totals = Totals()
         self.owned: dict[int, OwnedPartition] = {}
         self._classifier = Classifier()
+        self._probe = LogProbe(bootstrap)
         self._consumer = clients.consumer(
             bootstrap,
             group_id,
@@ -128,7 +166,7 @@ class Archiver(ConsumerRebalanceListener):
             while not stop.is_set():
                 polled = self._consumer.poll(timeout_ms=500)
                 self._accept(polled)
-                self._check_restarted_logs()
+                self._read_end_offsets()
                 for partition in list(self.owned):
                     self._maybe_publish(partition, until_idle)
                     self._write_status(partition)
@@ -143,6 +181,7 @@ class Archiver(ConsumerRebalanceListener):
                 self._write_status(partition, force=True)
         finally:
             self._consumer.close()
+            self._probe.close()
             self._classifier.close()
         return self.totals
 
@@ -154,23 +193,18 @@ class Archiver(ConsumerRebalanceListener):
             owned = self.owned.get(tp.partition)
             if owned is None or not records:
                 continue
-            records = self._after_verification(tp, owned, records)
-            if records is None:
+            if records[0].offset < owned.position:
+                self._on_rewind(tp, records[0].offset)
                 continue
-            if records and records[0].offset < owned.position:
-                # The consumer was reset below where it stood: the log restarted.
-                self._publish(tp.partition)
-                self._start_new_epoch(tp, self.owned[tp.partition],
-                                      f"offset {records[0].offset} arrived after offset {owned.position - 1}")
-                continue
-            if records:
-                owned.position = records[-1].offset + 1
-                accepted.extend(records)
-                buffer = owned.buffer
-                buffer.last = records[-1].offset
-                buffer.last_record = fingerprint(records[-1])
-                buffer.value_bytes += sum(len(r.value or b"") for r in records)
-                buffer.messages += len(records)
+            owned.position = records[-1].offset + 1
+            accepted.extend(records)
+            buffer = owned.buffer
+            if buffer.first_record is None:
+                buffer.first_record = fingerprint(records[0])
+            buffer.last = records[-1].offset
+            buffer.last_record = fingerprint(records[-1])
+            buffer.value_bytes += sum(len(r.value or b"") for r in records)
+            buffer.messages += len(records)
         if not accepted:
             return
         decoded = self._classifier.classify(records_frame(accepted))
@@ -181,38 +215,41 @@ class Archiver(ConsumerRebalanceListener):
             for row in rejects.head(3).iter_rows(named=True):
                 log.debug("%s[%d] offset %d rejected: %s", self.topic, partition, row["kafka_offset"], row["reason"])
 
-    def _after_verification(self, tp: TopicPartition, owned: OwnedPartition, records: list) -> list | None:
-        """Check the first record after an assignment; None when the batch must be dropped."""
-        expected = owned.verify_offset
-        if expected is None:
-            return records
-        first = records[0]
-        owned.verify_offset = None
-        if first.offset == expected and fingerprint(first) == owned.manifest.last_record:
-            return records[1:]
-        if first.offset > expected:
-            resume = owned.manifest.next_offset
-            if first.offset > resume:
-                log.error("%s[%d] offsets %d..%d left the log before they were archived",
-                          self.topic, tp.partition, resume, first.offset - 1)
-            return records
-        self._start_new_epoch(tp, owned, f"the record at offset {expected} is not the one archived")
-        return None
+    def _on_rewind(self, tp: TopicPartition, offset: int) -> None:
+        """The consumer was reset below where it stood: most likely the log restarted."""
+        owned = self.owned[tp.partition]
+        epoch = owned.manifest.epoch
+        self._publish(tp.partition)  # checks the log first; starts the new epoch if it restarted
+        owned = self.owned[tp.partition]
+        if owned.manifest.epoch != epoch:
+            return
+        if self._same_log(tp.partition, owned.manifest) is False:
+            self._start_new_epoch(tp, owned, f"offset {offset} arrived after offset {owned.position - 1}")
+        else:
+            log.warning("%s[%d] the consumer went back to offset %d; resuming at %d",
+                        self.topic, tp.partition, offset, owned.position)
+            self._consumer.seek(tp, owned.position)
 
-    def _check_restarted_logs(self) -> None:
-        """A log that restarted empty answers nothing: catch it by its end offset."""
-        for partition, owned in list(self.owned.items()):
-            tp = TopicPartition(self.topic, partition)
-            end = self._consumer.highwater(tp)
-            if end is None:
-                continue
-            owned.end_offset = end
-            if owned.verify_offset is not None and end <= owned.verify_offset:
-                owned.verify_offset = None
-                self._start_new_epoch(tp, owned, f"the log ends at {end}, before the resume offset "
-                                                 f"{owned.manifest.next_offset}")
+    def _read_end_offsets(self) -> None:
+        for partition, owned in self.owned.items():
+            end = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if end is not None:
+                owned.end_offset = end
+
+    def _same_log(self, partition: int, manifest: Manifest, buffer: Buffer | None = None) -> bool | None:
+        """Does the broker's log still hold what this epoch archived? None: cannot tell now."""
+        if manifest.next_offset > 0 and manifest.last_record is not None:
+            offset, expected = manifest.next_offset - 1, manifest.last_record
+        elif buffer is not None and not buffer.empty:
+            offset, expected = buffer.first_record["offset"], buffer.first_record
+        else:
+            return True  # nothing read from this log yet
+        return self._probe.holds(TopicPartition(self.topic, partition), offset, expected)
 
     def _start_new_epoch(self, tp: TopicPartition, owned: OwnedPartition, why: str) -> None:
+        if not owned.buffer.empty:
+            log.warning("%s[%d] dropping %d buffered messages read from a log that is gone",
+                        self.topic, tp.partition, owned.buffer.messages)
         with self.store.partition_lock(tp.partition):
             manifest = self.store.read_manifest(tp.partition)
             if manifest != owned.manifest:
@@ -248,6 +285,15 @@ class Archiver(ConsumerRebalanceListener):
         owned = self.owned[partition]
         buffer = owned.buffer
         if buffer.empty:
+            return
+        same_log = self._same_log(partition, owned.manifest, buffer)
+        if same_log is None:
+            log.warning("%s[%d] cannot reach the broker to check its log; publishing later", self.topic, partition)
+            return
+        if not same_log:
+            self._start_new_epoch(TopicPartition(self.topic, partition), owned,
+                                  f"the record before offset {max(owned.manifest.next_offset, buffer.start)} "
+                                  "is not the one archived")
             return
         batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
         ingested_at = datetime.now(timezone.utc)
@@ -319,7 +365,7 @@ class Archiver(ConsumerRebalanceListener):
 
     def _consumed_to_end(self, partition: int) -> bool:
         owned = self.owned[partition]
-        return owned.end_offset is not None and owned.verify_offset is None and owned.position >= owned.end_offset
+        return owned.end_offset is not None and owned.position >= owned.end_offset
 
     def _caught_up(self, partition: int) -> bool:
         return self._consumed_to_end(partition) and self.owned[partition].buffer.empty
@@ -369,25 +415,22 @@ class Archiver(ConsumerRebalanceListener):
         owned = OwnedPartition(
             manifest=manifest,
             buffer=Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic()),
-            verify_offset=None,
             position=manifest.next_offset,
             watermark=previous.get("watermark"),
             caught_up_at=previous.get("caught_up_at"),
         )
         self.owned[tp.partition] = owned
-        self._seek_to_resume(tp, owned)
         log.info("%s[%d] assigned: epoch %d, resuming at offset %d",
                  self.topic, tp.partition, manifest.epoch, manifest.next_offset)
+        if self._same_log(tp.partition, manifest) is False:
+            self._start_new_epoch(tp, owned, f"the record at offset {manifest.next_offset - 1} "
+                                             "is not the one archived")
+        else:
+            self._seek_to_resume(tp, owned)
 
     def _seek_to_resume(self, tp: TopicPartition, owned: OwnedPartition) -> None:
-        manifest = owned.manifest
-        owned.position = manifest.next_offset
-        if manifest.next_offset > 0 and manifest.last_record is not None:
-            owned.verify_offset = manifest.next_offset - 1
-            self._consumer.seek(tp, owned.verify_offset)
-        else:
-            owned.verify_offset = None
-            self._consumer.seek(tp, manifest.next_offset)
+        owned.position = owned.manifest.next_offset
+        self._consumer.seek(tp, owned.position)
 
     def _previous_status(self, partition: int) -> dict:
         status = read_json(self.store.status_path(partition)) or {}

@@ -1,0 +1,108 @@
+"""Running `lambdaflow archive` as real processes, and checking the raw store against the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from kafka_helpers import read_all
+from stream_worker.contract import classify, records_frame
+from stream_worker.raw_store import RawStore
+
+
+class ArchiverProcess:
+    """One `lambdaflow archive` process, stopped by its own PID."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        with log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream_worker", "archive", *args], env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill_9(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> dict:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, self.log_path.read_text()[-3000:]
+        return json.loads(out)
+
+    def wait(self, timeout: float = 300) -> dict:
+        out, _ = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, self.log_path.read_text()[-3000:]
+        return json.loads(out)
+
+    def ensure_stopped(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class LogTruth:
+    """What the topic holds, classified by the contract."""
+
+    valid: set[tuple[int, int]]
+    rejected: set[tuple[int, int]]
+
+
+def log_truth(bootstrap: str, topic: str, expected_messages: int) -> LogTruth:
+    decoded = classify(records_frame(read_all(bootstrap, topic, expected_messages)))
+    return LogTruth(
+        valid=set(decoded.events.select("kafka_partition", "kafka_offset").iter_rows()),
+        rejected=set(decoded.rejects.select("kafka_partition", "kafka_offset").iter_rows()),
+    )
+
+
+def archived_rows(data_dir: Path, folder: str) -> list[tuple[int, int]]:
+    """Every (partition, offset) row in every Parquet file under the folder, as a reader globbing it sees them."""
+    pattern = str(data_dir / folder / "**" / "*.parquet")
+    if not list((data_dir / folder).glob("**/*.parquet")):
+        return []
+    return duckdb.execute(
+        f"select kafka_partition, kafka_offset from read_parquet('{pattern}', hive_partitioning = true)"
+    ).fetchall()
+
+
+def assert_nothing_half_written(data_dir: Path, topic: str) -> None:
+    store = RawStore(data_dir, topic)
+    published = sorted(store.events_dir.glob("*/*.parquet"))
+    covered = sorted(p for d in store.event_dates() for p in store.files_for_date(d))
+    assert published == covered, "files no manifest covers are visible"
+    assert sorted(store.dead_letter_dir.glob("*/*.parquet")) == sorted(store.dead_letter_files())
+    leftovers = [p for p in data_dir.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(every)
+
+
+def status_pids(data_dir: Path, topic: str) -> dict[int, int]:
+    store = RawStore(data_dir, topic)
+    found = {}
+    for path in store.state_dir.glob("status-*.json"):
+        status = json.loads(path.read_text())
+        found[status["partition"]] = status["pid"]
+    return found

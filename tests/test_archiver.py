@@ -1,0 +1,213 @@
+"""`lambdaflow archive` against a real broker: every valid offset lands once, whatever happens."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+import pytest
+
+from archiver_helpers import (
+    ArchiverProcess,
+    archived_rows,
+    assert_nothing_half_written,
+    log_truth,
+    status_pids,
+    wait_for,
+)
+from kafka_helpers import read_all
+from stream_worker import synthetic
+from stream_worker.broker import EmbeddedBroker
+from stream_worker.clients import ensure_topic
+from stream_worker.produce import produce
+from stream_worker.raw_store import BatchRange, RawStore
+
+
+def midnight_today() -> datetime:
+    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def options(days: int, per_day: int, seed: int, **shares: float) -> synthetic.Options:
+    return synthetic.Options(days=days, events_per_day=per_day, seed=seed, until=midnight_today(), **shares)
+
+
+@pytest.fixture
+def archivers(kafka_cli, tmp_path):
+    """Starts archiver processes with small, frequent batches; kills any left at the end."""
+    started: list[ArchiverProcess] = []
+
+    def start(*args: str) -> ArchiverProcess:
+        env = {**kafka_cli.env, "LAMBDAFLOW_ARCHIVE_ROLL_MB": "0.5", "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "0.5"}
+        started.append(ArchiverProcess(env, tmp_path / f"archiver-{len(started)}.log", *args))
+        return started[-1]
+
+    yield start
+    for archiver in started:
+        archiver.ensure_stopped()
+
+
+def assert_exactly_once(data_dir, topic, truth) -> None:
+    rows = archived_rows(data_dir, "raw/events")
+    assert len(rows) == len(set(rows)), "a row was archived twice"
+    assert set(rows) == truth.valid
+    dead = archived_rows(data_dir, "dead_letter")
+    assert len(dead) == len(set(dead))
+    assert set(dead) == truth.rejected
+    assert_nothing_half_written(data_dir, topic)
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, topic, data_dir, archivers) -> None:
+    plan = options(days=2, per_day=100_000, seed=21, duplicates=0.05, malformed=0.01)
+    sent: dict = {}
+    producer = threading.Thread(target=lambda: sent.update(summary=produce(kafka_bootstrap, topic, 3, plan)))
+    producer.start()
+
+    rng = random.Random(8)
+    kills = 0
+    while kills < 8:
+        archiver = archivers()
+        time.sleep(rng.uniform(2.0, 7.0))  # a group join takes about 3 s; kill before, during and after
+        archiver.kill_9()
+        kills += 1
+    producer.join()
+    summary = sent["summary"]
+    assert summary.messages >= 200_000
+
+    archivers("--until-idle").wait()
+    truth = log_truth(kafka_bootstrap, topic, summary.messages)
+    assert len(truth.valid) == summary.events + summary.duplicates
+    assert len(truth.rejected) == summary.malformed
+    assert_exactly_once(data_dir, topic, truth)
+
+
+def test_a_crashed_batch_is_ignored_by_readers_and_removed_on_assignment(
+    kafka_bootstrap, topic, data_dir, archivers
+) -> None:
+    summary = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=3_000, seed=4, malformed=0.01))
+    archivers("--until-idle").wait()
+    store = RawStore(data_dir, topic)
+    day = store.event_dates()[0]
+    published = store.files_for_date(day)
+
+    # What a crash between publishing files and writing the manifest leaves behind:
+    manifest = store.read_manifest(0)
+    orphan_range = BatchRange(topic, manifest.epoch, 0, manifest.next_offset, manifest.next_offset + 99)
+    orphan = store.event_file(day, orphan_range)
+    shutil.copy(published[0], orphan)
+    temp = store.temp_dir / f"{orphan_range.file_name}.0123456789ab.tmp"
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(b"half a parquet file")
+
+    assert orphan not in store.files_for_date(day)  # readers ignore it...
+    assert store.files_for_date(day) == published
+
+    archivers("--until-idle").wait()
+    assert not orphan.exists()  # ...and the next owner of the partition removes it
+    assert not temp.exists()
+    truth = log_truth(kafka_bootstrap, topic, summary.messages)
+    assert_exactly_once(data_dir, topic, truth)
+
+
+def test_a_published_name_is_never_replaced(tmp_path) -> None:
+    from stream_worker.files import publish_new
+
+    final = tmp_path / "out" / "events-0-0-0-9.parquet"
+    final.parent.mkdir()
+    final.write_bytes(b"first")
+    temp = tmp_path / "temp"
+    temp.write_bytes(b"second")
+    with pytest.raises(FileExistsError):
+        publish_new(temp, final)
+    assert final.read_bytes() == b"first"
+
+
+def test_two_archivers_split_partitions_and_the_survivor_takes_over(
+    kafka_bootstrap, topic, data_dir, archivers
+) -> None:
+    first_half = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=31, duplicates=0.05,
+                                                              malformed=0.01))
+    one, two = archivers(), archivers()
+    wait_for(lambda: set(status_pids(data_dir, topic).values()) == {one.pid, two.pid}, 60,
+             "both archivers to own partitions")
+    assert sorted(status_pids(data_dir, topic)) == [0, 1, 2]
+
+    one.kill_9()
+    second_half = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=32, duplicates=0.05,
+                                                               malformed=0.01))
+    wait_for(lambda: status_pids(data_dir, topic) == {0: two.pid, 1: two.pid, 2: two.pid}, 60,
+             "the survivor to own every partition")
+    total = first_half.messages + second_half.messages
+    store = RawStore(data_dir, topic)
+    wait_for(lambda: sum(m.next_offset for m in store.manifests().values()) == total, 60,
+             "the survivor to archive everything")
+    two.terminate()
+
+    assert_exactly_once(data_dir, topic, log_truth(kafka_bootstrap, topic, total))
+
+
+def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(kafka_cli, tmp_path, data_dir, archivers) -> None:
+    env = kafka_cli.env
+    broker = EmbeddedBroker(log_path=tmp_path / "broker-1.log").start()
+    try:
+        env["KAFKA_BOOTSTRAP"] = broker.bootstrap
+        topic = env["LAMBDAFLOW_TOPIC"]
+        ensure_topic(broker.bootstrap, topic, 3)
+        before = produce(broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=41))
+        archiver = archivers()
+        store = RawStore(data_dir, topic)
+        wait_for(lambda: sum(m.next_offset for m in store.manifests().values()) == before.messages, 60,
+                 "the first log to be archived")
+        epoch_0 = {p: p.read_bytes() for p in store.events_dir.glob("*/*.parquet")}
+
+        port = broker.port
+        broker.stop()
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker-2.log").start()
+        ensure_topic(broker.bootstrap, topic, 3)
+        after = produce(broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))
+        wait_for(lambda: all(m.epoch == 1 for m in store.manifests().values())
+                 and sum(m.next_offset for m in store.manifests().values()) == after.messages, 90,
+                 "the new log to be archived in epoch 1")
+        archiver.terminate()
+        new_log = read_all(broker.bootstrap, topic, after.messages)
+    finally:
+        broker.stop()
+
+    assert "LOG RESTARTED" in archiver.log_path.read_text()
+    for path, content in epoch_0.items():
+        assert path.read_bytes() == content  # nothing published was replaced
+    epochs = Counter(BatchRange.parse(p.name).epoch for p in store.events_dir.glob("*/*.parquet"))
+    assert set(epochs) == {0, 1}
+    rows = archived_rows(data_dir, "raw/events")
+    assert len(rows) == before.events + after.events
+    assert {(r.partition, r.offset) for r in new_log} <= set(rows)
+
+
+def test_a_log_that_restarted_longer_is_recognised_by_its_last_record(kafka_cli, tmp_path, data_dir, archivers) -> None:
+    env = kafka_cli.env
+    broker = EmbeddedBroker(log_path=tmp_path / "broker-1.log").start()
+    try:
+        env["KAFKA_BOOTSTRAP"] = broker.bootstrap
+        topic = env["LAMBDAFLOW_TOPIC"]
+        ensure_topic(broker.bootstrap, topic, 3)
+        before = produce(broker.bootstrap, topic, 3, options(days=1, per_day=3_000, seed=51))
+        archivers("--until-idle").wait()
+
+        port = broker.port
+        broker.stop()
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker-2.log").start()
+        ensure_topic(broker.bootstrap, topic, 3)
+        # More messages than before: every resume offset is inside the new log.
+        after = produce(broker.bootstrap, topic, 3, options(days=1, per_day=9_000, seed=52))
+        second = archivers("--until-idle")
+        totals = second.wait()
+    finally:
+        broker.stop()
+
+    assert totals["new_epochs"] == 3
+    assert totals["messages"] == after.messages
+    rows = archived_rows(data_dir, "raw/events")
+    assert len(rows) == before.events + after.events
