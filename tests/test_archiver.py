@@ -149,32 +149,58 @@ def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     assert_exactly_once(data_dir, topic, log_truth(kafka_bootstrap, topic, total))
 
 
-def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(kafka_cli, tmp_path, data_dir, archivers) -> None:
-    env = kafka_cli.env
-    broker = EmbeddedBroker(log_path=tmp_path / "broker-1.log").start()
-    try:
-        env["KAFKA_BOOTSTRAP"] = broker.bootstrap
-        topic = env["LAMBDAFLOW_TOPIC"]
-        ensure_topic(broker.bootstrap, topic, 3)
-        before = produce(broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=41))
-        archiver = archivers()
-        store = RawStore(data_dir, topic)
-        wait_for(lambda: sum(m.next_offset for m in store.manifests().values()) == before.messages, 60,
-                 "the first log to be archived")
-        epoch_0 = {p: p.read_bytes() for p in store.events_dir.glob("*/*.parquet")}
+class RestartableBroker:
+    """An embedded broker of the test's own, restarted on the same port (and so losing its log)."""
 
-        port = broker.port
-        broker.stop()
-        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker-2.log").start()
-        ensure_topic(broker.bootstrap, topic, 3)
-        after = produce(broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))
-        wait_for(lambda: all(m.epoch == 1 for m in store.manifests().values())
-                 and sum(m.next_offset for m in store.manifests().values()) == after.messages, 90,
-                 "the new log to be archived in epoch 1")
-        archiver.terminate()
-        new_log = read_all(broker.bootstrap, topic, after.messages)
-    finally:
-        broker.stop()
+    def __init__(self, log_dir, topic: str) -> None:
+        self.log_dir = log_dir
+        self.topic = topic
+        self.starts = 0
+        self.broker = self._start(port=None)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def _start(self, port: int | None) -> EmbeddedBroker:
+        self.starts += 1
+        broker = EmbeddedBroker(port=port, log_path=self.log_dir / f"broker-{self.starts}.log").start()
+        ensure_topic(broker.bootstrap, self.topic, 3)
+        return broker
+
+    def restart(self) -> None:
+        self.broker.stop()
+        self.broker = self._start(port=self.broker.port)
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+
+@pytest.fixture
+def own_broker(kafka_cli, tmp_path):
+    """Points the CLI at a broker the test may restart."""
+    broker = RestartableBroker(tmp_path, kafka_cli.env["LAMBDAFLOW_TOPIC"])
+    kafka_cli.env["KAFKA_BOOTSTRAP"] = broker.bootstrap
+    yield broker
+    broker.stop()
+
+
+def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker, data_dir, archivers) -> None:
+    topic = own_broker.topic
+    before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=41))
+    archiver = archivers()
+    store = RawStore(data_dir, topic)
+    wait_for(lambda: sum(m.next_offset for m in store.manifests().values()) == before.messages, 60,
+             "the first log to be archived")
+    epoch_0 = {p: p.read_bytes() for p in store.events_dir.glob("*/*.parquet")}
+
+    own_broker.restart()
+    after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))
+    wait_for(lambda: all(m.epoch == 1 for m in store.manifests().values())
+             and sum(m.next_offset for m in store.manifests().values()) == after.messages, 90,
+             "the new log to be archived in epoch 1")
+    archiver.terminate()
+    new_log = read_all(own_broker.bootstrap, topic, after.messages)
 
     assert "LOG RESTARTED" in archiver.log_path.read_text()
     for path, content in epoch_0.items():
@@ -186,26 +212,15 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(kafka_cli,
     assert {(r.partition, r.offset) for r in new_log} <= set(rows)
 
 
-def test_a_log_that_restarted_longer_is_recognised_by_its_last_record(kafka_cli, tmp_path, data_dir, archivers) -> None:
-    env = kafka_cli.env
-    broker = EmbeddedBroker(log_path=tmp_path / "broker-1.log").start()
-    try:
-        env["KAFKA_BOOTSTRAP"] = broker.bootstrap
-        topic = env["LAMBDAFLOW_TOPIC"]
-        ensure_topic(broker.bootstrap, topic, 3)
-        before = produce(broker.bootstrap, topic, 3, options(days=1, per_day=3_000, seed=51))
-        archivers("--until-idle").wait()
+def test_a_log_that_restarted_longer_is_recognised_by_its_last_record(own_broker, data_dir, archivers) -> None:
+    topic = own_broker.topic
+    before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=3_000, seed=51))
+    archivers("--until-idle").wait()
 
-        port = broker.port
-        broker.stop()
-        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker-2.log").start()
-        ensure_topic(broker.bootstrap, topic, 3)
-        # More messages than before: every resume offset is inside the new log.
-        after = produce(broker.bootstrap, topic, 3, options(days=1, per_day=9_000, seed=52))
-        second = archivers("--until-idle")
-        totals = second.wait()
-    finally:
-        broker.stop()
+    own_broker.restart()
+    # More messages than before: every resume offset is inside the new log.
+    after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=9_000, seed=52))
+    totals = archivers("--until-idle").wait()
 
     assert totals["new_epochs"] == 3
     assert totals["messages"] == after.messages
