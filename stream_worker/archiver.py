@@ -23,7 +23,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -33,6 +32,8 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from stream_worker import clients
 from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
 from stream_worker.files import publish_new, read_json, replace_json, temp_path_for, write_parquet_durably
+from stream_worker.group import AssignmentClock
+from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.raw_store import BatchRange, Manifest, RawStore
 
 log = logging.getLogger(__name__)
@@ -47,47 +48,6 @@ class RollPolicy:
 
     max_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 300.0
-
-
-def fingerprint(record) -> dict:
-    """Identifies a record well enough to tell a restarted log from the one archived."""
-    digest = zlib.crc32(record.key or b"", zlib.crc32(record.value or b""))
-    return {"offset": record.offset, "timestamp": record.timestamp, "crc32": digest}
-
-
-class LogProbe:
-    """Reads single records back from the broker, outside the consumer group."""
-
-    def __init__(self, bootstrap: str, timeout: float = 10.0) -> None:
-        self._bootstrap = bootstrap
-        self._timeout = timeout
-        self._consumer = None
-
-    def holds(self, tp: TopicPartition, offset: int, expected: dict) -> bool | None:
-        """Is the record at ``offset`` the one fingerprinted? None when the broker does not answer."""
-        if self._consumer is None:
-            self._consumer = clients.consumer(self._bootstrap, None, max_partition_fetch_bytes=1024 * 1024)
-        consumer = self._consumer
-        consumer.assign([tp])
-        consumer.seek(tp, offset)
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
-            records = consumer.poll(timeout_ms=200, max_records=1).get(tp)
-            if records:
-                found = records[0]
-                if found.offset == offset:
-                    return fingerprint(found) == expected
-                # Below: the consumer was reset to the start of a shorter log. Above: the record
-                # left the log (retention, compaction), so there is nothing to compare.
-                return found.offset > offset
-            end = consumer.highwater(tp)
-            if end is not None and end <= offset:
-                return False
-        return None
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
 
 
 @dataclass
@@ -150,6 +110,7 @@ class Archiver(ConsumerRebalanceListener):
         self.owned: dict[int, OwnedPartition] = {}
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
+        self._assignment = AssignmentClock(session_timeout_ms)
         self._consumer = clients.consumer(
             bootstrap,
             group_id,
@@ -170,7 +131,7 @@ class Archiver(ConsumerRebalanceListener):
                 for partition in list(self.owned):
                     self._maybe_publish(partition, until_idle)
                     self._write_status(partition)
-                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned):
+                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
                     log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
                     break
                 if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
@@ -395,7 +356,11 @@ class Archiver(ConsumerRebalanceListener):
 
     # rebalances (kafka-python calls these from inside poll)
 
+    def _settled(self) -> bool:
+        return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
+
     def on_partitions_revoked(self, revoked) -> None:
+        self._assignment.changed()
         for tp in revoked:
             if tp.partition in self.owned:
                 self._publish(tp.partition)
@@ -404,6 +369,7 @@ class Archiver(ConsumerRebalanceListener):
                 log.info("%s[%d] revoked", self.topic, tp.partition)
 
     def on_partitions_assigned(self, assigned) -> None:
+        self._assignment.changed()
         for tp in sorted(assigned, key=lambda tp: tp.partition):
             self._take(tp)
 

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from archiver_helpers import (
-    ArchiverProcess,
+from worker_helpers import (
+    WorkerProcess,
     archived_rows,
     assert_nothing_half_written,
     log_truth,
@@ -38,11 +38,11 @@ def options(days: int, per_day: int, seed: int, **shares: float) -> synthetic.Op
 @pytest.fixture
 def archivers(kafka_cli, tmp_path):
     """Starts archiver processes with small, frequent batches; kills any left at the end."""
-    started: list[ArchiverProcess] = []
+    started: list[WorkerProcess] = []
 
-    def start(*args: str) -> ArchiverProcess:
+    def start(*args: str) -> WorkerProcess:
         env = {**kafka_cli.env, "LAMBDAFLOW_ARCHIVE_ROLL_MB": "0.5", "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "0.5"}
-        started.append(ArchiverProcess(env, tmp_path / f"archiver-{len(started)}.log", *args))
+        started.append(WorkerProcess("archive", env, tmp_path / f"archiver-{len(started)}.log", *args))
         return started[-1]
 
     yield start

@@ -1,4 +1,4 @@
-"""Running `lambdaflow archive` as real processes, and checking the raw store against the log."""
+"""Running the workers as real processes, and checking the raw store against the log."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from stream_worker.contract import classify, records_frame
 from stream_worker.raw_store import RawStore
 
 
-class ArchiverProcess:
-    """One `lambdaflow archive` process, stopped by its own PID."""
+class WorkerProcess:
+    """One `lambdaflow <command>` process (archive, stream), stopped by its own PID."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    def __init__(self, command: str, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.log_path = log_path
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream_worker", "archive", *args], env=env,
+                [sys.executable, "-m", "stream_worker", command, *args], env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
             )
 

@@ -1,0 +1,27 @@
+"""When a consumer in a group may call itself idle.
+
+A worker killed with -9 stays in its group until its session times out, and
+keeps its partitions until then. A worker that stops "when caught up" must not
+count only the partitions it happens to hold: it stops once it holds all of
+the topic's partitions, or once its assignment has not changed for long
+enough that the group must have settled (other members are alive and own the
+rest).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class AssignmentClock:
+    def __init__(self, session_timeout_ms: int) -> None:
+        self.settle_seconds = 2 * session_timeout_ms / 1000
+        self.changed_at = time.monotonic()
+
+    def changed(self) -> None:
+        self.changed_at = time.monotonic()
+
+    def settled(self, owned: set[int], all_partitions: set[int] | None) -> bool:
+        if all_partitions and owned >= all_partitions:
+            return True
+        return time.monotonic() - self.changed_at >= self.settle_seconds

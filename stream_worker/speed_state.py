@@ -1,0 +1,277 @@
+"""One Kafka partition's speed-layer state, in a DuckDB file of its own.
+
+The file holds the hourly aggregates, the dedupe keys (per hour: copies of an
+event share occurred_at), each user-day's first event and first signup, and
+the partition's consumed offset. A micro-batch changes all of them in one
+transaction, which first checks that the stored offset is where the batch
+starts: a batch is counted once or not at all, whoever crashes when.
+
+Only the worker that owns the partition opens the file. Readers use the
+snapshot it publishes after each commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from stream_worker import aggregate
+from stream_worker.files import fsync_file, temp_path_for
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+create table if not exists consumed (
+    kafka_partition integer primary key,
+    next_offset bigint not null,
+    epoch integer not null,
+    last_record varchar,
+    committed_at timestamptz not null
+);
+create table if not exists seen_events (
+    event_hour timestamp not null,
+    event_id varchar not null
+);
+create table if not exists hourly (
+    event_hour timestamp not null,
+    country varchar not null,
+    events bigint not null,
+    orders bigint not null,
+    revenue_cents bigint not null,
+    primary key (event_hour, country)
+);
+create table if not exists first_seen (
+    event_date date not null,
+    user_id varchar not null,
+    kind varchar not null,
+    occurred_at timestamptz not null,
+    kafka_offset bigint not null,
+    event_hour timestamp not null,
+    country varchar not null,
+    primary key (event_date, user_id, kind)
+);
+create table if not exists late_attributions (
+    event_hour timestamp not null,
+    country varchar not null,
+    kind varchar not null,
+    users bigint not null,
+    primary key (event_hour, country, kind)
+);
+"""
+
+SNAPSHOT_SCHEMA = pl.Schema(
+    {
+        "event_date": pl.Date,
+        "hour": pl.Int32,
+        "country": pl.String,
+        "events": pl.Int64,
+        "new_users": pl.Int64,
+        "active_users": pl.Int64,
+        "orders": pl.Int64,
+        "revenue_cents": pl.Int64,
+        "kafka_partition": pl.Int32,
+        "next_offset": pl.Int64,
+        "epoch": pl.Int32,
+    }
+)
+
+_SNAPSHOT_SQL = """
+with users as (
+    select
+        event_hour,
+        country,
+        count(*) filter (where kind = 'signup') as new_users,
+        count(*) filter (where kind = 'active') as active_users
+    from first_seen
+    group by all
+),
+
+merged as (
+    select
+        coalesce(h.event_hour, u.event_hour) as event_hour,
+        coalesce(h.country, u.country) as country,
+        coalesce(h.events, 0) as events,
+        coalesce(u.new_users, 0) as new_users,
+        coalesce(u.active_users, 0) as active_users,
+        coalesce(h.orders, 0) as orders,
+        coalesce(h.revenue_cents, 0) as revenue_cents
+    from hourly as h
+    full outer join users as u
+        on h.event_hour = u.event_hour and h.country = u.country
+)
+
+select
+    cast(event_hour as date) as event_date,
+    hour(event_hour) as hour,
+    country,
+    events,
+    new_users,
+    active_users,
+    orders,
+    revenue_cents,
+    c.kafka_partition,
+    c.next_offset,
+    c.epoch
+from merged
+cross join consumed as c
+order by event_date, hour, country
+"""
+
+
+class StaleBatch(Exception):
+    """The stored offset is not where the batch starts: another owner moved it."""
+
+
+class StateFileBusy(Exception):
+    """Another process still holds the partition's state file."""
+
+
+@dataclass(frozen=True)
+class Consumed:
+    next_offset: int
+    epoch: int
+    last_record: dict | None
+
+
+class PartitionState:
+    def __init__(self, path: Path, partition: int) -> None:
+        self.path = path
+        self.partition = partition
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(path), config={"threads": 1})
+        except duckdb.IOException as error:
+            if "lock" in str(error).lower():
+                raise StateFileBusy(str(error)) from None
+            raise
+        self._run("set TimeZone = 'UTC'")
+        self._run(_SCHEMA)
+
+    def _run(self, sql: str, parameters=None) -> list:
+        """Execute a statement and drain its result (DuckDB 2 keeps a connection busy until then)."""
+        return self._con.execute(sql, parameters).fetchall()
+
+    def consumed(self) -> Consumed:
+        rows = self._run(
+            "select next_offset, epoch, last_record from consumed where kafka_partition = ?", [self.partition]
+        )
+        if not rows:
+            return Consumed(0, 0, None)
+        next_offset, epoch, last_record = rows[0]
+        return Consumed(next_offset, epoch, json.loads(last_record) if last_record else None)
+
+    def apply(self, events: pl.DataFrame, start: int, end: int, last_record: dict,
+              boundary: datetime | None = None) -> int:
+        """Count a micro-batch of valid events covering offsets start..end-1, exactly once.
+
+        Returns how many events were new. Raises StaleBatch, changing nothing,
+        when the stored offset is not ``start``.
+        """
+        con = self._con
+        con.begin()
+        try:
+            consumed = self.consumed()
+            if consumed.next_offset != start:
+                raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
+            fresh = self._fresh(aggregate.with_event_hour(aggregate.first_copies(events)))
+            if fresh.height:
+                con.register("batch_hourly", aggregate.hourly_counts(fresh))
+                self._run("""
+                    insert into hourly by name (select * from batch_hourly)
+                    on conflict (event_hour, country) do update set
+                        events = events + excluded.events,
+                        orders = orders + excluded.orders,
+                        revenue_cents = revenue_cents + excluded.revenue_cents
+                """)
+                self._attribute(aggregate.first_seen(fresh), boundary)
+            self._run("""
+                insert or replace into consumed values (?, ?, ?, ?, now())
+            """, [self.partition, end, consumed.epoch, json.dumps(last_record)])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        finally:
+            for view in ("batch_events", "batch_hourly", "batch_first_seen"):
+                con.unregister(view)
+        return fresh.height
+
+    def _fresh(self, events: pl.DataFrame) -> pl.DataFrame:
+        """The events of the batch not counted before, their keys recorded as seen."""
+        con = self._con
+        con.register("batch_events", events)
+        fresh = con.sql("""
+            select b.*
+            from batch_events as b
+            anti join seen_events as s
+                on s.event_hour = b.event_hour and s.event_id = b.event_id
+        """).pl()
+        con.register("batch_events", fresh)
+        self._run("insert into seen_events select event_hour, event_id from batch_events")
+        return fresh
+
+    def _attribute(self, candidates: pl.DataFrame, boundary: datetime | None) -> None:
+        """Keep each user-day's first event; never move one into an hour the batch layer serves."""
+        con = self._con
+        con.register("batch_first_seen", candidates)
+        earlier = """
+            (c.occurred_at < f.occurred_at
+             or (c.occurred_at = f.occurred_at and c.kafka_offset < f.kafka_offset))
+        """
+        if boundary is not None:
+            self._run(f"""
+                insert into late_attributions
+                select c.event_hour, c.country, c.kind, count(*) as users
+                from batch_first_seen as c
+                join first_seen as f using (event_date, user_id, kind)
+                where {earlier} and c.event_hour < ? and f.event_hour >= ?
+                group by all
+                on conflict (event_hour, country, kind) do update set users = users + excluded.users
+            """, [boundary, boundary])
+        frozen = "" if boundary is None else "and (excluded.event_hour >= $boundary or first_seen.event_hour < $boundary)"
+        self._run(f"""
+            insert into first_seen by name (select * from batch_first_seen)
+            on conflict (event_date, user_id, kind) do update set
+                occurred_at = excluded.occurred_at,
+                kafka_offset = excluded.kafka_offset,
+                event_hour = excluded.event_hour,
+                country = excluded.country
+            where (excluded.occurred_at < first_seen.occurred_at
+                   or (excluded.occurred_at = first_seen.occurred_at
+                       and excluded.kafka_offset < first_seen.kafka_offset))
+                {frozen}
+        """, {"boundary": boundary} if boundary is not None else None)
+
+    def restart_log(self, epoch: int) -> None:
+        """The partition's log restarted: consume the new log from its beginning."""
+        self._run("insert or replace into consumed values (?, 0, ?, null, now())", [self.partition, epoch])
+
+    def snapshot(self) -> pl.DataFrame:
+        return self._con.sql(_SNAPSHOT_SQL).pl().cast(SNAPSHOT_SCHEMA)
+
+    def publish_snapshot(self, final: Path, temp_dir: Path) -> None:
+        """Replace the partition's snapshot file atomically."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = temp_path_for(final, temp_dir)
+        self.snapshot().write_parquet(temp, compression="zstd")
+        fsync_file(temp)
+        os.replace(temp, final)
+
+    def drop_days_before(self, first_kept: date) -> None:
+        con = self._con
+        con.begin()
+        self._run("delete from seen_events where event_hour < ?", [first_kept])
+        self._run("delete from hourly where event_hour < ?", [first_kept])
+        self._run("delete from first_seen where event_date < ?", [first_kept])
+        self._run("delete from late_attributions where event_hour < ?", [first_kept])
+        con.commit()
+
+    def close(self) -> None:
+        self._con.close()

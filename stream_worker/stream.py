@@ -1,0 +1,282 @@
+"""The speed layer's consumer: today's hourly metrics, fresh within seconds, exactly once.
+
+Consumer group ``speed``. Each poll is a micro-batch (up to 50k messages or
+250 ms). Per owned partition the batch is classified with the contract,
+deduplicated and aggregated with Polars, and counted into the partition's
+DuckDB state in one transaction together with the consumed offset. After the
+commit the partition's snapshot is replaced atomically; the serving layer sums
+the snapshots and never opens a state file.
+
+On assignment the worker opens the partition's state file (retrying while a
+previous owner still holds it), seeks to the stored offset and publishes a
+fresh snapshot. On revocation it closes the file: nothing is held outside a
+commit, so nothing needs saving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+
+from stream_worker import clients
+from stream_worker.boundary import read_boundary
+from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
+from stream_worker.group import AssignmentClock
+from stream_worker.log_identity import LogProbe, fingerprint
+from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "speed"
+MAX_BATCH_MESSAGES = 50_000
+MAX_BATCH_WAIT_MS = 250
+PROGRESS_EVERY_SECONDS = 10.0
+OPEN_RETRY_SECONDS = 0.5
+
+
+class SpeedPaths:
+    def __init__(self, data_dir: Path, topic: str) -> None:
+        self.root = data_dir / "speed" / topic
+        self.snapshots = data_dir / "speed" / topic / "snapshots"
+        self.temp_dir = data_dir / "tmp" / "speed"
+
+    def state_file(self, partition: int) -> Path:
+        return self.root / f"partition-{partition}.duckdb"
+
+    def snapshot_file(self, partition: int) -> Path:
+        return self.snapshots / f"partition-{partition}.parquet"
+
+
+@dataclass
+class Owned:
+    state: PartitionState | None = None
+    position: int = 0
+    end_offset: int | None = None
+    last_commit: float | None = None
+    next_open_attempt: float = 0.0
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    events: int = 0
+    new_events: int = 0
+    rejects: int = 0
+    commits: int = 0
+    stale_batches: int = 0
+    log_restarts: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Progress:
+    started: float = field(default_factory=time.monotonic)
+    last_report: float = field(default_factory=time.monotonic)
+    messages_at_last_report: int = 0
+
+
+class StreamWorker(ConsumerRebalanceListener):
+    def __init__(self, bootstrap: str, data_dir: Path, topic: str, group_id: str = GROUP_ID,
+                 session_timeout_ms: int = 6000, retention_grace: timedelta = timedelta(days=1)) -> None:
+        self.topic = topic
+        self.data_dir = data_dir
+        self.paths = SpeedPaths(data_dir, topic)
+        self.retention_grace = retention_grace
+        self.totals = Totals()
+        self.owned: dict[int, Owned] = {}
+        self._classifier = Classifier()
+        self._probe = LogProbe(bootstrap)
+        self._progress = _Progress()
+        self._assignment = AssignmentClock(session_timeout_ms)
+        self._consumer = clients.consumer(
+            bootstrap, group_id,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(500, session_timeout_ms // 4),
+            max_poll_records=MAX_BATCH_MESSAGES,
+        )
+
+    def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
+        started = time.monotonic()
+        self._consumer.subscribe([self.topic], listener=self)
+        try:
+            while not stop.is_set():
+                self._open_pending()
+                polled = self._consumer.poll(timeout_ms=MAX_BATCH_WAIT_MS, max_records=MAX_BATCH_MESSAGES)
+                self._count(polled)
+                self._read_end_offsets()
+                self._report_progress()
+                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
+                    log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
+                    break
+                if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
+                    log.warning("%s: no partition assigned in %.0f s; stopping", self.topic, idle_timeout)
+                    break
+        finally:
+            for partition in list(self.owned):
+                self._close(partition)
+            self._consumer.close()
+            self._probe.close()
+            self._classifier.close()
+        return self.totals
+
+    # counting
+
+    def _count(self, polled: dict) -> None:
+        batches = {}
+        for tp, records in polled.items():
+            owned = self.owned.get(tp.partition)
+            if owned is None or owned.state is None or not records:
+                continue
+            if records[0].offset < owned.position:
+                self._on_rewind(tp, owned, records[0].offset)
+                continue
+            batches[tp.partition] = records
+        if not batches:
+            return
+        records = [record for partition_records in batches.values() for record in partition_records]
+        decoded = self._classifier.classify(records_frame(records))
+        events_by_partition = decoded.events.partition_by("kafka_partition", as_dict=True)
+        self.totals.messages += len(records)
+        self.totals.events += decoded.events.height
+        self.totals.rejects += decoded.rejects.height
+        boundary = read_boundary(self.data_dir)
+        for partition, partition_records in batches.items():
+            self._commit(partition, partition_records, events_by_partition.get((partition,)), boundary)
+
+    def _commit(self, partition: int, records: list, events, boundary: datetime | None) -> None:
+        owned = self.owned[partition]
+        start, end = owned.position, records[-1].offset + 1
+        if events is None:
+            events = pl.DataFrame(schema=EVENT_SCHEMA)
+        try:
+            new = owned.state.apply(events, start, end, fingerprint(records[-1]), boundary)
+        except StaleBatch as error:
+            self.totals.stale_batches += 1
+            log.warning("%s[%d] batch %d..%d not counted: %s; re-seeking", self.topic, partition, start, end - 1, error)
+            self._seek_to_stored(partition)
+            return
+        owned.position = end
+        owned.last_commit = time.monotonic()
+        self.totals.new_events += new
+        self.totals.commits += 1
+        owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+        self._commit_to_kafka(partition, end)
+        log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
+
+    def _on_rewind(self, tp: TopicPartition, owned: Owned, offset: int) -> None:
+        consumed = owned.state.consumed()
+        same = self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) if consumed.last_record else True
+        if same is False:
+            self._restart_log(tp.partition, f"offset {offset} arrived after offset {owned.position - 1}")
+        else:
+            log.warning("%s[%d] the consumer went back to offset %d; resuming at %d",
+                        self.topic, tp.partition, offset, owned.position)
+            self._consumer.seek(tp, owned.position)
+
+    def _restart_log(self, partition: int, why: str) -> None:
+        owned = self.owned[partition]
+        epoch = owned.state.consumed().epoch + 1
+        owned.state.restart_log(epoch)
+        self.totals.log_restarts += 1
+        log.warning("%s[%d] LOG RESTARTED: %s. Counting the new log (epoch %d) from its beginning; "
+                    "counts so far stay, dedupe keeps repeats out.", self.topic, partition, why, epoch)
+        self._seek_to_stored(partition)
+
+    def _commit_to_kafka(self, partition: int, offset: int) -> None:
+        try:
+            self._consumer.commit({TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)})
+        except Exception as error:  # informational only: the state file holds the offset
+            log.debug("%s[%d] committing offset %d to Kafka failed: %s", self.topic, partition, offset, error)
+
+    # ownership
+
+    def _settled(self) -> bool:
+        return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self._assignment.changed()
+        for tp in revoked:
+            if tp.partition in self.owned:
+                self._close(tp.partition)
+                log.info("%s[%d] revoked", self.topic, tp.partition)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._assignment.changed()
+        for tp in assigned:
+            self.owned[tp.partition] = Owned()
+            self._consumer.pause(tp)  # until its state file is open
+        self._open_pending()
+
+    def _open_pending(self) -> None:
+        now = time.monotonic()
+        for partition, owned in self.owned.items():
+            if owned.state is not None or now < owned.next_open_attempt:
+                continue
+            try:
+                owned.state = PartitionState(self.paths.state_file(partition), partition)
+            except StateFileBusy:
+                owned.next_open_attempt = now + OPEN_RETRY_SECONDS
+                log.info("%s[%d] state file still held by its previous owner; retrying", self.topic, partition)
+                continue
+            self._prune(owned.state)
+            consumed = owned.state.consumed()
+            tp = TopicPartition(self.topic, partition)
+            if consumed.last_record and self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) is False:
+                self._restart_log(partition, f"the record at offset {consumed.next_offset - 1} is not the one counted")
+            else:
+                self._seek_to_stored(partition)
+            owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+            self._consumer.resume(tp)
+            log.info("%s[%d] assigned: resuming at offset %d (epoch %d)",
+                     self.topic, partition, owned.position, owned.state.consumed().epoch)
+
+    def _seek_to_stored(self, partition: int) -> None:
+        owned = self.owned[partition]
+        owned.position = owned.state.consumed().next_offset
+        self._consumer.seek(TopicPartition(self.topic, partition), owned.position)
+
+    def _close(self, partition: int) -> None:
+        owned = self.owned.pop(partition)
+        if owned.state is not None:
+            owned.state.close()
+
+    def _prune(self, state: PartitionState) -> None:
+        boundary = read_boundary(self.data_dir)
+        if boundary is not None:
+            state.drop_days_before((boundary - self.retention_grace).date())
+
+    # progress
+
+    def _read_end_offsets(self) -> None:
+        for partition, owned in self.owned.items():
+            end = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if end is not None:
+                owned.end_offset = end
+
+    def _caught_up(self, partition: int) -> bool:
+        owned = self.owned[partition]
+        return owned.state is not None and owned.end_offset is not None and owned.position >= owned.end_offset
+
+    def _report_progress(self) -> None:
+        now = time.monotonic()
+        progress = self._progress
+        if now - progress.last_report < PROGRESS_EVERY_SECONDS:
+            return
+        rate = (self.totals.messages - progress.messages_at_last_report) / (now - progress.last_report)
+        lags = {
+            p: (o.end_offset - o.position if o.end_offset is not None else None) for p, o in sorted(self.owned.items())
+        }
+        last_commit = max((o.last_commit for o in self.owned.values() if o.last_commit), default=None)
+        log.info("%s: %.0f messages/s, lag per partition %s, last commit %s", self.topic, rate, lags,
+                 f"{now - last_commit:.1f} s ago" if last_commit else "none yet")
+        progress.last_report = now
+        progress.messages_at_last_report = self.totals.messages

@@ -1,0 +1,90 @@
+"""A partition's speed-layer state file: one transaction per micro-batch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+import pytest
+
+from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
+from test_aggregate import events
+
+LAST = {"offset": 0, "timestamp": 0, "crc32": 0}
+
+
+@pytest.fixture
+def state(tmp_path):
+    state = PartitionState(tmp_path / "partition-0.duckdb", 0)
+    yield state
+    state.close()
+
+
+def totals(state: PartitionState) -> dict:
+    snapshot = state.snapshot()
+    return {c: snapshot[c].sum() for c in ("events", "new_users", "active_users", "orders", "revenue_cents")}
+
+
+def test_a_batch_that_does_not_start_at_the_stored_offset_changes_nothing(state) -> None:
+    batch = events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 0))
+    assert state.apply(batch, start=0, end=1, last_record=LAST) == 1
+    before = state.snapshot()
+    with pytest.raises(StaleBatch):
+        state.apply(batch, start=0, end=1, last_record=LAST)
+    assert state.snapshot().equals(before)
+    assert state.consumed().next_offset == 1
+
+
+def test_a_duplicate_in_a_later_batch_counts_once(state) -> None:
+    state.apply(events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 0)), 0, 1, LAST)
+    new = state.apply(events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 1)), 1, 2, LAST)
+    assert new == 0
+    assert totals(state) == {"events": 1, "new_users": 0, "active_users": 1, "orders": 1, "revenue_cents": 500}
+
+
+def test_an_earlier_event_arriving_later_moves_the_attribution(state) -> None:
+    state.apply(events(("e2", "signup", "u1", "2026-11-26T12:00:00Z", "US", None, 0)), 0, 1, LAST)
+    state.apply(events(("e1", "login", "u1", "2026-11-26T09:00:00Z", "DE", None, 1)), 1, 2, LAST)
+    rows = state.snapshot().filter(pl.col("active_users") > 0).select("hour", "country").rows()
+    assert rows == [(9, "DE")]
+    assert totals(state)["active_users"] == 1
+
+
+def test_an_attribution_never_moves_into_hours_the_batch_serves(state) -> None:
+    state.apply(events(("e2", "login", "u1", "2026-11-26T12:00:00Z", "US", None, 0)), 0, 1, LAST)
+    boundary = datetime(2026, 11, 26, 11)  # the batch has built every hour before 11:00
+    state.apply(events(("e1", "login", "u1", "2026-11-26T09:00:00Z", "DE", None, 1)), 1, 2, LAST, boundary)
+    rows = state.snapshot().filter(pl.col("active_users") > 0).select("hour", "country").rows()
+    assert rows == [(12, "US")]  # still served by the speed layer
+    late = state._run("select event_hour, country, kind, users from late_attributions")
+    assert late == [(datetime(2026, 11, 26, 9), "DE", "active", 1)]
+
+
+def test_the_state_survives_a_reopen(tmp_path) -> None:
+    path = tmp_path / "partition-0.duckdb"
+    state = PartitionState(path, 0)
+    state.apply(events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 41)), 0, 42, LAST)
+    state.close()
+    again = PartitionState(path, 0)
+    assert again.consumed().next_offset == 42
+    assert totals(again)["revenue_cents"] == 500
+    again.close()
+
+
+def test_a_file_held_by_another_process_is_reported_busy(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "partition-0.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StateFileBusy):
+            PartitionState(path, 0)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    PartitionState(path, 0).close()  # free again once the holder is gone

@@ -1,0 +1,94 @@
+"""`lambdaflow stream` against a real broker: every hour exact, whoever gets killed."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from ground_truth import METRICS, hourly_metrics
+from kafka_helpers import read_all
+from stream_worker import synthetic
+from stream_worker.produce import produce
+from worker_helpers import WorkerProcess, wait_for
+
+
+def served_by_speed_layer(data_dir, topic) -> dict:
+    """The snapshots summed over partitions, as the serving layer reads them."""
+    pattern = data_dir / "speed" / topic / "snapshots" / "*.parquet"
+    rows = duckdb.execute(f"""
+        select event_date, hour, country, {", ".join(f"sum({m})::bigint" for m in METRICS)}
+        from read_parquet('{pattern}')
+        group by all
+    """).fetchall()
+    return {
+        (event_date, hour, country): dict(zip(METRICS, values))
+        for event_date, hour, country, *values in rows
+        if any(values)
+    }
+
+
+def produce_two_days(bootstrap, topic, seed: int, per_day: int = 50_000):
+    until = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return produce(bootstrap, topic, 3, synthetic.Options(
+        days=2, events_per_day=per_day, seed=seed, until=until,
+        duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.01,
+    ))
+
+
+@pytest.fixture
+def stream_workers(kafka_cli, tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        started.append(WorkerProcess("stream", dict(kafka_cli.env), tmp_path / f"stream-{len(started)}.log", *args))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.ensure_stopped()
+
+
+def test_kill_9_at_random_moments_keeps_every_hour_exact(kafka_bootstrap, topic, data_dir, stream_workers) -> None:
+    sent: dict = {}
+    producer = threading.Thread(target=lambda: sent.update(summary=produce_two_days(kafka_bootstrap, topic, 61)))
+    producer.start()
+    rng = random.Random(10)
+    for _ in range(10):
+        worker = stream_workers()
+        time.sleep(rng.uniform(1.5, 6.0))
+        worker.kill_9()
+    producer.join()
+    summary = sent["summary"]
+    assert summary.events == 100_000
+
+    totals = stream_workers("--until-idle").wait()
+    truth = hourly_metrics(read_all(kafka_bootstrap, topic, summary.messages))
+    assert served_by_speed_layer(data_dir, topic) == truth
+    assert sum(cell["events"] for cell in truth.values()) == summary.events
+    assert totals["stale_batches"] == 0
+
+
+def test_two_workers_share_partitions_and_the_survivor_keeps_totals_exact(
+    kafka_bootstrap, topic, data_dir, stream_workers
+) -> None:
+    first = produce_two_days(kafka_bootstrap, topic, 71, per_day=15_000)
+    one, two = stream_workers(), stream_workers()
+    snapshots = data_dir / "speed" / topic / "snapshots"
+    wait_for(lambda: len(list(snapshots.glob("*.parquet"))) == 3, 60, "all three partitions to be counted")
+    logs = lambda: (one.log_path.read_text(), two.log_path.read_text())  # noqa: E731
+    wait_for(lambda: all("assigned" in text for text in logs()), 60, "both workers to own partitions")
+
+    one.kill_9()
+    second = produce_two_days(kafka_bootstrap, topic, 72, per_day=15_000)
+    total = first.messages + second.messages
+    wait_for(lambda: "assigned" in two.log_path.read_text().split("revoked")[-1], 60,
+             "the survivor to take the partitions over")
+    truth = hourly_metrics(read_all(kafka_bootstrap, topic, total))
+    wait_for(lambda: served_by_speed_layer(data_dir, topic) == truth, 90, "the totals to be exact")
+    two.terminate()
+    assert served_by_speed_layer(data_dir, topic) == truth
