@@ -38,6 +38,7 @@ GROUP_ID = "speed"
 MAX_BATCH_MESSAGES = 50_000
 MAX_BATCH_WAIT_MS = 250
 PROGRESS_EVERY_SECONDS = 10.0
+PRUNE_EVERY_SECONDS = 600.0
 OPEN_RETRY_SECONDS = 0.5
 
 
@@ -82,6 +83,7 @@ class _Progress:
     started: float = field(default_factory=time.monotonic)
     last_report: float = field(default_factory=time.monotonic)
     messages_at_last_report: int = 0
+    last_prune: float = field(default_factory=time.monotonic)
 
 
 class StreamWorker(ConsumerRebalanceListener):
@@ -114,6 +116,7 @@ class StreamWorker(ConsumerRebalanceListener):
                 self._count(polled)
                 self._read_end_offsets()
                 self._report_progress()
+                self._prune_owned()
                 if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
                     log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
                     break
@@ -248,6 +251,16 @@ class StreamWorker(ConsumerRebalanceListener):
         owned = self.owned.pop(partition)
         if owned.state is not None:
             owned.state.close()
+
+    def _prune_owned(self) -> None:
+        """Drop days the batch layer serves (plus a grace period), every few minutes."""
+        if time.monotonic() - self._progress.last_prune < PRUNE_EVERY_SECONDS:
+            return
+        self._progress.last_prune = time.monotonic()
+        for partition, owned in self.owned.items():
+            if owned.state is not None:
+                self._prune(owned.state)
+                owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _prune(self, state: PartitionState) -> None:
         boundary = read_boundary(self.data_dir)
