@@ -209,6 +209,25 @@ def stream(until_idle: bool, fmt: str) -> None:
     emit_record({"topic": config.topic, **totals.as_dict(), "seconds": round(time.monotonic() - started, 3)}, fmt)
 
 
+@cli.command()
+@click.option("--date", "day", metavar="YYYY-MM-DD", help="Build this UTC day (the run's data interval).")
+@click.option("--today", is_flag=True, help="Build the complete hours of today so far (the manual DAG).")
+@_format_option
+def batch(day: str | None, today: bool, fmt: str) -> None:
+    """Run the Airflow batch DAG in process: `--date D` or `--today`.
+
+    `--date D` runs lambda_batch for day D: dbt build over D's raw files, then
+    the built hours are published with the new serving boundary. It fails at
+    once, saying why, when the archiver has not seen the whole day yet.
+    `--today` runs lambda_batch_today for the complete hours so far.
+    """
+    from stream_worker.batch_runner import run_batch
+
+    if (day is None) == (not today):
+        raise click.UsageError("give exactly one of --date YYYY-MM-DD or --today")
+    emit_record(run_batch(settings(), day=day), fmt)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,48 @@
+"""
+### lambda_batch_today
+
+The manual batch for today so far: builds the complete hours of a UTC day
+(the `ds` form field; empty means today at run time) and moves the serving
+boundary to the last of them. Trigger it without a logical date, so it never
+blocks the scheduled `lambda_batch` run for that day, which later rebuilds the
+whole day.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    dag_id="lambda_batch_today",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "lambdaflow", "retries": 1, "retry_delay": timedelta(minutes=1), "pool": "warehouse"},
+    params={
+        "ds": Param(
+            None,
+            type=["null", "string"],
+            title="UTC day (YYYY-MM-DD)",
+            description="Leave it out for today. The complete hours of that day are built.",
+        )
+    },
+    tags=["lambdaflow", "batch", "manual"],
+    doc_md=__doc__,
+)
+def lambda_batch_today():
+    @task
+    def build_complete_hours(params=None) -> str:
+        from lambdaflow_dags import batch
+        from stream_worker.config import settings
+
+        return batch.build_today(settings(), params.get("ds"))["boundary"]
+
+    build_complete_hours()
+
+
+lambda_batch_today()

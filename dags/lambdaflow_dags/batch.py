@@ -1,0 +1,270 @@
+"""The batch layer's steps, called by the DAGs and by `lambdaflow batch`.
+
+* :func:`completeness`: is a UTC day (or how much of today) complete? (invariant 6)
+* :func:`build`: dbt build for one day, reading only that day's covered raw files.
+* :func:`publish`: export the built hours to Parquet and replace the batch manifest,
+  whose boundary is the end of the contiguous run of built hours (invariant 5).
+
+Only dbt writes the warehouse, and only under the warehouse lock: the Airflow
+pool serialises scheduled runs, the lock also covers in-process runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import polars as pl
+
+from stream_worker.boundary import manifest_path
+from stream_worker.config import Settings
+from stream_worker.contract import EVENT_SCHEMA
+from stream_worker.errors import LambdaflowError
+from stream_worker.files import fsync_file, read_json, replace_json, temp_path_for
+from stream_worker.raw_store import RawStore
+
+log = logging.getLogger(__name__)
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
+ALLOWED_LATENESS = timedelta(minutes=10)
+DAY = timedelta(days=1)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class DayNotComplete(LambdaflowError):
+    """The archiver has not yet seen the end of the day on every partition."""
+
+
+def parse_day(text: object, *, latest: date | None = None) -> date:
+    """A UTC day as YYYY-MM-DD; anything else is a clear error."""
+    if not isinstance(text, str) or not _ISO_DATE.fullmatch(text.strip()):
+        raise LambdaflowError(f"{text!r} is not a date: use YYYY-MM-DD, e.g. 2026-11-26")
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise LambdaflowError(f"{text!r} is not a date of the calendar") from None
+    if latest is not None and day > latest:
+        raise LambdaflowError(f"{day} is in the future (today is {latest} UTC)")
+    return day
+
+
+# completeness (invariant 6)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    complete_until: datetime | None
+    """Every event before this instant has been archived on every partition (None: nothing yet)."""
+    partitions: dict[int, str]
+    """Per partition, what the archiver has reported."""
+
+    def day_is_complete(self, day: date) -> bool:
+        return self.complete_until is not None and self.complete_until >= _start_of(day) + DAY
+
+    def explain(self, day: date) -> str:
+        detail = "; ".join(f"partition {p}: {text}" for p, text in sorted(self.partitions.items()))
+        return (
+            f"day {day} is not complete yet: every partition's archiver must see event time pass "
+            f"{_start_of(day) + DAY + ALLOWED_LATENESS:%Y-%m-%d %H:%M} UTC, or catch up after then "
+            f"({detail or 'no archiver has reported yet'})"
+        )
+
+
+def completeness(settings: Settings, partitions: int | None = None) -> Completeness:
+    """How far the raw store is complete, from the archiver's status files.
+
+    A partition is complete up to its event-time watermark less the allowed
+    lateness, or up to the wall-clock time it last caught up with the log's end
+    less the allowed lateness, whichever is later.
+    """
+    store = RawStore(settings.data_dir, settings.topic)
+    expected = range(partitions or settings.partitions)
+    reported: dict[int, str] = {}
+    horizons = []
+    for partition in expected:
+        status = read_json(store.status_path(partition))
+        if status is None:
+            reported[partition] = "not archived yet"
+            continue
+        marks = [datetime.fromisoformat(v) for v in (status.get("watermark"), status.get("caught_up_at")) if v]
+        if not marks:
+            reported[partition] = "no event time seen, never caught up"
+            continue
+        horizon = max(marks) - ALLOWED_LATENESS
+        horizons.append(horizon)
+        reported[partition] = f"complete until {horizon:%Y-%m-%d %H:%M} UTC"
+    complete_until = min(horizons) if len(horizons) == len(expected) else None
+    return Completeness(complete_until, reported)
+
+
+def require_complete(settings: Settings, day: date) -> None:
+    state = completeness(settings)
+    if not state.day_is_complete(day):
+        raise DayNotComplete(state.explain(day))
+
+
+def complete_hours_of(settings: Settings, day: date) -> datetime:
+    """The end of the last complete hour of ``day`` (its start when none is complete)."""
+    state = completeness(settings)
+    start = _start_of(day)
+    if state.complete_until is None or state.complete_until <= start:
+        return start
+    end = min(state.complete_until, start + DAY)
+    return end.replace(minute=0, second=0, microsecond=0)
+
+
+# building
+
+
+@contextmanager
+def warehouse_lock(settings: Settings) -> Iterator[Path]:
+    """One writer at a time: held around every warehouse write."""
+    warehouse = settings.data_dir / "warehouse"
+    warehouse.mkdir(parents=True, exist_ok=True)
+    with (warehouse / "write.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield warehouse / "lambdaflow.duckdb"
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def raw_files_for(settings: Settings, day: date) -> list[Path]:
+    """The day's raw files the archiver's manifests cover; an empty day reads one empty file."""
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    if files:
+        return files
+    empty = settings.data_dir / "batch" / "empty" / f"event_date={day.isoformat()}" / "empty.parquet"
+    if not empty.exists():
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(schema=EVENT_SCHEMA).drop("event_date").write_parquet(empty)
+    return [empty]
+
+
+def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
+    """dbt build for one UTC day (all of it, or the hours before ``until``), then publish it."""
+    until = _start_of(day) + DAY if until is None else until
+    files = raw_files_for(settings, day)
+    variables = {
+        "ds": day.isoformat(),
+        "until": None if until >= _start_of(day) + DAY else until.isoformat(),
+        "raw_files": "[" + ", ".join(_sql_string(str(f)) for f in files) + "]",
+    }
+    with warehouse_lock(settings):
+        log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
+        _dbt(settings, "build", "--vars", _yaml(variables))
+        published = publish(settings, day, until)
+    return published
+
+
+def _dbt(settings: Settings, *args: str) -> None:
+    command = [str(Path(sys.executable).parent / "dbt"), *args,
+               "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(settings.data_dir), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    done = subprocess.run(command, env=env, cwd=DBT_PROJECT_DIR, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        log.info("dbt: %s", line)
+    if done.returncode != 0:
+        raise LambdaflowError(f"dbt {args[0]} failed with exit code {done.returncode}; see the dbt lines above")
+
+
+# publishing (invariant 5)
+
+
+def publish(settings: Settings, day: date, until: datetime) -> dict:
+    """Export the day's built hours and swap the batch manifest to include them."""
+    batch_dir = settings.data_dir / "batch"
+    final = batch_dir / "published" / f"event_date={day.isoformat()}" / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(final, settings.data_dir / "tmp" / "batch")
+    warehouse = settings.data_dir / "warehouse" / "lambdaflow.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        con.execute(
+            f"copy (select * from fct_hourly_metrics where event_date = ? and event_hour < ? "
+            f"order by event_hour, country) to {_sql_string(str(temp))} (format parquet, compression zstd)",
+            [day, until.replace(tzinfo=None)],
+        ).fetchall()
+    fsync_file(temp)
+    os.replace(temp, final)
+
+    manifest = read_json(manifest_path(settings.data_dir)) or {"days": {}}
+    days = dict(manifest.get("days", {}))
+    replaced = days.get(day.isoformat())
+    days[day.isoformat()] = {
+        "file": str(final.relative_to(settings.data_dir)),
+        "built_until": until.isoformat(),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    boundary = _contiguous_end(days)
+    previous = manifest.get("boundary")
+    if previous and datetime.fromisoformat(previous) > boundary:
+        boundary = datetime.fromisoformat(previous)  # never moves back
+    document = {"boundary": boundary.isoformat(), "days": dict(sorted(days.items())),
+                "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    replace_json(manifest_path(settings.data_dir), document)
+    if replaced:
+        _remove_later(settings, replaced["file"])
+    log.info("published %s until %s; boundary %s", day, until.isoformat(), document["boundary"])
+    return document
+
+
+def _contiguous_end(days: dict[str, dict]) -> datetime:
+    """The end of the run of built hours that starts at the earliest built day."""
+    end = None
+    for key in sorted(days):
+        start = _start_of(date.fromisoformat(key))
+        if end is not None and start != end:
+            break
+        end = datetime.fromisoformat(days[key]["built_until"])
+        if end < start + DAY:
+            break
+    return end
+
+
+def _remove_later(settings: Settings, relative: str) -> None:
+    """A replaced file may still be read by a query that began before the swap: keep it a while."""
+    retired = settings.data_dir / "batch" / "retired.json"
+    entries = read_json(retired) or []
+    now = datetime.now(timezone.utc)
+    keep = []
+    for entry in entries + [{"file": relative, "retired_at": now.isoformat()}]:
+        if now - datetime.fromisoformat(entry["retired_at"]) > timedelta(minutes=10):
+            (settings.data_dir / entry["file"]).unlink(missing_ok=True)
+        else:
+            keep.append(entry)
+    replace_json(retired, keep)
+
+
+def _start_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _yaml(variables: dict) -> str:
+    import json
+
+    return json.dumps(variables)  # JSON is YAML
+
+
+def build_today(settings: Settings, ds: object = None, now: datetime | None = None) -> dict:
+    """The manual run: the complete hours of ``ds`` (None: today), boundary moved to the last of them."""
+    now = now or datetime.now(timezone.utc)
+    day = now.date() if ds is None else parse_day(ds, latest=now.date())
+    until = complete_hours_of(settings, day)
+    if until <= _start_of(day):
+        raise DayNotComplete(f"no hour of {day} is complete yet; " + completeness(settings).explain(day))
+    return build(settings, day, until)

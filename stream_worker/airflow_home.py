@@ -1,0 +1,58 @@
+"""The Airflow installation lambdaflow runs its DAGs in: SQLite under the data directory.
+
+Environment variables already set (AIRFLOW__...) win over these defaults, so a
+real deployment configures Airflow the usual way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from stream_worker.config import Settings
+from stream_worker.errors import LambdaflowError
+
+log = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = PROJECT_DIR / "dags"
+WAREHOUSE_POOL = "warehouse"
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    home = settings.data_dir / "airflow"
+    defaults = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__SCHEDULER__CREATE_CRON_DATA_INTERVALS": "True",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "LAMBDAFLOW_DATA_DIR": str(settings.data_dir),
+    }
+    return {key: os.environ.get(key, value) for key, value in defaults.items()}
+
+
+def prepare(settings: Settings) -> dict[str, str]:
+    """Set Airflow's environment for this process and create its database once."""
+    env = airflow_env(settings)
+    os.environ.update(env)
+    home = Path(env["AIRFLOW_HOME"])
+    ready = home / ".lambdaflow-ready"
+    if not ready.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        log.info("creating the Airflow database in %s (once)", home)
+        airflow = str(Path(sys.executable).parent / "airflow")
+        for command in ([airflow, "db", "migrate"],
+                        [airflow, "pools", "set", WAREHOUSE_POOL, "1", "one writer to the dbt warehouse"]):
+            done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise LambdaflowError(f"{' '.join(command[1:3])} failed: {done.stderr.strip().splitlines()[-1:]}")
+        ready.touch()
+    return env

@@ -1,0 +1,71 @@
+"""`lambdaflow batch`: the batch DAGs run in process, with the same tasks as the scheduler's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator
+
+from stream_worker import airflow_home
+from stream_worker.config import Settings
+from stream_worker.errors import LambdaflowError
+
+log = logging.getLogger(__name__)
+
+
+def run_batch(settings: Settings, day: str | None) -> dict:
+    """Run lambda_batch for ``day``, or lambda_batch_today when ``day`` is None; return the manifest."""
+    airflow_home.prepare(settings)
+    sys.path.insert(0, str(airflow_home.DAGS_FOLDER))
+    from lambdaflow_dags import batch
+
+    from stream_worker.files import read_json
+    from stream_worker.boundary import manifest_path
+
+    now = datetime.now(timezone.utc)
+    if day is not None:
+        parsed = batch.parse_day(day, latest=now.date())
+        batch.require_complete(settings, parsed)  # fail fast instead of waiting in the sensor
+        # A manual run of a data-interval timetable processes the interval that ends at its
+        # logical date, so the day D is the run at D + 1 day (scheduled runs start at D).
+        dag_id, run = "lambda_batch", {"logical_date": batch._start_of(parsed) + batch.DAY}
+    else:
+        until = batch.complete_hours_of(settings, now.date())
+        if until <= batch._start_of(now.date()):
+            raise batch.DayNotComplete(f"no hour of {now.date()} is complete yet; "
+                                       + batch.completeness(settings).explain(now.date()))
+        dag_id, run = "lambda_batch_today", {"logical_date": None, "run_conf": {"ds": None}}
+
+    with _stdout_to_stderr():  # Airflow logs to stdout; ours is for results
+        dag = _load_dag(dag_id)
+        log.info("running %s %s", dag_id, run.get("logical_date") or "for today")
+        dag_run = dag.test(**run)
+    if str(dag_run.state) != "success":
+        failed = [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"]
+        raise LambdaflowError(f"{dag_id} failed ({', '.join(failed) or dag_run.state}); see the log above")
+    return read_json(manifest_path(settings.data_dir)) or {}
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(airflow_home.DAGS_FOLDER))
+    if bag.import_errors:
+        raise LambdaflowError(f"the DAGs do not import: {bag.import_errors}")
+    return bag.get_dag(dag_id)
