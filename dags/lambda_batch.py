@@ -45,10 +45,11 @@ def lambda_batch():
         from lambdaflow_dags import batch
         from stream_worker.config import settings
 
-        state = batch.completeness(settings())
+        config = settings()
+        state = batch.completeness(config)
         day = data_interval_start.date()
         if not state.day_is_complete(day):
-            print(state.explain(day))
+            print(state.explain(day, config.allowed_lateness))
         return PokeReturnValue(is_done=state.day_is_complete(day))
 
     @task

@@ -35,8 +35,8 @@ def run_batch(settings: Settings, day: str | None) -> dict:
     else:
         until = batch.complete_hours_of(settings, now.date())
         if until <= batch._start_of(now.date()):
-            raise batch.DayNotComplete(f"no hour of {now.date()} is complete yet; "
-                                       + batch.completeness(settings).explain(now.date()))
+            explained = batch.completeness(settings).explain(now.date(), settings.allowed_lateness)
+            raise batch.DayNotComplete(f"no hour of {now.date()} is complete yet; {explained}")
         dag_id, run = "lambda_batch_today", {"logical_date": None, "run_conf": {"ds": None}}
 
     with _stdout_to_stderr():  # Airflow logs to stdout; ours is for results

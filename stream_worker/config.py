@@ -12,6 +12,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Mapping
 
@@ -35,6 +36,8 @@ class Settings:
     """The archiver publishes a partition's buffer at this many bytes of messages (LAMBDAFLOW_ARCHIVE_ROLL_MB)."""
     archive_roll_seconds: float
     """... or when it is this old (LAMBDAFLOW_ARCHIVE_ROLL_SECONDS)."""
+    allowed_lateness: timedelta
+    """How long after an hour ends its events may still arrive (LAMBDAFLOW_ALLOWED_LATENESS_MINUTES)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -57,6 +60,7 @@ class Settings:
             partitions=int(_positive(environ, "LAMBDAFLOW_PARTITIONS", default=3, whole=True)),
             archive_roll_bytes=int(_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64) * 1024 * 1024),
             archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300),
+            allowed_lateness=timedelta(minutes=_minutes(environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10)),
         )
 
     @property
@@ -77,6 +81,19 @@ def _positive(environ: Mapping[str, str], name: str, default: float, whole: bool
         raise ConfigError(f"{name}={raw!r} must be a whole number of at least 1")
     if not value > 0:
         raise ConfigError(f"{name}={raw!r} must be a number above 0")
+    return value
+
+
+def _minutes(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must be a number of minutes, 0 or more")
     return value
 
 

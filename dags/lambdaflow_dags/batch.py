@@ -37,7 +37,6 @@ from stream_worker.raw_store import RawStore
 log = logging.getLogger(__name__)
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
-ALLOWED_LATENESS = timedelta(minutes=10)
 DAY = timedelta(days=1)
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -72,11 +71,11 @@ class Completeness:
     def day_is_complete(self, day: date) -> bool:
         return self.complete_until is not None and self.complete_until >= _start_of(day) + DAY
 
-    def explain(self, day: date) -> str:
+    def explain(self, day: date, lateness: timedelta) -> str:
         detail = "; ".join(f"partition {p}: {text}" for p, text in sorted(self.partitions.items()))
         return (
             f"day {day} is not complete yet: every partition's archiver must see event time pass "
-            f"{_start_of(day) + DAY + ALLOWED_LATENESS:%Y-%m-%d %H:%M} UTC, or catch up after then "
+            f"{_start_of(day) + DAY + lateness:%Y-%m-%d %H:%M} UTC, or catch up after then "
             f"({detail or 'no archiver has reported yet'})"
         )
 
@@ -101,7 +100,7 @@ def completeness(settings: Settings, partitions: int | None = None) -> Completen
         if not marks:
             reported[partition] = "no event time seen, never caught up"
             continue
-        horizon = max(marks) - ALLOWED_LATENESS
+        horizon = max(marks) - settings.allowed_lateness
         horizons.append(horizon)
         reported[partition] = f"complete until {horizon:%Y-%m-%d %H:%M} UTC"
     complete_until = min(horizons) if len(horizons) == len(expected) else None
@@ -111,7 +110,7 @@ def completeness(settings: Settings, partitions: int | None = None) -> Completen
 def require_complete(settings: Settings, day: date) -> None:
     state = completeness(settings)
     if not state.day_is_complete(day):
-        raise DayNotComplete(state.explain(day))
+        raise DayNotComplete(state.explain(day, settings.allowed_lateness))
 
 
 def complete_hours_of(settings: Settings, day: date) -> datetime:
@@ -266,5 +265,7 @@ def build_today(settings: Settings, ds: object = None, now: datetime | None = No
     day = now.date() if ds is None else parse_day(ds, latest=now.date())
     until = complete_hours_of(settings, day)
     if until <= _start_of(day):
-        raise DayNotComplete(f"no hour of {day} is complete yet; " + completeness(settings).explain(day))
+        raise DayNotComplete(
+            f"no hour of {day} is complete yet; " + completeness(settings).explain(day, settings.allowed_lateness)
+        )
     return build(settings, day, until)

@@ -1,0 +1,150 @@
+"""The batch layer end to end: real archiver, real `lambda_batch` runs, real dbt builds on DuckDB."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ground_truth import METRICS, hourly_metrics
+from kafka_helpers import read_all
+from stream_worker import synthetic
+from stream_worker.clients import ensure_topic
+from stream_worker.produce import produce
+
+
+class BatchWorld:
+    """One archived topic and one Airflow home, shared by the tests of this module."""
+
+    def __init__(self, bootstrap: str, root: Path) -> None:
+        self.bootstrap = bootstrap
+        self.topic = f"events-{uuid.uuid4().hex[:12]}"
+        self.data_dir = root / "data"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW"))}
+        self.env.update({
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "LAMBDAFLOW_TOPIC": self.topic,
+            "LAMBDAFLOW_DATA_DIR": str(self.data_dir),
+            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
+        })
+        self.today = datetime.now(timezone.utc).date()
+        self.closed_days = [self.today - timedelta(days=n) for n in (3, 2, 1)]
+
+    def lambdaflow(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stream_worker", *args], env=self.env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+    def manifest(self) -> dict:
+        return json.loads((self.data_dir / "batch" / "manifest.json").read_text())
+
+    def published(self, day: date) -> dict:
+        """The published hours of a day, as {(date, hour, country): metrics}."""
+        entry = self.manifest()["days"][day.isoformat()]
+        rows = duckdb.execute(
+            f"select event_date, hour, country, {', '.join(METRICS)} "
+            f"from read_parquet('{self.data_dir / entry['file']}')"
+        ).fetchall()
+        return {(d, h, c): dict(zip(METRICS, values)) for d, h, c, *values in rows}
+
+    def warehouse_checksum(self, day: date) -> str:
+        with duckdb.connect(str(self.data_dir / "warehouse" / "lambdaflow.duckdb"), read_only=True) as con:
+            rows = con.execute(
+                "select * from fct_hourly_metrics where event_date = ? order by event_hour, country", [day]
+            ).fetchall()
+        return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(kafka_bootstrap, tmp_path_factory) -> BatchWorld:
+    world = BatchWorld(kafka_bootstrap, tmp_path_factory.mktemp("batch"))
+    ensure_topic(kafka_bootstrap, world.topic, 3)
+    midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
+    history = produce(kafka_bootstrap, world.topic, 3, synthetic.Options(
+        days=3, events_per_day=6_000, seed=81, until=midnight,
+        duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.01,
+    ))
+    today = produce(kafka_bootstrap, world.topic, 3, synthetic.Options(
+        days=0, events_per_day=6_000, seed=82, until=datetime.now(timezone.utc), duplicates=0.05,
+    ))
+    world.messages = history.messages + today.messages
+    archived = world.lambdaflow("archive", "--until-idle")
+    assert archived.returncode == 0, archived.stderr[-3000:]
+    world.truth = hourly_metrics(read_all(kafka_bootstrap, world.topic, world.messages))
+    return world
+
+
+def truth_for(world: BatchWorld, day: date, before_hour: int = 24) -> dict:
+    return {key: value for key, value in world.truth.items() if key[0] == day and key[1] < before_hour}
+
+
+def test_each_closed_day_equals_an_independent_computation_hour_by_hour(world) -> None:
+    for day in world.closed_days:
+        result = world.lambdaflow("batch", "--date", day.isoformat())
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout)["days"][day.isoformat()]["built_until"] == (
+            datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc).isoformat()
+        )
+        assert "Done. PASS=" in result.stderr and "ERROR=0" in result.stderr  # dbt's data and unit tests
+        assert world.published(day) == truth_for(world, day)
+    midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
+    assert world.manifest()["boundary"] == midnight.isoformat()
+
+
+def test_building_a_day_twice_gives_the_same_table(world) -> None:
+    day = world.closed_days[-1]
+    first = world.warehouse_checksum(day)
+    published_before = world.published(day)
+    result = world.lambdaflow("batch", "--date", day.isoformat())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert world.warehouse_checksum(day) == first
+    assert world.published(day) == published_before
+
+
+def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) -> None:
+    before = world.manifest()["boundary"]
+    result = world.lambdaflow("batch", "--today")
+    now = datetime.now(timezone.utc)
+    if now.hour == 0:  # no hour of today is over yet
+        assert result.returncode == 1
+        assert "no hour of" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads(result.stdout)
+    built_until = datetime.fromisoformat(manifest["days"][world.today.isoformat()]["built_until"])
+    assert built_until.minute == 0 and built_until.date() == world.today and built_until.hour >= 1
+    assert manifest["boundary"] == built_until.isoformat() > before
+    assert world.published(world.today) == truth_for(world, world.today, before_hour=built_until.hour)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2026-13-01", "'2026-13-01' is not a date of the calendar"),
+        ("../../etc", "'../../etc' is not a date: use YYYY-MM-DD, e.g. 2026-11-26"),
+        ("", "'' is not a date: use YYYY-MM-DD, e.g. 2026-11-26"),
+        ("2026-11-26; drop table fct_hourly_metrics", "is not a date: use YYYY-MM-DD"),
+    ],
+)
+def test_an_invalid_date_fails_clearly_and_writes_nothing(world, value: str, message: str) -> None:
+    watched = [world.data_dir / "batch" / "manifest.json", world.data_dir / "warehouse" / "lambdaflow.duckdb"]
+    before = {path: path.stat().st_mtime_ns for path in watched if path.exists()}
+    result = world.lambdaflow("batch", "--date", value)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("lambdaflow: error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {path: path.stat().st_mtime_ns for path in watched if path.exists()} == before
+
+
+def test_a_day_that_is_not_complete_fails_fast(world) -> None:
+    result = world.lambdaflow("batch", "--date", world.today.isoformat(), timeout=120)
+    assert result.returncode == 1
+    assert f"day {world.today} is not complete yet" in result.stderr
