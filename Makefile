@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
+DOCS_PORT ?= 8081
 
-.PHONY: install test demo lock clean
+.PHONY: install test demo docs lock clean
 
 install: $(INSTALLED)
 
@@ -22,6 +23,15 @@ test: install
 
 demo: install
 	$(BIN)/python -m stream_worker.demo
+
+# The dbt docs site on 127.0.0.1:$(DOCS_PORT). Generating it opens the warehouse, so it
+# takes the warehouse lock that every batch build holds.
+docs: export LAMBDAFLOW_DATA_DIR ?= $(CURDIR)/data
+docs: install
+	mkdir -p $(LAMBDAFLOW_DATA_DIR)/warehouse
+	cd dbt_project && flock $(LAMBDAFLOW_DATA_DIR)/warehouse/write.lock \
+		../$(BIN)/dbt docs generate --profiles-dir . --quiet
+	cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
 
 # Re-resolve requirements.txt from pyproject.toml's direct dependencies.
 lock:

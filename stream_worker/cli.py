@@ -19,7 +19,7 @@ import click
 
 from stream_worker.config import settings
 from stream_worker.errors import LambdaflowError
-from stream_worker.output import FORMATS, ProgressBar, configure_logging, emit_record
+from stream_worker.output import FORMATS, ProgressBar, configure_logging, emit, emit_record
 
 log = logging.getLogger("lambdaflow")
 
@@ -226,6 +226,25 @@ def batch(day: str | None, today: bool, fmt: str) -> None:
     if (day is None) == (not today):
         raise click.UsageError("give exactly one of --date YYYY-MM-DD or --today")
     emit_record(run_batch(settings(), day=day), fmt)
+
+
+@cli.command()
+@click.option("--from", "date_from", required=True, metavar="YYYY-MM-DD", help="First UTC day (inclusive).")
+@click.option("--to", "date_to", required=True, metavar="YYYY-MM-DD", help="Last UTC day (inclusive).")
+@click.option("--hourly", is_flag=True, help="One row per UTC hour with events, `hour` 0-23.")
+@click.option("--country", metavar="CC", help="Only this country (two capital letters; ZZ: unknown).")
+@_format_option
+def query(date_from: str, date_to: str, hourly: bool, country: str | None, fmt: str) -> None:
+    """Serving answers over both layers, per UTC day (or hour).
+
+    Hours before the serving boundary come from the batch layer, hours from it
+    on from the speed layer; `source` says which (`mixed`: a day served from
+    both). Runs the serving model's SQL in process over published files only.
+    """
+    from stream_worker.serving import Question, answer
+
+    question = Question.parse(date_from, date_to, hourly, country)
+    emit(answer(settings(), question), fmt)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -29,7 +29,14 @@ def emit(rows: Iterable[Mapping[str, object]], fmt: str = "json") -> None:
         table.add_column(column, justify="right" if _numeric(rows, column) else "left")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console(file=sys.stdout, soft_wrap=True).print(table)
+    _stdout_console().print(table)
+
+
+def _stdout_console() -> Console:
+    console = Console(file=sys.stdout, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 160  # piped: no terminal to fit, so do not cut columns short
+    return console
 
 
 def emit_record(record: Mapping[str, object], fmt: str = "json") -> None:
@@ -46,7 +53,7 @@ def emit_record(record: Mapping[str, object], fmt: str = "json") -> None:
                 table.add_row(f"{key} {inner_key}", str(inner_value))
         else:
             table.add_row(key, "" if value is None else str(value))
-    Console(file=sys.stdout, soft_wrap=True).print(table)
+    _stdout_console().print(table)
 
 
 def _numeric(rows: list[Mapping[str, object]], column: str) -> bool:

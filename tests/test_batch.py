@@ -148,3 +148,37 @@ def test_a_day_that_is_not_complete_fails_fast(world) -> None:
     result = world.lambdaflow("batch", "--date", world.today.isoformat(), timeout=120)
     assert result.returncode == 1
     assert f"day {world.today} is not complete yet" in result.stderr
+
+
+def test_make_docs_builds_and_serves_the_dbt_docs_site(world) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    from stream_worker.broker import free_port
+
+    port = free_port()
+    project = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen(
+        ["make", "--no-print-directory", "docs", f"DOCS_PORT={port}"], cwd=project, env=world.env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        catalog = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/catalog.json", timeout=5) as response:
+                    catalog = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(1)
+        assert catalog is not None, server.stdout.read().decode()[-3000:] if server.poll() is not None else "timeout"
+        assert "model.lambdaflow.fct_hourly_metrics" in catalog["nodes"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/manifest.json", timeout=5) as response:
+            manifest = json.loads(response.read())
+        hourly = manifest["nodes"]["model.lambdaflow.fct_hourly_metrics"]
+        assert "one row per UTC hour and country" in hourly["description"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make and the docs server it started, by their own group
+        server.wait(timeout=30)
