@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -62,6 +63,7 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+@functools.cache
 def _load_dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 
 from stream_worker.config import settings
+from stream_worker.errors import LambdaflowError
 from stream_worker.output import configure_logging, emit, emit_record
 from stream_worker.processes import Service, lambdaflow_command, run_json
 
@@ -45,8 +47,9 @@ def main() -> int:
         archived = run_json("archive", lambdaflow_command("archive", "--until-idle"), layer_env)
         counted = run_json("stream", lambdaflow_command("stream", "--until-idle"), layer_env)
         log.info("archived %d messages, counted %d new events", archived["messages"], counted["new_events"])
-        emit(_per_day(config), "table")
-    except (RuntimeError, TimeoutError) as error:
+        _run_batches(config)
+        _answer(config)
+    except (RuntimeError, TimeoutError, LambdaflowError) as error:
         log.error("demo failed: %s", error)
         return 1
     finally:
@@ -54,30 +57,37 @@ def main() -> int:
     return 0
 
 
-def _per_day(config) -> list[dict]:
-    """Per event date: events in the raw store (with duplicates) and the speed layer's metrics."""
-    import duckdb
+def _run_batches(config) -> None:
+    """The batch DAG for each closed day, then the manual run for today, in this process."""
+    from stream_worker.batch_runner import run_batch
+    from stream_worker.errors import LambdaflowError
 
-    raw = config.data_dir / "raw" / "events" / "*" / "*.parquet"
-    snapshots = config.data_dir / "speed" / config.topic / "snapshots" / "*.parquet"
-    rows = duckdb.execute(f"""
-        with raw as (
-            select event_date, count(*) as raw_rows
-            from read_parquet('{raw}', hive_partitioning = true)
-            group by all
-        ),
-        speed as (
-            select event_date, sum(events) as events, sum(new_users) as new_users,
-                   sum(active_users) as active_users, sum(orders) as orders, sum(revenue_cents) as revenue_cents
-            from read_parquet('{snapshots}')
-            group by all
-        )
-        select cast(event_date as varchar), raw_rows, events, new_users, active_users, orders, revenue_cents
-        from raw full outer join speed using (event_date)
-        order by event_date
-    """).fetchall()
-    columns = ["event_date", "raw_rows", "events", "new_users", "active_users", "orders", "revenue_cents"]
-    return [dict(zip(columns, row)) for row in rows]
+    today = datetime.now(timezone.utc).date()
+    for days_ago in range(DAYS, 0, -1):
+        day = today - timedelta(days=days_ago)
+        log.info("batch for %s (%d of %d)", day, DAYS - days_ago + 1, DAYS)
+        run_batch(config, day=day.isoformat())
+    try:
+        manifest = run_batch(config, day=None)
+        log.info("batch for today so far: boundary now %s", manifest["boundary"])
+    except LambdaflowError as error:  # just after midnight no hour of today is complete
+        log.warning("no batch for today yet: %s", error)
+
+
+def _answer(config) -> None:
+    from stream_worker.serving import Question, answer
+
+    today = datetime.now(timezone.utc).date()
+    yesterday = today - timedelta(days=1)
+    week = answer(config, Question(today - timedelta(days=DAYS), today))
+    emit(week, "table")
+    by_day = {row["event_date"]: row for row in week}
+    emit([
+        {"question": "new users yesterday", "event_date": yesterday.isoformat(),
+         "new_users": by_day[yesterday.isoformat()]["new_users"], "source": by_day[yesterday.isoformat()]["source"]},
+        {"question": "new users today so far", "event_date": today.isoformat(),
+         "new_users": by_day[today.isoformat()]["new_users"], "source": by_day[today.isoformat()]["source"]},
+    ], "table")
 
 
 if __name__ == "__main__":

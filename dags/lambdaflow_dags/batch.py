@@ -15,8 +15,6 @@ import fcntl
 import logging
 import os
 import re
-import subprocess
-import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
 import polars as pl
 
 from stream_worker.boundary import manifest_path
@@ -163,37 +160,36 @@ def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
     with warehouse_lock(settings):
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         _dbt(settings, "build", "--vars", _yaml(variables))
-        published = publish(settings, day, until)
+        published = publish(settings, day, until, variables)
     return published
 
 
 def _dbt(settings: Settings, *args: str) -> None:
-    command = [str(Path(sys.executable).parent / "dbt"), *args,
-               "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
-    env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(settings.data_dir), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    done = subprocess.run(command, env=env, cwd=DBT_PROJECT_DIR, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        log.info("dbt: %s", line)
-    if done.returncode != 0:
-        raise LambdaflowError(f"dbt {args[0]} failed with exit code {done.returncode}; see the dbt lines above")
+    """Run dbt in this process: importing dbt costs seconds, so a process that builds
+    several days (a backfill, the demo) pays it once."""
+    from dbt.cli.main import dbtRunner
+
+    os.environ["LAMBDAFLOW_DATA_DIR"] = str(settings.data_dir)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    result = dbtRunner().invoke(
+        [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    )
+    if not result.success:
+        detail = f": {result.exception}" if result.exception else "; see the dbt log above"
+        raise LambdaflowError(f"dbt {args[0]} failed{detail}")
 
 
 # publishing (invariant 5)
 
 
-def publish(settings: Settings, day: date, until: datetime) -> dict:
+def publish(settings: Settings, day: date, until: datetime, variables: dict) -> dict:
     """Export the day's built hours and swap the batch manifest to include them."""
     batch_dir = settings.data_dir / "batch"
     final = batch_dir / "published" / f"event_date={day.isoformat()}" / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(final, settings.data_dir / "tmp" / "batch")
-    warehouse = settings.data_dir / "warehouse" / "lambdaflow.duckdb"
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        con.execute(
-            f"copy (select * from fct_hourly_metrics where event_date = ? and event_hour < ? "
-            f"order by event_hour, country) to {_sql_string(str(temp))} (format parquet, compression zstd)",
-            [day, until.replace(tzinfo=None)],
-        ).fetchall()
+    export_args = {"ds": day.isoformat(), "until": until.replace(tzinfo=None).isoformat(sep=" "), "path": str(temp)}
+    _dbt(settings, "run-operation", "export_built_hours", "--args", _yaml(export_args), "--vars", _yaml(variables))
     fsync_file(temp)
     os.replace(temp, final)
 
