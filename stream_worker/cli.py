@@ -247,6 +247,24 @@ def query(date_from: str, date_to: str, hourly: bool, country: str | None, fmt: 
     emit(answer(settings(), question), fmt)
 
 
+@cli.command()
+@_format_option
+def status(fmt: str) -> None:
+    """Where each layer stands: lag and watermarks per partition, boundary, last build, dead letter.
+
+    Read from the files the workers and the batch publish; it opens no state file
+    and needs no broker.
+    """
+    from stream_worker.status import partition_rows, status as read_status
+
+    report = read_status(settings())
+    if fmt == "json":
+        emit([report], fmt)
+        return
+    emit(partition_rows(report), fmt)
+    emit_record({k: v for k, v in report.items() if k != "partitions"}, fmt)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -46,7 +46,7 @@ def emit_record(record: Mapping[str, object], fmt: str = "json") -> None:
         return
     table = Table(show_header=False)
     table.add_column("field")
-    table.add_column("value", justify="right")
+    table.add_column("value")
     for key, value in record.items():
         if isinstance(value, Mapping):
             for inner_key, inner_value in value.items():

@@ -16,6 +16,7 @@ commit, so nothing needs saving.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from stream_worker import clients
 from stream_worker.boundary import read_boundary
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
+from stream_worker.files import replace_json
 from stream_worker.group import AssignmentClock
 from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
@@ -54,6 +56,9 @@ class SpeedPaths:
     def snapshot_file(self, partition: int) -> Path:
         return self.snapshots / f"partition-{partition}.parquet"
 
+    def status_file(self, partition: int) -> Path:
+        return self.root / f"status-{partition}.json"
+
 
 @dataclass
 class Owned:
@@ -62,6 +67,7 @@ class Owned:
     end_offset: int | None = None
     last_commit: float | None = None
     next_open_attempt: float = 0.0
+    status_written: float = 0.0
 
 
 @dataclass
@@ -115,6 +121,8 @@ class StreamWorker(ConsumerRebalanceListener):
                 polled = self._consumer.poll(timeout_ms=MAX_BATCH_WAIT_MS, max_records=MAX_BATCH_MESSAGES)
                 self._count(polled)
                 self._read_end_offsets()
+                for partition in self.owned:
+                    self._write_status(partition)
                 self._report_progress()
                 self._prune_owned()
                 if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
@@ -125,6 +133,7 @@ class StreamWorker(ConsumerRebalanceListener):
                     break
         finally:
             for partition in list(self.owned):
+                self._write_status(partition, force=True)
                 self._close(partition)
             self._consumer.close()
             self._probe.close()
@@ -173,6 +182,7 @@ class StreamWorker(ConsumerRebalanceListener):
         self.totals.commits += 1
         owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
         self._commit_to_kafka(partition, end)
+        self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
 
     def _on_rewind(self, tp: TopicPartition, owned: Owned, offset: int) -> None:
@@ -209,6 +219,7 @@ class StreamWorker(ConsumerRebalanceListener):
         self._assignment.changed()
         for tp in revoked:
             if tp.partition in self.owned:
+                self._write_status(tp.partition, force=True)
                 self._close(tp.partition)
                 log.info("%s[%d] revoked", self.topic, tp.partition)
 
@@ -274,6 +285,23 @@ class StreamWorker(ConsumerRebalanceListener):
             end = self._consumer.highwater(TopicPartition(self.topic, partition))
             if end is not None:
                 owned.end_offset = end
+
+    def _write_status(self, partition: int, force: bool = False) -> None:
+        """Progress for `lambdaflow status`, at most once a second per partition unless forced."""
+        owned = self.owned[partition]
+        now = time.monotonic()
+        if owned.state is None or (not force and now - owned.status_written < 1.0):
+            return
+        owned.status_written = now
+        replace_json(self.paths.status_file(partition), {
+            "topic": self.topic,
+            "partition": partition,
+            "next_offset": owned.position,
+            "end_offset": owned.end_offset,
+            "epoch": owned.state.consumed().epoch,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "pid": os.getpid(),
+        })
 
     def _caught_up(self, partition: int) -> bool:
         owned = self.owned[partition]

@@ -77,6 +77,9 @@ def world(kafka_bootstrap, tmp_path_factory) -> BatchWorld:
     world.messages = history.messages + today.messages
     archived = world.lambdaflow("archive", "--until-idle")
     assert archived.returncode == 0, archived.stderr[-3000:]
+    counted = world.lambdaflow("stream", "--until-idle")
+    assert counted.returncode == 0, counted.stderr[-3000:]
+    world.malformed = history.malformed + today.malformed
     world.truth = hourly_metrics(read_all(kafka_bootstrap, world.topic, world.messages))
     return world
 
@@ -182,3 +185,79 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # make and the docs server it started, by their own group
         server.wait(timeout=30)
+
+
+# Serving over both layers (after the builds above)
+
+
+def daily_truth(world: BatchWorld, day: date, country: str | None = None) -> dict:
+    cells = [v for k, v in world.truth.items() if k[0] == day and (country is None or k[2] == country)]
+    return {m: sum(cell[m] for cell in cells) for m in METRICS}
+
+
+def test_query_answers_each_day_from_its_layer_and_exactly(world) -> None:
+    first = world.closed_days[0]
+    result = world.lambdaflow("query", "--from", first.isoformat(), "--to", world.today.isoformat())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["event_date"] for row in rows] == [d.isoformat() for d in [*world.closed_days, world.today]]
+    boundary = datetime.fromisoformat(world.manifest()["boundary"])
+    for row in rows:
+        day = date.fromisoformat(row["event_date"])
+        assert list(row) == ["event_date", *METRICS, "source"]
+        assert {m: row[m] for m in METRICS} == daily_truth(world, day)
+        if day < world.today:
+            assert row["source"] == "batch"
+        else:
+            assert row["source"] == ("mixed" if boundary.date() == world.today and boundary.hour > 0 else "realtime")
+
+
+def test_query_hourly_for_one_country_never_serves_an_hour_twice(world) -> None:
+    day = world.closed_days[-1]
+    result = world.lambdaflow("query", "--from", day.isoformat(), "--to", world.today.isoformat(),
+                              "--hourly", "--country", "DE")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    keys = [(row["event_date"], row["hour"]) for row in rows]
+    assert len(keys) == len(set(keys))
+    expected = {
+        (k[0].isoformat(), k[1]): v for k, v in world.truth.items()
+        if k[2] == "DE" and k[0] in (day, world.today)
+    }
+    assert {(row["event_date"], row["hour"]): {m: row[m] for m in METRICS} for row in rows} == expected
+    boundary = datetime.fromisoformat(world.manifest()["boundary"])
+    for row in rows:
+        start = datetime.fromisoformat(row["event_date"]).replace(tzinfo=timezone.utc) + timedelta(hours=row["hour"])
+        assert row["source"] == ("batch" if start < boundary else "realtime")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "2026-11-27", "--to", "2026-11-20"], "--to 2026-11-20 is before --from 2026-11-27"),
+        (["--from", "2026-02-30", "--to", "2026-03-01"], "--from '2026-02-30' is not a date of the calendar"),
+        (["--from", "yesterday", "--to", "2026-03-01"], "--from 'yesterday' is not a date"),
+        (["--from", "2026-11-20", "--to", "2026-11-21", "--country", "DE' or '1'='1"], "is not two capital letters"),
+        (["--from", "2000-01-01", "--to", "2026-11-21"], "is too long"),
+    ],
+)
+def test_bad_query_input_gets_one_clear_line(world, args, message) -> None:
+    result = world.lambdaflow("query", *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("lambdaflow: error: ") and message in lines[-1]
+
+
+def test_status_shows_both_layers_caught_up_the_boundary_and_the_dead_letter(world) -> None:
+    result = world.lambdaflow("status")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["boundary"] == world.manifest()["boundary"]
+    assert [p["partition"] for p in report["partitions"]] == [0, 1, 2]
+    for entry in report["partitions"]:
+        assert entry["archiver"]["lag"] == 0
+        assert entry["stream"]["lag"] == 0
+    assert report["dead_letter"]["messages"] == world.malformed
+    table = world.lambdaflow("status", "--format", "table")
+    assert table.returncode == 0 and "archive_lag" in table.stdout

@@ -1,0 +1,74 @@
+"""`lambdaflow status`: where every layer stands, from the files each one publishes."""
+
+from __future__ import annotations
+
+import duckdb
+
+from stream_worker.boundary import manifest_path
+from stream_worker.config import Settings
+from stream_worker.files import read_json
+from stream_worker.raw_store import RawStore
+
+
+def status(settings: Settings) -> dict:
+    store = RawStore(settings.data_dir, settings.topic)
+    speed_dir = settings.data_dir / "speed" / settings.topic
+    partitions = []
+    for partition in range(settings.partitions):
+        archiver = read_json(store.status_path(partition)) or {}
+        stream = read_json(speed_dir / f"status-{partition}.json") or {}
+        partitions.append({
+            "partition": partition,
+            "archiver": _progress(archiver, "watermark", "caught_up_at", "epoch"),
+            "stream": _progress(stream, "epoch", "updated_at"),
+        })
+    manifest = read_json(manifest_path(settings.data_dir)) or {}
+    days = manifest.get("days", {})
+    last_built = max(days.items(), key=lambda item: item[1]["built_at"], default=None)
+    return {
+        "topic": settings.topic,
+        "boundary": manifest.get("boundary"),
+        "last_build": {"event_date": last_built[0], **last_built[1]} if last_built else None,
+        "days_built": len(days),
+        "partitions": partitions,
+        "dead_letter": _dead_letter(store),
+    }
+
+
+def _progress(document: dict, *fields: str) -> dict | None:
+    if not document:
+        return None
+    end, next_offset = document.get("end_offset"), document.get("next_offset")
+    return {
+        "next_offset": next_offset,
+        "end_offset": end,
+        "lag": end - next_offset if end is not None and next_offset is not None else None,
+        **{field: document.get(field) for field in fields},
+    }
+
+
+def _dead_letter(store: RawStore) -> dict:
+    files = store.dead_letter_files()
+    if not files:
+        return {"messages": 0, "by_reason": {}}
+    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    rows = duckdb.execute(
+        f"select reason, count(*) from read_parquet([{listed}]) group by reason order by reason"
+    ).fetchall()
+    return {"messages": sum(n for _, n in rows), "by_reason": dict(rows)}
+
+
+def partition_rows(report: dict) -> list[dict]:
+    """The per-partition part, flat, for a table."""
+    rows = []
+    for entry in report["partitions"]:
+        archiver, stream = entry["archiver"] or {}, entry["stream"] or {}
+        rows.append({
+            "partition": entry["partition"],
+            "archived_to": archiver.get("next_offset"),
+            "archive_lag": archiver.get("lag"),
+            "watermark": archiver.get("watermark"),
+            "counted_to": stream.get("next_offset"),
+            "stream_lag": stream.get("lag"),
+        })
+    return rows
