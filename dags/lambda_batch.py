@@ -9,6 +9,9 @@ files only, and publishes the built hours with a new serving boundary.
 Catches up from `LAMBDAFLOW_BATCH_START_DATE` (default: a week ago); backfill
 with `airflow backfill create --dag-id lambda_batch --from-date D1 --to-date D2`
 or the UI's backfill form. Rebuilding a day gives the same tables.
+
+Triggered by hand, give the day in the `ds` field and no logical date: a
+manual run then never takes the logical date a scheduled run needs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 from airflow.sdk.bases.sensor import PokeReturnValue
 from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -36,28 +39,32 @@ def _start_date() -> pendulum.DateTime:
     catchup=True,
     max_active_runs=1,
     default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=2), "pool": "warehouse"},
+    params={
+        "ds": Param(None, type=["null", "string"], title="UTC day (YYYY-MM-DD)",
+                    description="For a run triggered by hand; scheduled runs build their data interval.")
+    },
     tags=["lambdaflow", "batch"],
     doc_md=__doc__,
 )
 def lambda_batch():
     @task.sensor(poke_interval=60, timeout=6 * 3600, mode="reschedule")
-    def wait_for_complete_day(data_interval_start=None) -> PokeReturnValue:
+    def wait_for_complete_day(params=None, data_interval_start=None) -> PokeReturnValue:
         from lambdaflow_dags import batch
         from stream_worker.config import settings
 
         config = settings()
         state = batch.completeness(config)
-        day = data_interval_start.date()
+        day = batch.run_day(params, data_interval_start)
         if not state.day_is_complete(day):
             print(state.explain(day, config.allowed_lateness))
         return PokeReturnValue(is_done=state.day_is_complete(day))
 
     @task
-    def build_day(data_interval_start=None) -> str:
+    def build_day(params=None, data_interval_start=None) -> str:
         from lambdaflow_dags import batch
         from stream_worker.config import settings
 
-        manifest = batch.build(settings(), data_interval_start.date())
+        manifest = batch.build(settings(), batch.run_day(params, data_interval_start))
         return manifest["boundary"]
 
     wait_for_complete_day() >> build_day()

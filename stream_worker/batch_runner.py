@@ -30,9 +30,8 @@ def run_batch(settings: Settings, day: str | None) -> dict:
     if day is not None:
         parsed = batch.parse_day(day, latest=now.date())
         batch.require_complete(settings, parsed)  # fail fast instead of waiting in the sensor
-        # A manual run of a data-interval timetable processes the interval that ends at its
-        # logical date, so the day D is the run at D + 1 day (scheduled runs start at D).
-        dag_id, run = "lambda_batch", {"logical_date": batch._start_of(parsed) + batch.DAY}
+        # No logical date: a manual run must not take the one the scheduled run for D needs.
+        dag_id, run = "lambda_batch", {"logical_date": None, "run_conf": {"ds": parsed.isoformat()}}
     else:
         until = batch.complete_hours_of(settings, now.date())
         if until <= batch._start_of(now.date()):
@@ -42,7 +41,7 @@ def run_batch(settings: Settings, day: str | None) -> dict:
 
     with _stdout_to_stderr():  # Airflow logs to stdout; ours is for results
         dag = _load_dag(dag_id)
-        log.info("running %s %s", dag_id, run.get("logical_date") or "for today")
+        log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
         dag_run = dag.test(**run)
     if str(dag_run.state) != "success":
         failed = [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"]

@@ -55,6 +55,16 @@ def parse_day(text: object, *, latest: date | None = None) -> date:
     return day
 
 
+def run_day(params: dict | None, data_interval_start: datetime | None) -> date:
+    """The day a lambda_batch run builds: its `ds` param when triggered by hand, else its data interval."""
+    chosen = (params or {}).get("ds")
+    if chosen is not None:
+        return parse_day(chosen, latest=datetime.now(timezone.utc).date())
+    if data_interval_start is None:
+        raise LambdaflowError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")
+    return data_interval_start.date()
+
+
 # completeness (invariant 6)
 
 
