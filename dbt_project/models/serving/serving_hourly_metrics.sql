@@ -4,6 +4,14 @@
 -- the warehouse. Batch rows serve the hours before the boundary, realtime rows
 -- the hours from it on (invariant 5): no hour is served from both.
 
+{% set no_rows %}
+    select
+        null::date as event_date, null::integer as hour, null::varchar as country,
+        null::bigint as events, null::bigint as new_users, null::bigint as active_users,
+        null::bigint as orders, null::bigint as revenue_cents
+    where false
+{% endset %}
+
 with
 
 batch as (
@@ -21,11 +29,7 @@ batch as (
     from read_parquet({{ var('batch_files') }}, union_by_name = true)
     where event_hour < cast('{{ var("boundary") }}' as timestamp)
     {% else %}
-    select
-        null::date as event_date, null::integer as hour, null::varchar as country,
-        null::bigint as events, null::bigint as new_users, null::bigint as active_users,
-        null::bigint as orders, null::bigint as revenue_cents
-    where false
+    {{ no_rows }}
     {% endif %}
 
 ),
@@ -38,11 +42,7 @@ realtime_partitions as (
     where cast(event_date as timestamp) + to_hours(hour) >= cast('{{ var("boundary") }}' as timestamp)
     {% endif %}
     {% else %}
-    select
-        null::date as event_date, null::integer as hour, null::varchar as country,
-        null::bigint as events, null::bigint as new_users, null::bigint as active_users,
-        null::bigint as orders, null::bigint as revenue_cents
-    where false
+    {{ no_rows }}
     {% endif %}
 
 ),
