@@ -131,9 +131,11 @@ def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     first_half = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=31, duplicates=0.05,
                                                               malformed=0.01))
     one, two = archivers(), archivers()
-    wait_for(lambda: set(status_pids(data_dir, topic).values()) == {one.pid, two.pid}, 60,
-             "both archivers to own partitions")
-    assert sorted(status_pids(data_dir, topic)) == [0, 1, 2]
+    def split_between_both() -> bool:
+        owners = status_pids(data_dir, topic)
+        return sorted(owners) == [0, 1, 2] and set(owners.values()) == {one.pid, two.pid}
+
+    wait_for(split_between_both, 60, "both archivers to own partitions, all three between them")
 
     one.kill_9()
     second_half = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=32, duplicates=0.05,
