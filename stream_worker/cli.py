@@ -248,6 +248,17 @@ def query(date_from: str, date_to: str, hourly: bool, country: str | None, fmt: 
 
 
 @cli.command()
+@click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The UTC day to compare.")
+@_format_option
+def reconcile(day: str, fmt: str) -> None:
+    """Batch vs speed for one built day: per metric, both totals, the difference and the hours that differ."""
+    from stream_worker.reconcile import reconcile as compare
+    from stream_worker.serving import parse_date
+
+    emit(compare(settings(), parse_date("--date", day)), fmt)
+
+
+@cli.command()
 @_format_option
 def status(fmt: str) -> None:
     """Where each layer stands: lag and watermarks per partition, boundary, last build, dead letter.

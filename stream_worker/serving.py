@@ -38,7 +38,7 @@ class Question:
 
     @classmethod
     def parse(cls, date_from: str, date_to: str, hourly: bool = False, country: str | None = None) -> Question:
-        start, end = _parse_date("--from", date_from), _parse_date("--to", date_to)
+        start, end = parse_date("--from", date_from), parse_date("--to", date_to)
         if end < start:
             raise LambdaflowError(f"--to {end} is before --from {start}")
         if (end - start).days >= MAX_DAYS:
@@ -48,7 +48,7 @@ class Question:
         return cls(start, end, hourly, country)
 
 
-def _parse_date(option: str, text: str) -> date:
+def parse_date(option: str, text: str) -> date:
     if not _ISO_DATE.fullmatch(text or ""):
         raise LambdaflowError(f"{option} {text!r} is not a date: use YYYY-MM-DD, e.g. 2026-11-26")
     try:

@@ -261,3 +261,17 @@ def test_status_shows_both_layers_caught_up_the_boundary_and_the_dead_letter(wor
     assert report["dead_letter"]["messages"] == world.malformed
     table = world.lambdaflow("status", "--format", "table")
     assert table.returncode == 0 and "archive_lag" in table.stdout
+
+
+def test_reconcile_finds_no_difference_between_the_layers(world) -> None:
+    day = world.closed_days[0]
+    result = world.lambdaflow("reconcile", "--date", day.isoformat())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["metric"] for row in rows] == list(METRICS)
+    truth = daily_truth(world, day)
+    for row in rows:
+        assert row["batch"] == row["speed"] == truth[row["metric"]]
+        assert row["difference"] == 0 and row["hours_differing"] == []
+    unbuilt = world.lambdaflow("reconcile", "--date", (day - timedelta(days=30)).isoformat())
+    assert unbuilt.returncode == 1 and "has not been built by the batch layer yet" in unbuilt.stderr

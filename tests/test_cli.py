@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-SUBCOMMANDS = ["broker", "produce", "archive", "stream", "batch", "query", "status"]
+SUBCOMMANDS = ["broker", "produce", "archive", "stream", "batch", "query", "reconcile", "status"]
 
 
 def test_top_level_help_lists_the_subcommands(cli) -> None:
