@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import polars as pl
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
 from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
@@ -279,7 +279,7 @@ class Archiver(ConsumerRebalanceListener):
         if events.height:
             latest = events["occurred_at"].max().isoformat()
             owned.watermark = max(owned.watermark or latest, latest)
-        self._commit_to_kafka(partition, manifest.next_offset)
+        clients.commit_for_lag_tools(self._consumer, self.topic, partition, manifest.next_offset)
         self.totals.messages += buffer.messages
         self.totals.events += events.height
         self.totals.rejects += rejects.height
@@ -315,12 +315,6 @@ class Archiver(ConsumerRebalanceListener):
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
         self._seek_to_resume(TopicPartition(self.topic, partition), owned)
-
-    def _commit_to_kafka(self, partition: int, offset: int) -> None:
-        try:
-            self._consumer.commit({TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)})
-        except Exception as error:  # informational only: the manifest is the resume point
-            log.debug("%s[%d] committing offset %d to Kafka failed: %s", self.topic, partition, offset, error)
 
     # progress
 

@@ -6,7 +6,7 @@ import logging
 import socket
 import time
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import (
     KafkaConnectionError,
@@ -51,6 +51,15 @@ def consumer(bootstrap: str, group_id: str | None, **overrides: object) -> Kafka
     }
     options.update(overrides)
     return _connect(KafkaConsumer, bootstrap, **options)
+
+
+def commit_for_lag_tools(consumer: KafkaConsumer, topic: str, partition: int, offset: int) -> None:
+    """Commit an offset to Kafka for lag tools only: lambdaflow resumes from its own files, so a
+    failed commit (say, during a rebalance) is logged and ignored."""
+    try:
+        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)})
+    except Exception as error:
+        log.debug("%s[%d] committing offset %d to Kafka failed: %s", topic, partition, offset, error)
 
 
 def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> int:

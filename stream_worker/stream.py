@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
 from stream_worker.boundary import read_boundary
@@ -181,7 +181,7 @@ class StreamWorker(ConsumerRebalanceListener):
         self.totals.new_events += new
         self.totals.commits += 1
         owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
-        self._commit_to_kafka(partition, end)
+        clients.commit_for_lag_tools(self._consumer, self.topic, partition, end)
         self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
 
@@ -203,12 +203,6 @@ class StreamWorker(ConsumerRebalanceListener):
         log.warning("%s[%d] LOG RESTARTED: %s. Counting the new log (epoch %d) from its beginning; "
                     "counts so far stay, dedupe keeps repeats out.", self.topic, partition, why, epoch)
         self._seek_to_stored(partition)
-
-    def _commit_to_kafka(self, partition: int, offset: int) -> None:
-        try:
-            self._consumer.commit({TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)})
-        except Exception as error:  # informational only: the state file holds the offset
-            log.debug("%s[%d] committing offset %d to Kafka failed: %s", self.topic, partition, offset, error)
 
     # ownership
 
