@@ -19,7 +19,11 @@ def manifest_path(data_dir: Path) -> Path:
 
 def read_boundary(data_dir: Path) -> datetime | None:
     """The first hour not built by the batch layer, as a naive UTC datetime; None before any build."""
-    manifest = read_json(manifest_path(data_dir))
+    return boundary_of(read_json(manifest_path(data_dir)))
+
+
+def boundary_of(manifest: dict | None) -> datetime | None:
+    """The boundary a manifest holds, as a naive UTC datetime."""
     if not manifest or not manifest.get("boundary"):
         return None
     boundary = datetime.fromisoformat(manifest["boundary"])

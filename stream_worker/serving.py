@@ -8,16 +8,19 @@ opens the warehouse or a state file, so it never waits for dbt or a worker.
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import jinja2
 import polars as pl
 
-from stream_worker.boundary import manifest_path, read_boundary
+from stream_worker.boundary import boundary_of, manifest_path
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json
@@ -57,17 +60,56 @@ def parse_date(option: str, text: str) -> date:
         raise LambdaflowError(f"{option} {text!r} is not a date of the calendar") from None
 
 
-def serving_vars(settings: Settings) -> dict[str, str | None]:
-    """The serving model's inputs as they stand: published batch files, boundary, snapshots."""
-    manifest = read_json(manifest_path(settings.data_dir)) or {}
-    batch_files = [settings.data_dir / entry["file"] for entry in manifest.get("days", {}).values()]
-    snapshots = sorted((settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet"))
-    boundary = read_boundary(settings.data_dir)
-    return {
-        "batch_files": _sql_list(batch_files),
-        "boundary": boundary.isoformat(sep=" ") if boundary else None,
-        "speed_snapshots": _sql_list(snapshots),
-    }
+@dataclass(frozen=True)
+class ServingInputs:
+    """The published files one answer reads, taken from one reading of the manifest."""
+
+    batch_files: list[Path]
+    boundary: datetime | None
+    speed_snapshots: list[Path]
+
+    @classmethod
+    def current(cls, settings: Settings) -> ServingInputs:
+        manifest = read_json(manifest_path(settings.data_dir)) or {}
+        return cls(
+            batch_files=[settings.data_dir / entry["file"] for entry in manifest.get("days", {}).values()],
+            boundary=boundary_of(manifest),
+            speed_snapshots=sorted(
+                (settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet")
+            ),
+        )
+
+    @contextmanager
+    def pinned(self) -> Iterator[ServingInputs]:
+        """The same inputs, each file opened once and read through its descriptor.
+
+        DuckDB opens a Parquet file more than once per query (schema, then
+        data). A snapshot replaced or a day republished in between would pair
+        one file's footer with another's bytes; an open descriptor keeps the
+        file the query started with.
+        """
+        with ExitStack() as stack:
+            def pin(path: Path) -> Path:
+                try:
+                    descriptor = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise LambdaflowError(f"published file {path} is missing; see `lambdaflow status`") from None
+                stack.callback(os.close, descriptor)
+                return Path(f"/dev/fd/{descriptor}")
+
+            yield ServingInputs(
+                batch_files=[pin(path) for path in self.batch_files],
+                boundary=self.boundary,
+                speed_snapshots=[pin(path) for path in self.speed_snapshots],
+            )
+
+    def variables(self) -> dict[str, str | None]:
+        """The serving model's vars, as dbt would be given them."""
+        return {
+            "batch_files": _sql_list(self.batch_files),
+            "boundary": self.boundary.isoformat(sep=" ") if self.boundary else None,
+            "speed_snapshots": _sql_list(self.speed_snapshots),
+        }
 
 
 def render_serving_sql(variables: dict[str, str | None]) -> str:
@@ -77,20 +119,19 @@ def render_serving_sql(variables: dict[str, str | None]) -> str:
     return template.render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
 
 
-def hourly_rows(settings: Settings) -> pl.DataFrame:
+def hourly_rows(inputs: ServingInputs) -> pl.DataFrame:
     """Every served hour and country, each from exactly one layer."""
-    sql = render_serving_sql(serving_vars(settings))
-    with duckdb.connect(config={"threads": 2}) as con:
+    with inputs.pinned() as pinned, duckdb.connect(config={"threads": 2}) as con:
         con.execute("set TimeZone = 'UTC'").fetchall()
-        return con.sql(sql).pl()
+        return con.sql(render_serving_sql(pinned.variables())).pl()
 
 
 def answer(settings: Settings, question: Question) -> list[dict]:
     """Rows per day (or per day and hour) in the range, zeros where nothing happened."""
-    rows = hourly_rows(settings).filter(pl.col("event_date").is_between(question.date_from, question.date_to))
+    inputs = ServingInputs.current(settings)
+    rows = hourly_rows(inputs).filter(pl.col("event_date").is_between(question.date_from, question.date_to))
     if question.country:
         rows = rows.filter(pl.col("country") == question.country)
-    boundary = read_boundary(settings.data_dir)
     keys = ["event_date", "hour"] if question.hourly else ["event_date"]
     totals = {
         tuple(row[k] for k in keys): row
@@ -108,7 +149,7 @@ def answer(settings: Settings, question: Question) -> list[dict]:
             if question.hourly:
                 row["hour"] = hour
             row.update({m: int(found[m]) if found else 0 for m in METRICS})
-            row["source"] = _source(day, hour, boundary)
+            row["source"] = _source(day, hour, inputs.boundary)
             answers.append(row)
         day += timedelta(days=1)
     return answers

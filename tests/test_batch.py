@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -16,8 +18,11 @@ import pytest
 
 from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
-from stream_worker import synthetic
+from worker_helpers import WorkerProcess
+from stream_worker import clients, synthetic
 from stream_worker.clients import ensure_topic
+from stream_worker.config import Settings
+from stream_worker.serving import Question, answer
 from stream_worker.produce import produce
 
 
@@ -41,6 +46,14 @@ class BatchWorld:
     def lambdaflow(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "stream_worker", *args], env=self.env,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def answer_for(self, day: date) -> dict:
+        """The served daily row for ``day``, answered in this process."""
+        (row,) = answer(self.settings(), Question(day, day))
+        return row
 
     def manifest(self) -> dict:
         return json.loads((self.data_dir / "batch" / "manifest.json").read_text())
@@ -113,6 +126,8 @@ def test_building_a_day_twice_gives_the_same_table(world) -> None:
 
 def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) -> None:
     before = world.manifest()["boundary"]
+    served_before = world.answer_for(world.today)
+    assert served_before["source"] == "realtime"
     result = world.lambdaflow("batch", "--today")
     now = datetime.now(timezone.utc)
     if now.hour == 0:  # no hour of today is over yet
@@ -125,6 +140,8 @@ def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) ->
     assert built_until.minute == 0 and built_until.date() == world.today and built_until.hour >= 1
     assert manifest["boundary"] == built_until.isoformat() > before
     assert world.published(world.today) == truth_for(world, world.today, before_hour=built_until.hour)
+    # The same numbers, now partly from the batch layer.
+    assert world.answer_for(world.today) == {**served_before, "source": "mixed"}
 
 
 @pytest.mark.parametrize(
@@ -275,3 +292,83 @@ def test_reconcile_finds_no_difference_between_the_layers(world) -> None:
         assert row["difference"] == 0 and row["hours_differing"] == []
     unbuilt = world.lambdaflow("reconcile", "--date", (day - timedelta(days=30)).isoformat())
     assert unbuilt.returncode == 1 and "has not been built by the batch layer yet" in unbuilt.stderr
+
+
+# Readers never wait on writers (last: it adds events to the topic)
+
+
+def live_events(bootstrap: str, topic: str, stop: threading.Event, sent: list[int]) -> None:
+    """Events stamped now, about 200 a second, until ``stop`` is set; counts them in ``sent``."""
+    producer = clients.producer(bootstrap)
+    sequence = 0
+    try:
+        while not stop.is_set():
+            for _ in range(20):
+                sequence += 1
+                user = f"live-{sequence % 300}"
+                kind = ("page_view", "login", "order", "signup")[sequence % 4]
+                event = {"event_id": f"live-{sequence}", "event_type": kind, "user_id": user,
+                         "occurred_at": datetime.now(timezone.utc).isoformat(), "country": "FR"}
+                if kind == "order":
+                    event["amount_cents"] = 100 + sequence % 900
+                producer.send(topic, key=user.encode(), value=json.dumps(event).encode())
+            time.sleep(0.1)
+        producer.flush()
+    finally:
+        producer.close()
+        sent.append(sequence)
+
+
+def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(world, tmp_path) -> None:
+    settings = world.settings()
+    first, rebuilt = world.closed_days[0], world.closed_days[-1]
+    closed = {day.isoformat(): daily_truth(world, day) for day in world.closed_days}
+    rebuilt_hours: dict[int, dict] = {}
+    for (_, hour, _), cell in truth_for(world, rebuilt).items():
+        totals = rebuilt_hours.setdefault(hour, dict.fromkeys(METRICS, 0))
+        for m in METRICS:
+            totals[m] += cell[m]
+    file_before = world.manifest()["days"][rebuilt.isoformat()]["file"]
+
+    worker = WorkerProcess("stream", world.env, tmp_path / "stream.log")
+    stop, sent = threading.Event(), []
+    producer = threading.Thread(target=live_events, args=(world.bootstrap, world.topic, stop, sent))
+    producer.start()
+    build = subprocess.Popen([sys.executable, "-m", "stream_worker", "batch", "--date", rebuilt.isoformat()],
+                             env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=(tmp_path / "batch.log").open("w"))
+    latencies, today_events, files_seen = [], [], set()
+    try:
+        while len(latencies) < 500 or build.poll() is None:
+            started = time.perf_counter()
+            if len(latencies) % 5 == 0:  # every fifth: the day being rebuilt, hour by hour
+                rows = answer(settings, Question(rebuilt, rebuilt, hourly=True))
+                latencies.append(time.perf_counter() - started)
+                assert {row["hour"]: {m: row[m] for m in METRICS} for row in rows} == rebuilt_hours
+            else:
+                rows = answer(settings, Question(first, world.today))
+                latencies.append(time.perf_counter() - started)
+                for row in rows[:-1]:
+                    assert {m: row[m] for m in METRICS} == closed[row["event_date"]], row
+                today_events.append(rows[-1]["events"])
+            files_seen.add(world.manifest()["days"][rebuilt.isoformat()]["file"])
+        assert build.returncode == 0, (tmp_path / "batch.log").read_text()[-3000:]
+    finally:
+        stop.set()
+        producer.join()
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+        worker.ensure_stopped()
+    # The rebuild replaced the day's file while the queries ran, and they never saw it half written.
+    assert file_before in files_seen and len(files_seen) == 2
+    assert today_events == sorted(today_events) and today_events[-1] > today_events[0]
+
+    counted = world.lambdaflow("stream", "--until-idle")
+    assert counted.returncode == 0, counted.stderr[-3000:]
+    truth = hourly_metrics(read_all(world.bootstrap, world.topic, world.messages + sent[0]))
+    today = {m: sum(v[m] for k, v in truth.items() if k[0] == world.today) for m in METRICS}
+    assert {m: world.answer_for(world.today)[m] for m in METRICS} == today
+    latencies.sort()
+    print(f"{len(latencies)} queries: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
