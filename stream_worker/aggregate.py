@@ -1,27 +1,18 @@
-"""The metrics of DESIGN.md as pure Polars transforms over a batch of valid events.
+"""The metrics of the definition (stream_worker/metrics.py) as Polars transforms over valid events.
 
-Every metric is additive per UTC hour and country. Counts over events add up
-directly. The two user metrics attribute each user-day to one event, the
-user's first event (``active``) or first signup (``signup``) of that UTC day,
-"first" ordered by occurred_at, then offset; a user's events share a
-partition, so offsets order them.
+Every metric is additive per UTC hour and country. Count and sum metrics add
+up directly. A users metric attributes each user-day to one event, the user's
+first event of that UTC day among the metric's event types, "first" ordered
+by occurred_at, then offset; a user's events share a partition, so offsets
+order them. Its rows carry the metric's name as their ``kind``.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-USER_KINDS = {"active": None, "signup": "signup"}  # kind -> the event type it counts (None: any)
-
-HOURLY_SCHEMA = pl.Schema(
-    {
-        "event_hour": pl.Datetime("us"),
-        "country": pl.String,
-        "events": pl.Int64,
-        "orders": pl.Int64,
-        "revenue_cents": pl.Int64,
-    }
-)
+from stream_worker import metrics as metric_definitions
+from stream_worker.metrics import Metric
 
 FIRST_SEEN_SCHEMA = pl.Schema(
     {
@@ -34,6 +25,16 @@ FIRST_SEEN_SCHEMA = pl.Schema(
         "country": pl.String,
     }
 )
+
+
+def counted(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
+    """The metrics that add up over events (count and sum)."""
+    return tuple(m for m in metrics if not m.counts_users)
+
+
+def hourly_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
+    return pl.Schema({"event_hour": pl.Datetime("us"), "country": pl.String,
+                      **{m.name: pl.Int64 for m in counted(metrics)}})
 
 
 def with_event_hour(events: pl.DataFrame) -> pl.DataFrame:
@@ -49,32 +50,29 @@ def first_copies(events: pl.DataFrame) -> pl.DataFrame:
     return events.sort("kafka_partition", "kafka_offset").unique("event_id", keep="first", maintain_order=True)
 
 
-def hourly_counts(events: pl.DataFrame) -> pl.DataFrame:
-    """events, orders and revenue_cents per UTC hour and country, over distinct events."""
-    is_order = pl.col("event_type") == "order"
+def hourly_counts(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) -> pl.DataFrame:
+    """The count and sum metrics per UTC hour and country, over distinct events."""
+    metrics = metrics or metric_definitions.defined()
+    schema = hourly_schema(metrics)
     return (
         with_event_hour(events)
         .group_by("event_hour", "country")
-        .agg(
-            pl.len().cast(pl.Int64).alias("events"),
-            is_order.sum().cast(pl.Int64).alias("orders"),
-            pl.when(is_order).then(pl.col("amount_cents")).otherwise(0).sum().cast(pl.Int64).alias("revenue_cents"),
-        )
-        .select(HOURLY_SCHEMA.names())
-        .cast(HOURLY_SCHEMA)
+        .agg(m.hourly_expression() for m in counted(metrics))
+        .select(schema.names())
+        .cast(schema)
     )
 
 
-def first_seen(events: pl.DataFrame) -> pl.DataFrame:
-    """Per UTC day, user and kind, the event that is first by (occurred_at, offset)."""
+def first_seen(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) -> pl.DataFrame:
+    """Per users metric, UTC day and user, the event that is first by (occurred_at, offset)."""
+    metrics = metrics or metric_definitions.defined()
     events = with_event_hour(events).with_columns(pl.col("occurred_at").dt.date().alias("event_date"))
-    frames = []
-    for kind, event_type in USER_KINDS.items():
-        candidates = events if event_type is None else events.filter(pl.col("event_type") == event_type)
-        frames.append(
-            candidates.sort("occurred_at", "kafka_offset")
-            .unique(["event_date", "user_id"], keep="first", maintain_order=True)
-            .with_columns(pl.lit(kind).alias("kind"))
-            .select(FIRST_SEEN_SCHEMA.names())
-        )
-    return pl.concat(frames).cast(FIRST_SEEN_SCHEMA)
+    frames = [
+        events.filter(metric.selects())
+        .sort("occurred_at", "kafka_offset")
+        .unique(["event_date", "user_id"], keep="first", maintain_order=True)
+        .with_columns(pl.lit(metric.name).alias("kind"))
+        .select(FIRST_SEEN_SCHEMA.names())
+        for metric in metrics if metric.counts_users
+    ]
+    return pl.concat(frames).cast(FIRST_SEEN_SCHEMA) if frames else FIRST_SEEN_SCHEMA.to_frame()

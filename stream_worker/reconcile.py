@@ -16,7 +16,7 @@ from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json
-from stream_worker.serving import METRICS
+from stream_worker.metrics import names
 
 
 def reconcile(settings: Settings, day: date) -> list[dict]:
@@ -25,7 +25,8 @@ def reconcile(settings: Settings, day: date) -> list[dict]:
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     snapshots = sorted((settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet"))
-    sums = ", ".join(f"sum({m})::bigint as {m}" for m in METRICS)
+    metrics = names()
+    sums = ", ".join(f"sum({m})::bigint as {m}" for m in metrics)
     with duckdb.connect() as con:
         batch = _by_hour(con.execute(
             f"select hour, {sums} from read_parquet(?) group by hour", [str(settings.data_dir / entry["file"])]
@@ -35,9 +36,9 @@ def reconcile(settings: Settings, day: date) -> list[dict]:
             [[str(p) for p in snapshots], day],
         ).fetchall()) if snapshots else {}
     rows = []
-    for index, metric in enumerate(METRICS):
+    for index, metric in enumerate(metrics):
         hours = sorted(set(batch) | set(speed))
-        differing = [h for h in hours if batch.get(h, [0] * len(METRICS))[index] != speed.get(h, [0] * len(METRICS))[index]]
+        differing = [h for h in hours if batch.get(h, [0] * len(metrics))[index] != speed.get(h, [0] * len(metrics))[index]]
         batch_total = sum(values[index] for values in batch.values())
         speed_total = sum(values[index] for values in speed.values())
         rows.append({

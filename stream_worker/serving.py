@@ -21,12 +21,12 @@ import jinja2
 import polars as pl
 
 from stream_worker.boundary import boundary_of, manifest_path
+from stream_worker import metrics
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json
 
 SERVING_SQL = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "serving" / "serving_hourly_metrics.sql"
-METRICS = ("events", "new_users", "active_users", "orders", "revenue_cents")
 MAX_DAYS = 3660
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -103,16 +103,17 @@ class ServingInputs:
                 speed_snapshots=[pin(path) for path in self.speed_snapshots],
             )
 
-    def variables(self) -> dict[str, str | None]:
+    def variables(self) -> dict[str, object]:
         """The serving model's vars, as dbt would be given them."""
         return {
             "batch_files": _sql_list(self.batch_files),
             "boundary": self.boundary.isoformat(sep=" ") if self.boundary else None,
             "speed_snapshots": _sql_list(self.speed_snapshots),
+            "metrics": metrics.defined(),
         }
 
 
-def render_serving_sql(variables: dict[str, str | None]) -> str:
+def render_serving_sql(variables: dict[str, object]) -> str:
     """The serving model's SQL with dbt's var() answered from ``variables``."""
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     template = environment.from_string(SERVING_SQL.read_text())
@@ -135,7 +136,7 @@ def answer(settings: Settings, question: Question) -> list[dict]:
     keys = ["event_date", "hour"] if question.hourly else ["event_date"]
     totals = {
         tuple(row[k] for k in keys): row
-        for row in rows.group_by(keys).agg(pl.col(m).sum() for m in METRICS).iter_rows(named=True)
+        for row in rows.group_by(keys).agg(_total(m) for m in metrics.names()).iter_rows(named=True)
     }
     answers = []
     day = question.date_from
@@ -148,11 +149,17 @@ def answer(settings: Settings, question: Question) -> list[dict]:
             row: dict = {"event_date": day.isoformat()}
             if question.hourly:
                 row["hour"] = hour
-            row.update({m: int(found[m]) if found else 0 for m in METRICS})
+            row.update({m: (found[m] if found else 0) for m in metrics.names()})
             row["source"] = _source(day, hour, inputs.boundary)
             answers.append(row)
         day += timedelta(days=1)
     return answers
+
+
+def _total(metric: str) -> pl.Expr:
+    """The sum, or null where a metric has not been built yet (added after those days were built)."""
+    column = pl.col(metric)
+    return pl.when(column.is_null().any()).then(None).otherwise(column.sum()).cast(pl.Int64).alias(metric)
 
 
 def _source(day: date, hour: int | None, boundary: datetime | None) -> str:

@@ -23,6 +23,9 @@ import duckdb
 import polars as pl
 
 from stream_worker import aggregate
+from stream_worker import metrics as metric_definitions
+from stream_worker.errors import LambdaflowError
+from stream_worker.metrics import Metric
 from stream_worker.files import fsync_file, temp_path_for
 
 log = logging.getLogger(__name__)
@@ -38,14 +41,6 @@ create table if not exists consumed (
 create table if not exists seen_events (
     event_hour timestamp not null,
     event_id varchar not null
-);
-create table if not exists hourly (
-    event_hour timestamp not null,
-    country varchar not null,
-    events bigint not null,
-    orders bigint not null,
-    revenue_cents bigint not null,
-    primary key (event_hour, country)
 );
 create table if not exists first_seen (
     event_date date not null,
@@ -66,29 +61,37 @@ create table if not exists late_attributions (
 );
 """
 
-SNAPSHOT_SCHEMA = pl.Schema(
-    {
-        "event_date": pl.Date,
-        "hour": pl.Int32,
-        "country": pl.String,
-        "events": pl.Int64,
-        "new_users": pl.Int64,
-        "active_users": pl.Int64,
-        "orders": pl.Int64,
-        "revenue_cents": pl.Int64,
-        "kafka_partition": pl.Int32,
-        "next_offset": pl.Int64,
-        "epoch": pl.Int32,
-    }
-)
 
-_SNAPSHOT_SQL = """
+
+def _hourly_table(metrics: tuple[Metric, ...]) -> str:
+    columns = "".join(f"    {m.name} bigint not null,\n" for m in aggregate.counted(metrics))
+    return f"""
+create table if not exists hourly (
+    event_hour timestamp not null,
+    country varchar not null,
+{columns}    primary key (event_hour, country)
+);
+"""
+
+
+def snapshot_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
+    return pl.Schema({
+        "event_date": pl.Date, "hour": pl.Int32, "country": pl.String,
+        **{m.name: pl.Int64 for m in metrics},
+        "kafka_partition": pl.Int32, "next_offset": pl.Int64, "epoch": pl.Int32,
+    })
+
+
+def _snapshot_sql(metrics: tuple[Metric, ...]) -> str:
+    """Hourly rows of the partition: counted metrics beside the users metrics' attributions."""
+    users = [m.name for m in metrics if m.counts_users]
+    user_counts = "".join(f",\n        count(*) filter (where kind = '{name}') as {name}" for name in users)
+    merged = ",\n".join(
+        f"        coalesce({'u' if m.counts_users else 'h'}.{m.name}, 0) as {m.name}" for m in metrics
+    )
+    return f"""
 with users as (
-    select
-        event_hour,
-        country,
-        count(*) filter (where kind = 'signup') as new_users,
-        count(*) filter (where kind = 'active') as active_users
+    select event_hour, country{user_counts}
     from first_seen
     group by all
 ),
@@ -97,11 +100,7 @@ merged as (
     select
         coalesce(h.event_hour, u.event_hour) as event_hour,
         coalesce(h.country, u.country) as country,
-        coalesce(h.events, 0) as events,
-        coalesce(u.new_users, 0) as new_users,
-        coalesce(u.active_users, 0) as active_users,
-        coalesce(h.orders, 0) as orders,
-        coalesce(h.revenue_cents, 0) as revenue_cents
+{merged}
     from hourly as h
     full outer join users as u
         on h.event_hour = u.event_hour and h.country = u.country
@@ -111,11 +110,7 @@ select
     cast(event_hour as date) as event_date,
     hour(event_hour) as hour,
     country,
-    events,
-    new_users,
-    active_users,
-    orders,
-    revenue_cents,
+    {", ".join(m.name for m in metrics)},
     c.kafka_partition,
     c.next_offset,
     c.epoch
@@ -133,6 +128,10 @@ class StateFileBusy(Exception):
     """Another process still holds the partition's state file."""
 
 
+class StateMetricsDiffer(LambdaflowError):
+    """The state file counts other metrics than the definition names."""
+
+
 @dataclass(frozen=True)
 class Consumed:
     next_offset: int
@@ -141,9 +140,10 @@ class Consumed:
 
 
 class PartitionState:
-    def __init__(self, path: Path, partition: int) -> None:
+    def __init__(self, path: Path, partition: int, metrics: tuple[Metric, ...] | None = None) -> None:
         self.path = path
         self.partition = partition
+        self.metrics = metrics or metric_definitions.defined()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = duckdb.connect(str(path), config={"threads": 1})
@@ -152,7 +152,23 @@ class PartitionState:
                 raise StateFileBusy(str(error)) from None
             raise
         self._run("set TimeZone = 'UTC'")
-        self._run(_SCHEMA)
+        self._run(_SCHEMA + _hourly_table(self.metrics))
+        self._check_metrics()
+
+    def _check_metrics(self) -> None:
+        """Refuse a state built for other metrics: its history would be wrong, not just short."""
+        stored = [name for (name,) in self._run(
+            "select column_name from information_schema.columns where table_name = 'hourly' order by ordinal_position"
+        )][2:]
+        expected = [m.name for m in aggregate.counted(self.metrics)]
+        kinds = {kind for (kind,) in self._run("select distinct kind from first_seen")}
+        unknown_kinds = kinds - {m.name for m in self.metrics if m.counts_users}
+        if stored != expected or unknown_kinds:
+            self._con.close()
+            raise StateMetricsDiffer(
+                f"the speed state {self.path} counts {stored + sorted(kinds)}, the definition "
+                f"{[m.name for m in self.metrics]}: rebuild it from the log with `lambdaflow stream --replay`"
+            )
 
     def _run(self, sql: str, parameters=None) -> list:
         """Execute a statement and drain its result (DuckDB 2 keeps a connection busy until then)."""
@@ -182,15 +198,13 @@ class PartitionState:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
             fresh = self._fresh(aggregate.with_event_hour(aggregate.first_copies(events)))
             if fresh.height:
-                con.register("batch_hourly", aggregate.hourly_counts(fresh))
-                self._run("""
+                con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
+                updates = ", ".join(f"{m.name} = {m.name} + excluded.{m.name}" for m in aggregate.counted(self.metrics))
+                self._run(f"""
                     insert into hourly by name (select * from batch_hourly)
-                    on conflict (event_hour, country) do update set
-                        events = events + excluded.events,
-                        orders = orders + excluded.orders,
-                        revenue_cents = revenue_cents + excluded.revenue_cents
+                    on conflict (event_hour, country) do {f"update set {updates}" if updates else "nothing"}
                 """)
-                self._attribute(aggregate.first_seen(fresh), boundary)
+                self._attribute(aggregate.first_seen(fresh, self.metrics), boundary)
             self._run("""
                 insert or replace into consumed values (?, ?, ?, ?, now())
             """, [self.partition, end, consumed.epoch, json.dumps(last_record)])
@@ -254,7 +268,7 @@ class PartitionState:
         self._run("insert or replace into consumed values (?, 0, ?, null, now())", [self.partition, epoch])
 
     def snapshot(self) -> pl.DataFrame:
-        return self._con.sql(_SNAPSHOT_SQL).pl().cast(SNAPSHOT_SCHEMA)
+        return self._con.sql(_snapshot_sql(self.metrics)).pl().cast(snapshot_schema(self.metrics))
 
     def publish_snapshot(self, final: Path, temp_dir: Path) -> None:
         """Replace the partition's snapshot file atomically."""

@@ -11,7 +11,7 @@ from datetime import date
 
 from contract_oracle import expected_event, expected_reason
 
-METRICS = ("events", "new_users", "active_users", "orders", "revenue_cents")
+METRICS = ("events", "new_users", "active_users", "orders", "revenue_cents", "page_views")
 
 
 def hourly_metrics(records) -> dict[tuple[date, int, str], dict[str, int]]:
@@ -38,6 +38,8 @@ def hourly_metrics(records) -> dict[tuple[date, int, str], dict[str, int]]:
         if event["event_type"] == "order":
             cell["orders"] += 1
             cell["revenue_cents"] += event["amount_cents"]
+        if event["event_type"] == "page_view":
+            cell["page_views"] += 1
         order_key = (at, record.offset)
         user_day = (at.date(), event["user_id"])
         if user_day not in first_event or order_key < first_event[user_day][0]:

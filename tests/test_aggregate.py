@@ -41,17 +41,18 @@ def test_the_first_copy_by_offset_wins() -> None:
     assert sorted(aggregate.first_copies(batch).select("event_id", "kafka_offset").rows()) == [("e1", 3), ("e2", 5)]
 
 
-def test_hourly_counts_sum_orders_and_revenue() -> None:
+def test_hourly_counts_sum_orders_revenue_and_page_views() -> None:
     batch = events(
         ("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 1),
         ("e2", "order", "u2", "2026-11-26T10:59:59Z", "DE", 250, 2),
         ("e3", "login", "u3", "2026-11-26T11:00:00Z", "DE", None, 3),
         ("e4", "page_view", "u1", "2026-11-26T10:30:00Z", "US", None, 4),
     )
-    assert by_hour(aggregate.hourly_counts(batch), "country", "events", "orders", "revenue_cents") == [
-        ("26 10:00", "DE", 2, 2, 750),
-        ("26 10:00", "US", 1, 0, 0),
-        ("26 11:00", "DE", 1, 0, 0),
+    counts = aggregate.hourly_counts(batch)
+    assert by_hour(counts, "country", "events", "orders", "revenue_cents", "page_views") == [
+        ("26 10:00", "DE", 2, 2, 750, 0),
+        ("26 10:00", "US", 1, 0, 0, 1),
+        ("26 11:00", "DE", 1, 0, 0, 0),
     ]
 
 
@@ -61,13 +62,13 @@ def test_a_user_active_across_midnight_counts_once_on_each_day() -> None:
         ("e2", "page_view", "u1", "2026-11-27T00:10:00Z", "DE", None, 2),
         ("e3", "page_view", "u1", "2026-11-27T00:20:00Z", "DE", None, 3),
     )
-    active = aggregate.first_seen(batch).filter(pl.col("kind") == "active")
+    active = aggregate.first_seen(batch).filter(pl.col("kind") == "active_users")
     assert by_hour(active, "user_id", "country") == [("26 23:00", "u1", "DE"), ("27 00:00", "u1", "DE")]
 
 
 def test_a_signup_at_ten_in_india_belongs_to_four_thirty_utc() -> None:
     signups = aggregate.first_seen(events(("e1", "signup", "u1", "2026-11-26T10:00:00+05:30", "IN", None, 1)))
-    assert by_hour(signups.filter(pl.col("kind") == "signup"), "user_id") == [("26 04:00", "u1")]
+    assert by_hour(signups.filter(pl.col("kind") == "new_users"), "user_id") == [("26 04:00", "u1")]
 
 
 def test_a_user_seen_first_in_germany_counts_in_germany() -> None:
@@ -76,7 +77,7 @@ def test_a_user_seen_first_in_germany_counts_in_germany() -> None:
         ("e1", "signup", "u1", "2026-11-26T09:00:00Z", "DE", None, 2),
     )
     first = aggregate.first_seen(batch)
-    assert sorted(first.select("kind", "country", "kafka_offset").rows()) == [("active", "DE", 2), ("signup", "DE", 2)]
+    assert sorted(first.select("kind", "country", "kafka_offset").rows()) == [("active_users", "DE", 2), ("new_users", "DE", 2)]
 
 
 def test_ties_on_occurred_at_go_to_the_lower_offset() -> None:
@@ -84,4 +85,4 @@ def test_ties_on_occurred_at_go_to_the_lower_offset() -> None:
         ("e1", "login", "u1", "2026-11-26T09:00:00Z", "US", None, 9),
         ("e2", "login", "u1", "2026-11-26T09:00:00Z", "DE", None, 4),
     )
-    assert aggregate.first_seen(batch).filter(pl.col("kind") == "active")["country"].to_list() == ["DE"]
+    assert aggregate.first_seen(batch).filter(pl.col("kind") == "active_users")["country"].to_list() == ["DE"]

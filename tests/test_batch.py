@@ -21,6 +21,7 @@ from kafka_helpers import read_all
 from worker_helpers import WorkerProcess
 from stream_worker import clients, synthetic
 from stream_worker.clients import ensure_topic
+from stream_worker import metrics as metric_definitions
 from stream_worker.config import Settings
 from stream_worker.serving import Question, answer
 from stream_worker.produce import produce
@@ -195,6 +196,9 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world) -> None:
                 time.sleep(1)
         assert catalog is not None, server.stdout.read().decode()[-3000:] if server.poll() is not None else "timeout"
         assert "model.lambdaflow.fct_hourly_metrics" in catalog["nodes"]
+        columns = catalog["nodes"]["model.lambdaflow.fct_hourly_metrics"]["columns"]
+        for metric in metric_definitions.defined():  # each metric documented from its definition
+            assert columns[metric.name]["comment"] == metric.description
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/manifest.json", timeout=5) as response:
             manifest = json.loads(response.read())
         hourly = manifest["nodes"]["model.lambdaflow.fct_hourly_metrics"]

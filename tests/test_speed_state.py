@@ -57,7 +57,7 @@ def test_an_attribution_never_moves_into_hours_the_batch_serves(state) -> None:
     rows = state.snapshot().filter(pl.col("active_users") > 0).select("hour", "country").rows()
     assert rows == [(12, "US")]  # still served by the speed layer
     late = state._run("select event_hour, country, kind, users from late_attributions")
-    assert late == [(datetime(2026, 11, 26, 9), "DE", "active", 1)]
+    assert late == [(datetime(2026, 11, 26, 9), "DE", "active_users", 1)]
 
 
 def test_the_state_survives_a_reopen(tmp_path) -> None:

@@ -3,7 +3,7 @@ with
 hourly as (
 
     select * from {{ ref('fct_hourly_metrics') }}
-    where event_date = cast('{{ var("ds") }}' as date)
+    where {{ batch_days() }}
 
 ),
 
@@ -12,11 +12,9 @@ final as (
     select
         event_date,
         country,
-        cast(sum(events) as bigint) as events,
-        cast(sum(new_users) as bigint) as new_users,
-        cast(sum(active_users) as bigint) as active_users,
-        cast(sum(orders) as bigint) as orders,
-        cast(sum(revenue_cents) as bigint) as revenue_cents,
+        {% for metric in var('metrics') %}
+        cast(sum({{ metric.name }}) as bigint) as {{ metric.name }},
+        {% endfor %}
         cast(count(distinct hour) as integer) as hours_built
     from hourly
     group by all

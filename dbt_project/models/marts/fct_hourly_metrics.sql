@@ -18,9 +18,9 @@ event_counts as (
         event_date,
         event_hour,
         country,
-        count(*) as events,
-        count(*) filter (where event_type = 'order') as orders,
-        coalesce(sum(amount_cents) filter (where event_type = 'order'), 0) as revenue_cents
+        {% for metric in counted_metrics() %}
+        {{ metric_aggregate(metric) }} as {{ metric.name }},
+        {% endfor %}
     from events
     group by all
 
@@ -32,8 +32,9 @@ user_counts as (
         event_date,
         event_hour,
         country,
-        count(*) filter (where attribution = 'signup') as new_users,
-        count(*) filter (where attribution = 'active') as active_users
+        {% for metric in user_metrics() %}
+        count(*) filter (where attribution = '{{ metric.name }}') as {{ metric.name }},
+        {% endfor %}
     from attributed
     group by all
 
@@ -46,11 +47,13 @@ final as (
         cast(hour(event_counts.event_hour) as integer) as hour,
         event_counts.event_hour,
         event_counts.country,
-        cast(event_counts.events as bigint) as events,
-        cast(coalesce(user_counts.new_users, 0) as bigint) as new_users,
-        cast(coalesce(user_counts.active_users, 0) as bigint) as active_users,
-        cast(event_counts.orders as bigint) as orders,
-        cast(event_counts.revenue_cents as bigint) as revenue_cents
+        {% for metric in var('metrics') %}
+        {% if metric.aggregation == 'users' %}
+        cast(coalesce(user_counts.{{ metric.name }}, 0) as bigint) as {{ metric.name }}{{ "," if not loop.last }}
+        {% else %}
+        cast(event_counts.{{ metric.name }} as bigint) as {{ metric.name }}{{ "," if not loop.last }}
+        {% endif %}
+        {% endfor %}
     from event_counts
     -- Every attribution points at an event, so its hour and country have event counts.
     left join user_counts
@@ -61,5 +64,5 @@ final as (
 
 select * from final
 {% if is_incremental() %}
-    where event_date = cast('{{ var("ds") }}' as date)
+    where {{ batch_days() }}
 {% endif %}

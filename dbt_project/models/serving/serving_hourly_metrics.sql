@@ -4,11 +4,12 @@
 -- the warehouse. Batch rows serve the hours before the boundary, realtime rows
 -- the hours from it on (invariant 5): no hour is served from both.
 
+{% set metrics = var('metrics') %}
+
 {% set no_rows %}
     select
         null::date as event_date, null::integer as hour, null::varchar as country,
-        null::bigint as events, null::bigint as new_users, null::bigint as active_users,
-        null::bigint as orders, null::bigint as revenue_cents
+        {% for metric in metrics %}null::bigint as {{ metric.name }}{{ "," if not loop.last }}{% endfor %}
     where false
 {% endset %}
 
@@ -21,11 +22,9 @@ batch as (
         event_date,
         hour,
         country,
-        events,
-        new_users,
-        active_users,
-        orders,
-        revenue_cents
+        {% for metric in metrics %}
+        {{ metric.name }}{{ "," if not loop.last }}
+        {% endfor %}
     from read_parquet({{ var('batch_files') }}, union_by_name = true)
     where event_hour < cast('{{ var("boundary") }}' as timestamp)
     {% else %}
@@ -37,7 +36,14 @@ batch as (
 realtime_partitions as (
 
     {% if var('speed_snapshots') != '[]' %}
-    select * from read_parquet({{ var('speed_snapshots') }}, union_by_name = true)
+    select
+        event_date,
+        hour,
+        country,
+        {% for metric in metrics %}
+        {{ metric.name }}{{ "," if not loop.last }}
+        {% endfor %}
+    from read_parquet({{ var('speed_snapshots') }}, union_by_name = true)
     {% if var('boundary') %}
     where cast(event_date as timestamp) + to_hours(hour) >= cast('{{ var("boundary") }}' as timestamp)
     {% endif %}
@@ -54,11 +60,9 @@ realtime as (
         event_date,
         hour,
         country,
-        sum(events) as events,
-        sum(new_users) as new_users,
-        sum(active_users) as active_users,
-        sum(orders) as orders,
-        sum(revenue_cents) as revenue_cents
+        {% for metric in metrics %}
+        sum({{ metric.name }}) as {{ metric.name }}{{ "," if not loop.last }}
+        {% endfor %}
     from realtime_partitions
     group by event_date, hour, country
 
@@ -76,10 +80,8 @@ select
     cast(event_date as date) as event_date,
     cast(hour as integer) as hour,
     cast(country as varchar) as country,
-    cast(events as bigint) as events,
-    cast(new_users as bigint) as new_users,
-    cast(active_users as bigint) as active_users,
-    cast(orders as bigint) as orders,
-    cast(revenue_cents as bigint) as revenue_cents,
+    {% for metric in metrics %}
+    cast({{ metric.name }} as bigint) as {{ metric.name }},
+    {% endfor %}
     source
 from final

@@ -3,7 +3,7 @@ with
 source as (
 
     select * from {{ source('raw', 'events') }}
-    where event_date = cast('{{ var("ds") }}' as date)
+    where {{ batch_days() }}
     {% if var('until') %}
         and occurred_at < cast('{{ var("until") }}' as timestamptz)
     {% endif %}
