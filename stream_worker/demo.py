@@ -48,7 +48,7 @@ def main() -> int:
         counted = run_json("stream", lambdaflow_command("stream", "--until-idle"), layer_env)
         log.info("archived %d messages, counted %d new events", archived["messages"], counted["new_events"])
         _run_batches(config)
-        _answer(config)
+        _answer(config, summary["events_per_date"])
     except (RuntimeError, TimeoutError, LambdaflowError) as error:
         log.error("demo failed: %s", error)
         return 1
@@ -74,7 +74,8 @@ def _run_batches(config) -> None:
         log.warning("no batch for today yet: %s", error)
 
 
-def _answer(config) -> None:
+def _answer(config, produced: dict[str, int]) -> None:
+    """Print the week and the two questions; fail unless each day serves what was produced."""
     from stream_worker.serving import Question, answer
 
     today = datetime.now(timezone.utc).date()
@@ -82,6 +83,11 @@ def _answer(config) -> None:
     week = answer(config, Question(today - timedelta(days=DAYS), today))
     emit(week, "table")
     by_day = {row["event_date"]: row for row in week}
+    wrong = {day: (row["events"], produced.get(day, 0)) for day, row in by_day.items()
+             if row["events"] != produced.get(day, 0)}
+    if wrong:
+        raise RuntimeError(f"served events differ from the producer's summary (served, produced): {wrong}")
+    log.info("every day serves exactly the distinct valid events the producer sent")
     emit([
         {"question": "new users yesterday", "event_date": yesterday.isoformat(),
          "new_users": by_day[yesterday.isoformat()]["new_users"], "source": by_day[yesterday.isoformat()]["source"]},
