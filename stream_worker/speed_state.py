@@ -128,6 +128,15 @@ class StateFileBusy(Exception):
     """Another process still holds the partition's state file."""
 
 
+class StateUnreadable(LambdaflowError):
+    """The state file is damaged: the log can rebuild it."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"the speed state {path} cannot be read ({reason}): "
+                         "rebuild it from the log with `lambdaflow stream --replay`")
+
+
 class StateMetricsDiffer(LambdaflowError):
     """The state file counts other metrics than the definition names."""
 
@@ -150,7 +159,9 @@ class PartitionState:
         except duckdb.IOException as error:
             if "lock" in str(error).lower():
                 raise StateFileBusy(str(error)) from None
-            raise
+            raise StateUnreadable(path, error) from None
+        except duckdb.Error as error:
+            raise StateUnreadable(path, error) from None
         self._run("set TimeZone = 'UTC'")
         self._run(_SCHEMA + _hourly_table(self.metrics))
         self._check_metrics()

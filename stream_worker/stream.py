@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from stream_worker import clients
 from stream_worker.boundary import read_boundary
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
+from stream_worker.errors import LambdaflowError
 from stream_worker.files import replace_json
 from stream_worker.group import AssignmentClock
 from stream_worker.log_identity import LogProbe, fingerprint
@@ -37,6 +39,7 @@ from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
 log = logging.getLogger(__name__)
 
 GROUP_ID = "speed"
+GENERATIONS = ".generations"
 MAX_BATCH_MESSAGES = 50_000
 MAX_BATCH_WAIT_MS = 250
 PROGRESS_EVERY_SECONDS = 10.0
@@ -45,10 +48,24 @@ OPEN_RETRY_SECONDS = 0.5
 
 
 class SpeedPaths:
-    def __init__(self, data_dir: Path, topic: str) -> None:
-        self.root = data_dir / "speed" / topic
-        self.snapshots = data_dir / "speed" / topic / "snapshots"
+    """Where a topic's speed state lives: ``speed/<topic>``, or a replay's fresh generation."""
+
+    def __init__(self, data_dir: Path, topic: str, root: Path | None = None) -> None:
+        self.root = root or data_dir / "speed" / topic
+        self.snapshots = self.root / "snapshots"
         self.temp_dir = data_dir / "tmp" / "speed"
+
+    def live(self) -> SpeedPaths:
+        """These paths, with ``speed/<topic>`` created as a link to a first generation when new,
+        so that a replay can later swap the whole state in one rename."""
+        if not self.root.exists() and not self.root.is_symlink():
+            generation = self.root.parent / GENERATIONS / f"{self.root.name}-{uuid.uuid4().hex[:12]}"
+            generation.mkdir(parents=True)
+            try:
+                self.root.symlink_to(os.path.relpath(generation, self.root.parent), target_is_directory=True)
+            except FileExistsError:  # another worker made it first
+                generation.rmdir()
+        return self
 
     def state_file(self, partition: int) -> Path:
         return self.root / f"partition-{partition}.duckdb"
@@ -94,13 +111,15 @@ class _Progress:
 
 class StreamWorker(ConsumerRebalanceListener):
     def __init__(self, bootstrap: str, data_dir: Path, topic: str, group_id: str = GROUP_ID,
-                 session_timeout_ms: int = 6000, retention_grace: timedelta = timedelta(days=1)) -> None:
+                 session_timeout_ms: int = 6000, retention_grace: timedelta = timedelta(days=1),
+                 paths: SpeedPaths | None = None) -> None:
         self.topic = topic
         self.data_dir = data_dir
-        self.paths = SpeedPaths(data_dir, topic)
+        self.paths = paths or SpeedPaths(data_dir, topic).live()
         self.retention_grace = retention_grace
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
+        self._fatal: LambdaflowError | None = None
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
         self._progress = _Progress()
@@ -118,6 +137,8 @@ class StreamWorker(ConsumerRebalanceListener):
         try:
             while not stop.is_set():
                 self._open_pending()
+                if self._fatal is not None:
+                    raise self._fatal
                 polled = self._consumer.poll(timeout_ms=MAX_BATCH_WAIT_MS, max_records=MAX_BATCH_MESSAGES)
                 self._count(polled)
                 self._read_end_offsets()
@@ -231,6 +252,10 @@ class StreamWorker(ConsumerRebalanceListener):
                 continue
             try:
                 owned.state = PartitionState(self.paths.state_file(partition), partition)
+            except LambdaflowError as error:  # damaged, or built for other metrics: raised by run(), not in a callback
+                self._fatal = self._fatal or error
+                owned.next_open_attempt = float("inf")
+                continue
             except StateFileBusy:
                 owned.next_open_attempt = now + OPEN_RETRY_SECONDS
                 log.info("%s[%d] state file still held by its previous owner; retrying", self.topic, partition)
