@@ -149,8 +149,11 @@ def produce(
 
 @cli.command()
 @click.option("--until-idle", is_flag=True, help="Stop once every assigned partition is archived up to its end.")
+@click.option("--verify", is_flag=True,
+              help="Archive nothing: check that the raw store holds exactly the log's valid messages "
+                   "(and the dead letter its rejects), one JSON line per partition; exit 1 on any difference.")
 @_format_option
-def archive(until_idle: bool, fmt: str) -> None:
+def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     """Land every message once in the raw store (consumer group `archiver`).
 
     Valid events go to raw/events/event_date=D/ as Parquet, rejects to
@@ -158,6 +161,9 @@ def archive(until_idle: bool, fmt: str) -> None:
     archiver/ is the resume point. Runs until SIGINT/SIGTERM, or with
     --until-idle until caught up. Prints a JSON summary on exit.
     """
+    if verify:
+        _verify_archive(fmt)
+        return
     from stream_worker.archiver import Archiver, RollPolicy
     from stream_worker.broker import resolve_bootstrap
     from stream_worker.clients import ensure_topic
@@ -181,10 +187,30 @@ def archive(until_idle: bool, fmt: str) -> None:
                  "seconds": round(time.monotonic() - started, 3)}, fmt)
 
 
+def _verify_archive(fmt: str) -> None:
+    from stream_worker.broker import resolve_bootstrap
+    from stream_worker.raw_store import RawStore
+    from stream_worker.verify import verify
+
+    config = settings()
+    store = RawStore(config.data_dir, config.topic)
+    if not store.manifests():
+        raise LambdaflowError(f"nothing archived for topic {config.topic} under {config.data_dir}: run `lambdaflow archive`")
+    reports = verify(resolve_bootstrap(config), store)
+    emit(reports, fmt)
+    wrong = [r["partition"] for r in reports if not r["ok"]]
+    if wrong:
+        raise LambdaflowError(f"the raw store differs from the log on partitions {wrong}: see the report above")
+    log.info("the raw store holds exactly the log's valid messages up to each resume offset")
+
+
 @cli.command()
 @click.option("--until-idle", is_flag=True, help="Stop once every assigned partition is counted up to its end.")
+@click.option("--replay", is_flag=True,
+              help="First rebuild the state from the start of the log into a fresh copy, then switch to it "
+                   "atomically (no other stream worker may run).")
 @_format_option
-def stream(until_idle: bool, fmt: str) -> None:
+def stream(until_idle: bool, replay: bool, fmt: str) -> None:
     """Keep hourly metrics fresh from the log (consumer group `speed`).
 
     Each micro-batch (up to 50k messages or 250 ms) is counted exactly once
@@ -200,13 +226,23 @@ def stream(until_idle: bool, fmt: str) -> None:
     bootstrap = resolve_bootstrap(config)
     ensure_topic(bootstrap, config.topic, config.partitions)
     stop = _stop_on_signals()
+    started = time.monotonic()
+    replayed = None
+    if replay:
+        from stream_worker.replay import replay as replay_log
+
+        replayed = replay_log(bootstrap, config.data_dir, config.topic, stop).as_dict()
+        if until_idle or stop.is_set():
+            emit_record({"topic": config.topic, "replayed": replayed,
+                         "seconds": round(time.monotonic() - started, 3)}, fmt)
+            return
     worker = StreamWorker(bootstrap, config.data_dir, config.topic)
     log.info("counting %s from %s into %s", config.topic, bootstrap, worker.paths.root)
-    started = time.monotonic()
     totals = worker.run(stop, until_idle=until_idle)
     log.info("counted %d messages: %d new events, %d rejects, in %d commits",
              totals.messages, totals.new_events, totals.rejects, totals.commits)
-    emit_record({"topic": config.topic, **totals.as_dict(), "seconds": round(time.monotonic() - started, 3)}, fmt)
+    summary = {"topic": config.topic, **totals.as_dict(), "seconds": round(time.monotonic() - started, 3)}
+    emit_record(summary if replayed is None else {**summary, "replayed": replayed}, fmt)
 
 
 @cli.command()
