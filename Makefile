@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 DOCS_PORT ?= 8081
 
-.PHONY: install test demo docs lock clean
+.PHONY: install test demo docs up down lock clean
 
 install: $(INSTALLED)
 
@@ -32,6 +32,18 @@ docs: install
 	cd dbt_project && flock $(LAMBDAFLOW_DATA_DIR)/warehouse/write.lock \
 		../$(BIN)/dbt docs generate --profiles-dir . --quiet
 	cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
+
+# The stack as long-running services on 127.0.0.1 (broker, archiver, stream worker, a live
+# producer, Airflow on 8080, the dbt docs on $(DOCS_PORT)); `up` returns once all are ready
+# and prints the URLs and the Airflow login. `down` stops exactly what `up` started.
+up: export LAMBDAFLOW_DATA_DIR ?= $(CURDIR)/data
+up: export LAMBDAFLOW_DOCS_PORT ?= $(DOCS_PORT)
+up: install
+	$(BIN)/python -m stream_worker.stack up --format table
+
+down: export LAMBDAFLOW_DATA_DIR ?= $(CURDIR)/data
+down:
+	$(BIN)/python -m stream_worker.stack down --format table
 
 # Re-resolve requirements.txt from pyproject.toml's direct dependencies.
 lock:

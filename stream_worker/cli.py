@@ -28,6 +28,9 @@ _format_option = click.option(
     help="JSON lines, or a table for people.",
 )
 _share = click.FloatRange(0.0, 1.0)
+LIVE_RATE = 5.0
+"""Events per second `produce --live` sends unless --rate says otherwise."""
+_HISTORY_OPTIONS = ("days", "events_per_day", "until", "duplicates", "out_of_order", "late", "malformed")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -98,7 +101,10 @@ def broker(port: int | None) -> None:
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same events.")
 @click.option("--until", "until", metavar="ISO-8601",
               help="Where 'today so far' ends, e.g. 2026-11-27T12:00:00Z (default: now).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="At most this many messages per second.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help=f"At most this many messages per second (--live: default {LIVE_RATE:g}).")
+@click.option("--live", is_flag=True,
+              help="Send valid events stamped with the current time, at --rate, until SIGINT/SIGTERM.")
 @click.option("--duplicates", type=_share, default=0.0, show_default=True, help="Share of events sent twice.")
 @click.option("--out-of-order", type=_share, default=0.0, show_default=True,
               help="Share of messages sent up to 500 places early.")
@@ -117,17 +123,23 @@ def produce(
     out_of_order: float,
     late: float,
     malformed: float,
+    live: bool,
     fmt: str,
 ) -> None:
     """Send deterministic synthetic events (key = user_id, lz4) and print a summary.
 
     Covers the UTC days from `--days` before today up to `--until`, in time order,
     with the chosen shares of duplicates, disorder, late and malformed messages.
+    With `--live`, sends valid events as they happen, at `--rate` per second,
+    until SIGINT or SIGTERM, then prints the summary.
     """
     from stream_worker import synthetic
     from stream_worker.broker import resolve_bootstrap
     from stream_worker.produce import produce as send_events
 
+    if live:
+        _produce_live(seed, rate or LIVE_RATE, fmt)
+        return
     config = settings()
     end = datetime.now(timezone.utc) if until is None else _parse_instant("--until", until)
     options = synthetic.Options(
@@ -144,6 +156,25 @@ def produce(
     log.info("producing to %s at %s (seed %d)", config.topic, bootstrap, seed)
     with ProgressBar(f"produce {config.topic}") as bar:
         summary = send_events(bootstrap, config.topic, config.partitions, options, rate, bar.update)
+    emit_record(summary.as_dict(), fmt)
+
+
+def _produce_live(seed: int, rate: float, fmt: str) -> None:
+    """`produce --live`: the history options make no sense for events stamped now, so they are refused."""
+    from stream_worker.broker import resolve_bootstrap
+    from stream_worker.produce import produce_live
+
+    context = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in _HISTORY_OPTIONS
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"--live sends valid events stamped now; it takes no {', '.join(given)}")
+    config = settings()
+    bootstrap = resolve_bootstrap(config)
+    stop = _stop_on_signals()
+    log.info("producing live to %s at %s, %g events/s (seed %d) until SIGINT/SIGTERM",
+             config.topic, bootstrap, rate, seed)
+    summary = produce_live(bootstrap, config.topic, config.partitions, seed, rate, stop)
     emit_record(summary.as_dict(), fmt)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,6 +45,10 @@ class RateLimiter:
         self._interval = 1.0 / rate if rate else 0.0
         self._clock = clock
         self._next = clock()
+
+    def time_to_next(self) -> float:
+        """Seconds until :meth:`wait` would return at once."""
+        return max(0.0, self._next - self._clock()) if self._interval else 0.0
 
     def wait(self) -> None:
         if not self._interval:
@@ -96,3 +102,61 @@ def produce(
         events_per_date=dict(sorted(plan.events_per_date.items())),
         seconds=time.monotonic() - started,
     )
+
+
+LIVE_PROGRESS_EVERY_SECONDS = 30.0
+
+
+def produce_live(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    seed: int,
+    rate: float,
+    stop: threading.Event,
+) -> Summary:
+    """Send valid events stamped with the current time at ``rate`` per second until ``stop`` is set.
+
+    Each event is drawn just before it is sent, so its occurred_at is the moment
+    it leaves, as a live application's would be. Returns once every message sent
+    is acknowledged.
+    """
+    clients.ensure_topic(bootstrap, topic, partitions)
+    producer = clients.producer(bootstrap)
+    events = synthetic.live(seed, events_per_day=rate * 86_400)
+    limiter = RateLimiter(rate)
+    failures: list[BaseException] = []
+    per_date: Counter = Counter()
+    started = last_report = time.monotonic()
+    log.info("live: sending to %s", topic)
+    try:
+        while not stop.is_set() and not failures:
+            _pace(limiter, stop)
+            if stop.is_set():
+                break
+            message = next(events)
+            producer.send(topic, key=message.key, value=message.value).add_errback(failures.append)
+            per_date[message.event_date.isoformat()] += 1
+            if time.monotonic() - last_report >= LIVE_PROGRESS_EVERY_SECONDS:
+                last_report = time.monotonic()
+                log.info("live: %d events sent to %s", sum(per_date.values()), topic)
+        producer.flush()
+    finally:
+        producer.close()
+    if failures:
+        raise LambdaflowError(f"Kafka rejected a message: {failures[0]}")
+    sent = sum(per_date.values())
+    return Summary(
+        topic=topic, seed=seed, messages=sent, events=sent, duplicates=0, malformed=0, out_of_order=0, late=0,
+        events_per_date=dict(sorted(per_date.items())), seconds=time.monotonic() - started,
+    )
+
+
+def _pace(limiter: RateLimiter, stop: threading.Event) -> None:
+    """Wait for the next send slot, but never more than a tenth of a second past a stop request."""
+    while not stop.is_set():
+        wait = limiter.time_to_next()
+        if wait <= 0:
+            limiter.wait()
+            return
+        stop.wait(min(wait, 0.1))

@@ -5,6 +5,9 @@ spread over the UTC days ``until.date() - days`` to ``until`` (so ``--days 7``
 is a week of history plus today so far), sent roughly in time order, with
 optional duplicates, local disorder, late arrivals and malformed messages.
 
+:func:`live` draws the same kind of valid events, stamped with the current
+time, for as long as it is asked: the steady feed of a running stack.
+
 Nothing in the pipeline depends on this module: its messages follow the
 contract of DESIGN.md and nothing else.
 """
@@ -19,7 +22,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 EVENT_TYPE_WEIGHTS = {"signup": 5, "login": 20, "page_view": 60, "order": 15}
 COUNTRY_WEIGHTS = {"US": 30, "DE": 15, "IN": 15, "BR": 10, "GB": 10, "JP": 8, "FR": 7, None: 5}
@@ -27,6 +30,9 @@ COUNTRY_WEIGHTS = {"US": 30, "DE": 15, "IN": 15, "BR": 10, "GB": 10, "JP": 8, "F
 UTC_OFFSETS = ("Z", "+00:00", "+01:00", "+05:30", "+09:00", "-03:00", "-08:00", "+0545", "-0930")
 # How far a displaced (out-of-order) message moves back in the send order.
 DISORDER_WINDOW = 500
+# Drawing a user population takes time in proportion to its size; a live feed
+# at a high rate needs no more users than this to look real.
+LIVE_MAX_USERS = 100_000
 
 # One malformed message of each kind, in turn; the name is the reason the
 # contract gives it.
@@ -122,7 +128,8 @@ def generate(options: Options) -> Plan:
         span = (day_end - day_start).total_seconds()
         for offset_s in sorted(rng.random() * span for _ in range(count)):
             occurred_at = day_start + timedelta(seconds=offset_s)
-            events.append((occurred_at, _event(rng, users, options.seed, sequence, occurred_at)))
+            event_id = f"evt-{options.seed}-{sequence:09d}"
+            events.append((occurred_at, _event(rng, users, event_id, occurred_at)))
             sequence += 1
         day_start = day_end
 
@@ -135,6 +142,25 @@ def generate(options: Options) -> Plan:
     ordered = _duplicate(rng, ordered, options.duplicates)
     plan.messages = _add_malformed(rng, ordered, options.malformed, until)
     return plan
+
+
+def live(seed: int, events_per_day: float, clock: Callable[[], datetime] | None = None) -> Iterator[Message]:
+    """Valid events stamped with the time they are drawn, without end: `lambdaflow produce --live`.
+
+    Users and event types are drawn as in :func:`generate` (a population of a
+    quarter of a day's events, at most LIVE_MAX_USERS). Event ids carry the
+    moment the stream began, so a restarted live producer never repeats an id an
+    earlier one sent: the pipeline would count such events as duplicates. The
+    users are drawn here, before the first event is asked for.
+    """
+    clock = clock or (lambda: datetime.now(timezone.utc))
+    rng = random.Random(seed)
+    users = _Users(rng, population=min(LIVE_MAX_USERS, max(20, round(events_per_day) // 4)))
+    run = f"live{int(clock().timestamp() * 1000):x}"
+    return (
+        _event(rng, users, f"evt-{seed}-{run}-{sequence:09d}", clock().astimezone(timezone.utc))
+        for sequence in itertools.count()
+    )
 
 
 class _Users:
@@ -160,12 +186,12 @@ _EVENT_TYPES = list(EVENT_TYPE_WEIGHTS)
 _EVENT_TYPE_CUMULATIVE = list(itertools.accumulate(EVENT_TYPE_WEIGHTS.values()))
 
 
-def _event(rng: random.Random, users: _Users, seed: int, sequence: int, occurred_at: datetime) -> Message:
+def _event(rng: random.Random, users: _Users, event_id: str, occurred_at: datetime) -> Message:
     user_id, country, utc_offset = users.pick()
     event_type = _EVENT_TYPES[bisect.bisect(_EVENT_TYPE_CUMULATIVE, rng.random() * _EVENT_TYPE_CUMULATIVE[-1])]
     # Built as text rather than with json.dumps: every value here is plain ASCII.
     fields = [
-        f'"event_id":"evt-{seed}-{sequence:09d}"',
+        f'"event_id":"{event_id}"',
         f'"event_type":"{event_type}"',
         f'"user_id":"{user_id}"',
         f'"occurred_at":"{_iso(occurred_at, utc_offset)}"',

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 from kafka_helpers import read_all
+from worker_helpers import wait_for
 from stream_worker.contract import classify, records_frame
 
 ARGS = ["--days", "2", "--events-per-day", "3000", "--seed", "5", "--until", "2026-11-27T06:00:00Z"]
@@ -84,3 +90,48 @@ def test_bad_options_are_usage_errors(cli) -> None:
         assert result.exit_code == 2, args
         assert "Error: Invalid value for" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_live_sends_recent_valid_events_until_sigterm(kafka_cli, kafka_bootstrap, topic, tmp_path) -> None:
+    stderr_path = tmp_path / "live.log"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream_worker", "produce", "--live", "--rate", "50", "--seed", "9"],
+            env=kafka_cli.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+    try:
+        wait_for(lambda: "live: sending to" in stderr_path.read_text() or process.poll() is not None,
+                 timeout=60, what="the live producer to start")
+        started = datetime.now(timezone.utc)
+        time.sleep(2.0)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        stopped = datetime.now(timezone.utc)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr_path.read_text()
+    lines = out.splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["topic"] == topic and summary["seed"] == 9
+    assert 50 <= summary["messages"] <= 50 * 4  # about 2 s at 50/s, with start-up and shutdown slack
+    assert summary["messages"] == summary["events"] == sum(summary["events_per_date"].values())
+    assert summary["duplicates"] == summary["malformed"] == 0
+
+    records = read_all(kafka_bootstrap, topic, summary["messages"])
+    assert len(records) == summary["messages"]
+    decoded = classify(records_frame(records))
+    assert decoded.rejects.height == 0
+    assert decoded.events["event_id"].n_unique() == summary["events"]
+    occurred = decoded.events["occurred_at"]
+    assert occurred.min() >= started - timedelta(seconds=5)
+    assert occurred.max() <= stopped + timedelta(seconds=1)
+    assert Counter(str(d) for d in decoded.events["event_date"]) == Counter(summary["events_per_date"])
+
+
+def test_live_refuses_history_options(cli) -> None:
+    result = cli("produce", "--live", "--days", "2", "--malformed", "0.1")
+    assert result.exit_code == 2
+    assert "--live sends valid events stamped now; it takes no --days, --malformed" in result.stderr
