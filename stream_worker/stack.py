@@ -57,6 +57,7 @@ from stream_worker.config import Settings, settings
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json, replace_json
 from stream_worker.output import FORMATS, configure_logging, emit, emit_record
+from stream_worker.warehouse import warehouse_lock
 
 log = logging.getLogger("lambdaflow.stack")
 
@@ -808,7 +809,7 @@ def serve_docs(config: StackConfig) -> None:
     env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(config.settings.data_dir)}
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     dbt = str(Path(sys.executable).parent / "dbt")
-    with _warehouse_lock(config.settings):
+    with warehouse_lock(config.settings):
         log.info("generating the dbt docs into %s", target)
         generated = subprocess.run(
             [dbt, "docs", "generate", *common, "--log-path", str(config.logs_dir / "dbt")],
@@ -821,19 +822,6 @@ def serve_docs(config: StackConfig) -> None:
 
     os.environ.update(env)
     dbtRunner().invoke(["docs", "serve", *common, "--host", HOST, "--port", str(config.docs_port), "--no-browser"])
-
-
-@contextmanager
-def _warehouse_lock(config_settings: Settings) -> Iterator[None]:
-    """The lock every warehouse writer holds (lambdaflow_dags.batch.warehouse_lock), taken the same way."""
-    warehouse = config_settings.data_dir / "warehouse"
-    warehouse.mkdir(parents=True, exist_ok=True)
-    with (warehouse / "write.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # the command line

@@ -11,25 +11,24 @@ pool serialises scheduled runs, the lock also covers in-process runs.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 
+from stream_worker import late
 from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import fsync_file, read_json, replace_json, temp_path_for
 from stream_worker.raw_store import RawStore
+from stream_worker.warehouse import warehouse_lock
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +132,6 @@ def complete_hours_of(settings: Settings, day: date) -> datetime:
 # building
 
 
-@contextmanager
-def warehouse_lock(settings: Settings) -> Iterator[Path]:
-    """One writer at a time: held around every warehouse write."""
-    warehouse = settings.data_dir / "warehouse"
-    warehouse.mkdir(parents=True, exist_ok=True)
-    with (warehouse / "write.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield warehouse / "lambdaflow.duckdb"
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def raw_files_for(settings: Settings, day: date) -> list[Path]:
     """The day's raw files the archiver's manifests cover; an empty day reads one empty file."""
     files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
@@ -171,7 +157,23 @@ def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         _dbt(settings, "build", "--vars", _yaml(variables))
         published = publish(settings, day, until, variables)
+        late.record_build(settings, day, files)
     return published
+
+
+# late data (invariant 8)
+
+
+def rebuild_late_days(settings: Settings) -> list[str]:
+    """Rebuild every whole built day that has late raw files, so the served answer includes them."""
+    rebuilt = []
+    for day, count in late.late_days(settings).items():
+        log.info("%s has %d raw file(s) published after its build: rebuilding it", day, count)
+        build(settings, day)
+        rebuilt.append(day.isoformat())
+    if not rebuilt:
+        log.info("no built day has late raw files")
+    return rebuilt
 
 
 def _dbt(settings: Settings, *args: str) -> None:

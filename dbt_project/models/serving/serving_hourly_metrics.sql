@@ -5,6 +5,9 @@
 -- the hours from it on (invariant 5): no hour is served from both.
 
 {% set metrics = var('metrics') %}
+{% set served_columns -%}
+    event_date, hour, country{% for metric in metrics %}, {{ metric.name }}{% endfor %}
+{%- endset %}
 
 {% set no_rows %}
     select
@@ -18,13 +21,7 @@ with
 batch as (
 
     {% if var('batch_files') != '[]' and var('boundary') %}
-    select
-        event_date,
-        hour,
-        country,
-        {% for metric in metrics %}
-        {{ metric.name }}{{ "," if not loop.last }}
-        {% endfor %}
+    select {{ served_columns }}
     from read_parquet({{ var('batch_files') }}, union_by_name = true)
     where event_hour < cast('{{ var("boundary") }}' as timestamp)
     {% else %}
@@ -36,13 +33,7 @@ batch as (
 realtime_partitions as (
 
     {% if var('speed_snapshots') != '[]' %}
-    select
-        event_date,
-        hour,
-        country,
-        {% for metric in metrics %}
-        {{ metric.name }}{{ "," if not loop.last }}
-        {% endfor %}
+    select {{ served_columns }}
     from read_parquet({{ var('speed_snapshots') }}, union_by_name = true)
     {% if var('boundary') %}
     where cast(event_date as timestamp) + to_hours(hour) >= cast('{{ var("boundary") }}' as timestamp)
