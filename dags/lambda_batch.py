@@ -12,6 +12,12 @@ or the UI's backfill form. Rebuilding a day gives the same tables.
 
 Triggered by hand, give the day in the `ds` field and no logical date: a
 manual run then never takes the logical date a scheduled run needs.
+
+After the build, `reconcile_day` compares the day's batch numbers with the
+speed layer's per metric and hour, writes the report that `lambdaflow
+reconcile --date D` prints, and fails when a difference that neither late
+events nor the speed layer's lag explain is above
+`LAMBDAFLOW_RECONCILE_THRESHOLD` (default 0), naming the metric and hour.
 """
 
 from __future__ import annotations
@@ -67,7 +73,21 @@ def lambda_batch():
         manifest = batch.build(settings(), batch.run_day(params, data_interval_start))
         return manifest["boundary"]
 
-    wait_for_complete_day() >> build_day()
+    @task
+    def reconcile_day(params=None, data_interval_start=None) -> dict:
+        from lambdaflow_dags import batch
+        from stream_worker.config import settings
+        from stream_worker.reconcile import reconcile, require_within_threshold
+
+        config = settings()
+        rows = reconcile(config, batch.run_day(params, data_interval_start))
+        for row in rows:
+            print({k: row[k] for k in ("metric", "batch", "speed", "explained_by_late_events",
+                                       "explained_by_speed_lag", "unexplained")})
+        require_within_threshold(rows, config.reconcile_threshold)
+        return {row["metric"]: row["unexplained"] for row in rows}
+
+    wait_for_complete_day() >> build_day() >> reconcile_day()
 
 
 lambda_batch()

@@ -76,3 +76,27 @@ def first_seen(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) 
         for metric in metrics if metric.counts_users
     ]
     return pl.concat(frames).cast(FIRST_SEEN_SCHEMA) if frames else FIRST_SEEN_SCHEMA.to_frame()
+
+
+def hourly_metrics(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) -> pl.DataFrame:
+    """Every metric per UTC hour and country from a whole set of valid events (copies included).
+
+    What the speed layer's state holds after counting these events, computed in
+    one pass: used to explain differences between the layers.
+    """
+    metrics = metrics or metric_definitions.defined()
+    distinct = with_event_hour(first_copies(events))
+    keys = ["event_hour", "country"]
+    table = hourly_counts(distinct, metrics)
+    users = first_seen(distinct, metrics)
+    for metric in metrics:
+        if metric.counts_users:
+            counted_users = (users.filter(pl.col("kind") == metric.name).group_by(keys)
+                             .agg(pl.len().cast(pl.Int64).alias(metric.name)))
+            table = table.join(counted_users, on=keys, how="full", coalesce=True)
+    return (
+        table.with_columns(pl.col(m.name).fill_null(0) for m in metrics)
+        .with_columns(pl.col("event_hour").dt.date().alias("event_date"),
+                      pl.col("event_hour").dt.hour().cast(pl.Int32).alias("hour"))
+        .select("event_date", "hour", "country", *(m.name for m in metrics))
+    )

@@ -39,14 +39,31 @@ def run_batch(settings: Settings, day: str | None) -> dict:
             raise batch.DayNotComplete(f"no hour of {now.date()} is complete yet; {explained}")
         dag_id, run = "lambda_batch_today", {"logical_date": None, "run_conf": {"ds": None}}
 
+    log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
+    _test_dag(dag_id, run)
+    return read_json(manifest_path(settings.data_dir)) or {}
+
+
+def run_late(settings: Settings) -> dict:
+    """Run lambda_batch_late: rebuild the whole built days that have late raw files; return the manifest."""
+    from stream_worker.boundary import manifest_path
+    from stream_worker.files import read_json
+    from stream_worker.late import late_days
+
+    airflow_home.prepare(settings)
+    late = sorted(day.isoformat() for day in late_days(settings))
+    log.info("running lambda_batch_late: %s", f"days with late raw files: {', '.join(late)}" if late else "no late day")
+    _test_dag("lambda_batch_late", {"logical_date": None})
+    return {"rebuilt": late, **(read_json(manifest_path(settings.data_dir)) or {})}
+
+
+def _test_dag(dag_id: str, run: dict) -> None:
+    """One real run of the DAG in this process (dag.test), its tasks as the scheduler would run them."""
     with _stdout_to_stderr():  # Airflow logs to stdout; ours is for results
-        dag = _load_dag(dag_id)
-        log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
-        dag_run = dag.test(**run)
+        dag_run = _load_dag(dag_id).test(**run)
     if str(dag_run.state) != "success":
         failed = [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"]
         raise LambdaflowError(f"{dag_id} failed ({', '.join(failed) or dag_run.state}); see the log above")
-    return read_json(manifest_path(settings.data_dir)) or {}
 
 
 @contextmanager

@@ -279,20 +279,23 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
 @cli.command()
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="Build this UTC day (the run's data interval).")
 @click.option("--today", is_flag=True, help="Build the complete hours of today so far (the manual DAG).")
+@click.option("--late", is_flag=True, help="Rebuild every built day that has raw files published after its build.")
 @_format_option
-def batch(day: str | None, today: bool, fmt: str) -> None:
-    """Run the Airflow batch DAG in process: `--date D` or `--today`.
+def batch(day: str | None, today: bool, late: bool, fmt: str) -> None:
+    """Run the Airflow batch DAG in process: `--date D`, `--today` or `--late`.
 
     `--date D` runs lambda_batch for day D: dbt build over D's raw files, then
-    the built hours are published with the new serving boundary. It fails at
-    once, saying why, when the archiver has not seen the whole day yet.
-    `--today` runs lambda_batch_today for the complete hours so far.
+    the built hours are published with the new serving boundary, then D is
+    reconciled with the speed layer. It fails at once, saying why, when the
+    archiver has not seen the whole day yet. `--today` runs lambda_batch_today
+    for the complete hours so far. `--late` runs lambda_batch_late: every whole
+    built day whose raw store gained files after its build is rebuilt.
     """
-    from stream_worker.batch_runner import run_batch
+    from stream_worker.batch_runner import run_batch, run_late
 
-    if (day is None) == (not today):
-        raise click.UsageError("give exactly one of --date YYYY-MM-DD or --today")
-    emit_record(run_batch(settings(), day=day), fmt)
+    if [day is not None, today, late].count(True) != 1:
+        raise click.UsageError("give exactly one of --date YYYY-MM-DD, --today or --late")
+    emit_record(run_late(settings()) if late else run_batch(settings(), day=day), fmt)
 
 
 @cli.command()
@@ -318,11 +321,17 @@ def query(date_from: str, date_to: str, hourly: bool, country: str | None, fmt: 
 @click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The UTC day to compare.")
 @_format_option
 def reconcile(day: str, fmt: str) -> None:
-    """Batch vs speed for one built day: per metric, both totals, the difference and the hours that differ."""
+    """Batch vs speed for one built day, per metric: both totals, the difference, the parts that late
+    events and the speed layer's lag explain, and the hours that differ. Writes the report to
+    batch/reconcile/D.json; exits 1 when the unexplained part is above LAMBDAFLOW_RECONCILE_THRESHOLD."""
     from stream_worker.reconcile import reconcile as compare
+    from stream_worker.reconcile import require_within_threshold
     from stream_worker.serving import parse_date
 
-    emit(compare(settings(), parse_date("--date", day)), fmt)
+    config = settings()
+    rows = compare(config, parse_date("--date", day))
+    emit(rows, fmt)
+    require_within_threshold(rows, config.reconcile_threshold)
 
 
 @cli.command()

@@ -38,6 +38,8 @@ class Settings:
     """... or when it is this old (LAMBDAFLOW_ARCHIVE_ROLL_SECONDS)."""
     allowed_lateness: timedelta
     """How long after an hour ends its events may still arrive (LAMBDAFLOW_ALLOWED_LATENESS_MINUTES)."""
+    reconcile_threshold: int = 0
+    """The largest unexplained batch-vs-speed difference a reconciled day may show (LAMBDAFLOW_RECONCILE_THRESHOLD)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -61,6 +63,7 @@ class Settings:
             archive_roll_bytes=int(_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64) * 1024 * 1024),
             archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300),
             allowed_lateness=timedelta(minutes=_minutes(environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10)),
+            reconcile_threshold=_whole(environ, "LAMBDAFLOW_RECONCILE_THRESHOLD", default=0),
         )
 
     @property
@@ -95,6 +98,15 @@ def _minutes(environ: Mapping[str, str], name: str, default: float) -> float:
     if value < 0:
         raise ConfigError(f"{name}={raw!r} must be a number of minutes, 0 or more")
     return value
+
+
+def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name}={raw!r} must be a whole number, 0 or more")
+    return int(raw)
 
 
 @functools.cache

@@ -1,56 +1,172 @@
-"""`lambdaflow reconcile --date D`: the batch layer's numbers beside the speed layer's.
+"""Reconciliation: the batch layer's numbers for a built day beside the speed layer's.
 
-Both sides are read from published files (the batch manifest's file for D, the
-speed layer's snapshots), per metric and UTC hour. The speed layer keeps a day
-until it is a day behind the serving boundary, so reconcile a day soon after
-it is built.
+Both sides are read from published files: the batch manifest's file for day D
+and the speed layer's snapshots. The two layers saw different sets of events
+when they differ at all: the build read the raw files published before it
+(its build record lists them); the speed layer counted each partition up to
+its offset. The report explains a difference with the raw store itself: the
+day's events are re-aggregated (with the speed layer's Polars logic, which
+the parity test holds equal to the dbt models) over the build's files, over
+those plus the late files the speed layer has seen, and over exactly what the
+speed layer has seen:
+
+* ``explained_by_late_events``: events of D that reached the raw store after
+  the build (the day is due a rebuild);
+* ``explained_by_speed_lag``: the difference between what the speed layer has
+  counted and what the build read, beyond late events;
+* ``unexplained``: the rest. Anything above the threshold
+  (``LAMBDAFLOW_RECONCILE_THRESHOLD``, default 0) fails the DAG's reconcile task.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
 
-import duckdb
+import polars as pl
 
+from stream_worker import aggregate
 from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
-from stream_worker.files import read_json
-from stream_worker.metrics import names
+from stream_worker.files import read_json, replace_json
+from stream_worker.late import build_record_path
+from stream_worker.metrics import Metric, defined
+from stream_worker.raw_store import BatchRange, RawStore
+from stream_worker.serving import ServingInputs
+
+KEYS = ["hour"]
 
 
-def reconcile(settings: Settings, day: date) -> list[dict]:
-    """One row per metric: batch and speed totals for the day, their difference, and the hours that differ."""
+@dataclass(frozen=True)
+class SpeedPosition:
+    """How far the speed layer had counted a partition: its log epoch and next offset."""
+
+    epoch: int
+    next_offset: int
+
+    def has_seen(self, batch: BatchRange) -> pl.Expr | bool:
+        if batch.epoch != self.epoch:
+            return batch.epoch < self.epoch
+        return pl.col("kafka_offset") < self.next_offset
+
+
+def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None = None) -> list[dict]:
+    """One row per metric for day D; also written to ``batch/reconcile/D.json``."""
+    metrics = metrics or defined()
     entry = (read_json(manifest_path(settings.data_dir)) or {}).get("days", {}).get(day.isoformat())
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
-    snapshots = sorted((settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet"))
-    metrics = names()
-    sums = ", ".join(f"sum({m})::bigint as {m}" for m in metrics)
-    with duckdb.connect() as con:
-        batch = _by_hour(con.execute(
-            f"select hour, {sums} from read_parquet(?) group by hour", [str(settings.data_dir / entry["file"])]
-        ).fetchall())
-        speed = _by_hour(con.execute(
-            f"select hour, {sums} from read_parquet(?) where event_date = ? group by hour",
-            [[str(p) for p in snapshots], day],
-        ).fetchall()) if snapshots else {}
+    names = [m.name for m in metrics]
+    # A published batch file is never replaced (a rebuild writes a new one), and Polars reads a
+    # snapshot in one go, so neither can change under these reads.
+    batch = _by_hour(pl.read_parquet(settings.data_dir / entry["file"]), names)
+    snapshots = [pl.read_parquet(path) for path in ServingInputs.current(settings).speed_snapshots]
+    speed_rows = _concat(snapshots)
+    speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
+    positions = _positions(snapshots)
+
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    record = read_json(build_record_path(settings, day))
+    # A build from before build records existed: what it read is unknown, so nothing counts as late.
+    built = set(record["raw_files"]) if record else {f.name for f in files}
+    late = [f for f in files if f.name not in built]
+    read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None)  # noqa: E731
+    as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
+    with_late = _metrics_by_hour(_concat([read([f for f in files if f.name in built], False),
+                                          read(late, True)]), metrics)
+    seen = _metrics_by_hour(read(files, True), metrics)
+    late_rows = read(late, False)
+    late_events = late_rows["event_id"].n_unique() if late_rows.width else 0
+
     rows = []
-    for index, metric in enumerate(metrics):
-        hours = sorted(set(batch) | set(speed))
-        differing = [h for h in hours if batch.get(h, [0] * len(metrics))[index] != speed.get(h, [0] * len(metrics))[index]]
-        batch_total = sum(values[index] for values in batch.values())
-        speed_total = sum(values[index] for values in speed.values())
+    for index, name in enumerate(names):
+        hours = sorted(set(batch) | set(speed) | set(as_built) | set(with_late) | set(seen))
+        value = lambda table, hour: table.get(hour, [0] * len(names))[index]  # noqa: E731
+        unexplained = {h: value(speed, h) - value(batch, h) - (value(seen, h) - value(as_built, h)) for h in hours}
         rows.append({
             "event_date": day.isoformat(),
-            "metric": metric,
-            "batch": batch_total,
-            "speed": speed_total,
-            "difference": speed_total - batch_total,
-            "hours_differing": differing,
+            "metric": name,
+            "batch": sum(value(batch, h) for h in hours),
+            "speed": sum(value(speed, h) for h in hours),
+            "difference": sum(value(speed, h) - value(batch, h) for h in hours),
+            "explained_by_late_events": sum(value(with_late, h) - value(as_built, h) for h in hours),
+            "explained_by_speed_lag": sum(value(seen, h) - value(with_late, h) for h in hours),
+            "unexplained": sum(unexplained.values()),
+            "hours_differing": [h for h in hours if value(speed, h) != value(batch, h)],
+            "hours_unexplained": [h for h, v in unexplained.items() if v != 0],
+            "late_files": len(late),
+            "late_events": late_events,
+            "built_at": entry.get("built_at"),
+            "reconciled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
+    replace_json(report_path(settings.data_dir, day), rows)
     return rows
 
 
-def _by_hour(rows: list[tuple]) -> dict[int, list[int]]:
-    return {hour: list(values) for hour, *values in rows}
+def report_path(data_dir: Path, day: date) -> Path:
+    return data_dir / "batch" / "reconcile" / f"{day.isoformat()}.json"
+
+
+def require_within_threshold(rows: list[dict], threshold: int) -> None:
+    """Fail, naming each metric and hour, when an unexplained difference is above the threshold."""
+    wrong = [row for row in rows if abs(row["unexplained"]) > threshold or
+             (threshold == 0 and row["hours_unexplained"])]
+    if wrong:
+        detail = "; ".join(f"{row['metric']} by {row['unexplained']:+d} (hours {_listed(row['hours_unexplained'])})"
+                           for row in wrong)
+        raise LambdaflowError(f"{rows[0]['event_date']}: the layers differ beyond what late events and the "
+                              f"speed layer's lag explain (threshold {threshold}): {detail}")
+
+
+def _listed(hours: list[int], most: int = 6) -> str:
+    if len(hours) <= most:
+        return str(hours)
+    return "[" + ", ".join(map(str, hours[:most - 1])) + f", ... {len(hours)} hours]"
+
+
+def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
+    positions = {}
+    for frame in snapshots:
+        if frame.height:
+            row = frame.row(0, named=True)
+            positions[row["kafka_partition"]] = SpeedPosition(row["epoch"], row["next_offset"])
+    return positions
+
+
+def _events(files: list[Path], positions: dict[int, SpeedPosition] | None) -> pl.DataFrame:
+    """The valid events in ``files``; with ``positions``, only those the speed layer has counted."""
+    frames = []
+    for path in files:
+        frame = pl.read_parquet(path)
+        if positions is not None:
+            batch = BatchRange.parse(path.name)
+            position = positions.get(batch.partition) if batch else None
+            if position is None:
+                continue
+            seen = position.has_seen(batch)
+            frame = frame.filter(seen) if isinstance(seen, pl.Expr) else (frame if seen else frame.clear())
+        frames.append(frame)
+    return _concat(frames)
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [frame for frame in frames if frame.width]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _metrics_by_hour(events: pl.DataFrame, metrics: tuple[Metric, ...]) -> dict[int, list[int]]:
+    if events.height == 0:
+        return {}
+    return _by_hour(aggregate.hourly_metrics(events, metrics), [m.name for m in metrics])
+
+
+def _by_hour(frame: pl.DataFrame, names: list[str]) -> dict[int, list[int]]:
+    """{hour: [metric totals over countries]}; a metric missing from the frame counts as 0."""
+    present = [n for n in names if n in frame.columns]
+    totals = frame.group_by("hour").agg(pl.col(present).sum()) if frame.height else frame
+    table = {}
+    for row in totals.iter_rows(named=True):
+        table[int(row["hour"])] = [int(row[n] or 0) if n in present else 0 for n in names]
+    return table

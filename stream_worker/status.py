@@ -7,6 +7,7 @@ import duckdb
 from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
 from stream_worker.files import read_json
+from stream_worker.late import late_days
 from stream_worker.raw_store import RawStore
 
 
@@ -30,6 +31,7 @@ def status(settings: Settings) -> dict:
         "boundary": manifest.get("boundary"),
         "last_build": {"event_date": last_built[0], **last_built[1]} if last_built else None,
         "days_built": len(days),
+        "late_days": {day.isoformat(): files for day, files in late_days(settings).items()},
         "partitions": partitions,
         "dead_letter": _dead_letter(store),
     }

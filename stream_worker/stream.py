@@ -21,19 +21,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
-from stream_worker.boundary import read_boundary
+from stream_worker.boundary import manifest_path, read_boundary
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
-from stream_worker.files import replace_json
+from stream_worker.files import read_json, replace_json
 from stream_worker.group import AssignmentClock
 from stream_worker.log_identity import LogProbe, fingerprint
+from stream_worker.reconcile import report_path
 from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
 
 log = logging.getLogger(__name__)
@@ -293,9 +294,18 @@ class StreamWorker(ConsumerRebalanceListener):
                 owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _prune(self, state: PartitionState) -> None:
+        """Drop days behind the boundary (less the grace), but never one not yet reconciled."""
         boundary = read_boundary(self.data_dir)
-        if boundary is not None:
-            state.drop_days_before((boundary - self.retention_grace).date())
+        if boundary is None:
+            return
+        first_kept = (boundary - self.retention_grace).date()
+        built = (read_json(manifest_path(self.data_dir)) or {}).get("days", {})
+        for key in sorted(built):
+            day = date.fromisoformat(key)
+            if day < first_kept and not report_path(self.data_dir, day).exists():
+                first_kept = day
+                break
+        state.drop_days_before(first_kept)
 
     # progress
 

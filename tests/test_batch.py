@@ -12,8 +12,10 @@ import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from unittest.mock import ANY
 
 import duckdb
+import polars as pl
 import pytest
 
 from ground_truth import METRICS, hourly_metrics
@@ -294,8 +296,76 @@ def test_reconcile_finds_no_difference_between_the_layers(world) -> None:
     for row in rows:
         assert row["batch"] == row["speed"] == truth[row["metric"]]
         assert row["difference"] == 0 and row["hours_differing"] == []
+    assert json.loads((world.data_dir / "batch" / "reconcile" / f"{day}.json").read_text()) == [
+        {**row, "reconciled_at": ANY} for row in rows
+    ]
     unbuilt = world.lambdaflow("reconcile", "--date", (day - timedelta(days=30)).isoformat())
     assert unbuilt.returncode == 1 and "has not been built by the batch layer yet" in unbuilt.stderr
+
+
+def test_an_unexplained_difference_fails_reconciliation_naming_the_metric_and_hour(world) -> None:
+    day = world.closed_days[0]
+    published = world.data_dir / world.manifest()["days"][day.isoformat()]["file"]
+    original = published.read_bytes()
+    try:  # one order fewer in the batch layer's 07:00, as if the build had lost it
+        frame = pl.read_parquet(published)
+        first = frame.with_row_index().filter((pl.col("hour") == 7) & (pl.col("orders") > 0))["index"][0]
+        frame.with_columns(pl.when(pl.int_range(pl.len()) == first).then(pl.col("orders") - 1)
+                           .otherwise(pl.col("orders")).alias("orders")).write_parquet(published)
+        result = world.lambdaflow("reconcile", "--date", day.isoformat())
+    finally:
+        published.write_bytes(original)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lambdaflow: error: {day}: the layers differ beyond what late events and the speed layer's lag "
+        "explain (threshold 0): orders by +1 (hours [7])"
+    )
+    # Every day the DAG built was reconciled by its reconcile_day task, within the threshold.
+    for built in world.closed_days:
+        report = json.loads((world.data_dir / "batch" / "reconcile" / f"{built}.json").read_text())
+        assert [row["metric"] for row in report] == list(METRICS)
+
+
+def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> None:
+    day = world.closed_days[-1]  # the speed layer still holds it (a day behind the boundary)
+    start = datetime.combine(day, datetime.min.time(), timezone.utc)
+    producer = clients.producer(world.bootstrap)
+    for n in range(300):
+        user = f"late-{n % 40}"
+        event = {"event_id": f"late-{n}", "event_type": ("order", "page_view", "signup")[n % 3], "user_id": user,
+                 "occurred_at": (start + timedelta(minutes=4 * n + 1)).isoformat(), "country": "BR"}
+        if event["event_type"] == "order":
+            event["amount_cents"] = 1000 + n
+        producer.send(world.topic, key=user.encode(), value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+    world.messages += 300
+    for command in ("archive", "stream"):
+        caught_up = world.lambdaflow(command, "--until-idle")
+        assert caught_up.returncode == 0, caught_up.stderr[-3000:]
+    world.truth = hourly_metrics(read_all(world.bootstrap, world.topic, world.messages))
+
+    status = json.loads(world.lambdaflow("status").stdout)
+    assert status["late_days"] == {day.isoformat(): 3}  # one late file per partition
+    report = world.lambdaflow("reconcile", "--date", day.isoformat())
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {row["metric"]: row for row in map(json.loads, report.stdout.splitlines())}
+    truth = daily_truth(world, day)
+    assert rows["events"]["late_events"] == 300
+    for metric, row in rows.items():
+        assert row["speed"] == truth[metric]
+        assert row["difference"] == row["explained_by_late_events"] == truth[metric] - row["batch"]
+        assert row["explained_by_speed_lag"] == row["unexplained"] == 0
+    assert rows["events"]["difference"] == 300
+
+    rebuilt = world.lambdaflow("batch", "--late")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert json.loads(rebuilt.stdout)["rebuilt"] == [day.isoformat()]
+    assert world.published(day) == truth_for(world, day)
+    assert {m: world.answer_for(day)[m] for m in METRICS} == truth
+    again = [json.loads(line) for line in world.lambdaflow("reconcile", "--date", day.isoformat()).stdout.splitlines()]
+    assert all(row["difference"] == 0 and row["late_files"] == 0 for row in again)
+    assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {}
 
 
 # Readers never wait on writers (last: it adds events to the topic)

@@ -21,11 +21,13 @@ def test_environment_overrides_defaults(tmp_path: Path) -> None:
         "LAMBDAFLOW_TOPIC": "clicks.v2",
         "LAMBDAFLOW_DATA_DIR": str(tmp_path / "lake"),
         "LAMBDAFLOW_PARTITIONS": "6",
+        "LAMBDAFLOW_RECONCILE_THRESHOLD": "3",
     })
     assert settings.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
     assert settings.topic == "clicks.v2"
     assert settings.data_dir == tmp_path / "lake"
     assert settings.partitions == 6
+    assert settings.reconcile_threshold == 3
 
 
 def test_settings_are_frozen() -> None:
@@ -37,7 +39,8 @@ def test_settings_are_frozen() -> None:
 @pytest.mark.parametrize(
     "environ",
     [{"LAMBDAFLOW_TOPIC": "../etc"}, {"LAMBDAFLOW_TOPIC": "x" * 250}, {"KAFKA_BOOTSTRAP": "127.0.0.1"},
-     {"LAMBDAFLOW_PARTITIONS": "three"}, {"LAMBDAFLOW_PARTITIONS": "-1"}],
+     {"LAMBDAFLOW_PARTITIONS": "three"}, {"LAMBDAFLOW_PARTITIONS": "-1"},
+     {"LAMBDAFLOW_RECONCILE_THRESHOLD": "-1"}, {"LAMBDAFLOW_RECONCILE_THRESHOLD": "0.5"}],
 )
 def test_unusable_values_are_refused(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):

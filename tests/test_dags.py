@@ -12,7 +12,7 @@ import pytest
 from stream_worker import airflow_home
 from stream_worker.config import Settings
 
-EXPECTED = {"lambda_batch", "lambda_batch_today"}
+EXPECTED = {"lambda_batch", "lambda_batch_today", "lambda_batch_late"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def test_parsing_the_dags_folder_calls_neither_dbt_nor_the_warehouse(tmp_path) -
         "t = time.perf_counter()\n"
         f"runpy.run_path({str(airflow_home.DAGS_FOLDER / 'lambda_batch.py')!r})\n"
         f"runpy.run_path({str(airflow_home.DAGS_FOLDER / 'lambda_batch_today.py')!r})\n"
+        f"runpy.run_path({str(airflow_home.DAGS_FOLDER / 'lambda_batch_late.py')!r})\n"
         "heavy = sorted(m for m in ('dbt', 'duckdb', 'polars', 'kafka') if m in sys.modules)\n"
         "print(heavy, round(time.perf_counter() - t, 3))\n"
     )

@@ -1,0 +1,51 @@
+"""
+### lambda_batch_late
+
+Late data is never lost (invariant 8). Every 30 minutes this DAG looks for
+whole built days whose raw store gained files after their build (events that
+arrived after the day was complete), rebuilds each such day, and reconciles
+it with the speed layer as `lambda_batch` does. `lambdaflow status` lists the
+days waiting for it; `lambdaflow batch --late` runs it by hand.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id="lambda_batch_late",
+    schedule="*/30 * * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=2), "pool": "warehouse"},
+    tags=["lambdaflow", "batch", "late-data"],
+    doc_md=__doc__,
+)
+def lambda_batch_late():
+    @task
+    def rebuild_late_days() -> list[str]:
+        from lambdaflow_dags import batch
+        from stream_worker.config import settings
+
+        return batch.rebuild_late_days(settings())
+
+    @task
+    def reconcile_rebuilt_days(days: list[str]) -> None:
+        from datetime import date
+
+        from stream_worker.config import settings
+        from stream_worker.reconcile import reconcile, require_within_threshold
+
+        config = settings()
+        for day in days:
+            require_within_threshold(reconcile(config, date.fromisoformat(day)), config.reconcile_threshold)
+
+    reconcile_rebuilt_days(rebuild_late_days())
+
+
+lambda_batch_late()

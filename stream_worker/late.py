@@ -1,0 +1,59 @@
+"""Late data (invariant 8): raw files published after their day was built.
+
+Each build records which raw files it read (``batch/builds/D.json``). A file
+of day D that the archiver publishes afterwards holds events that reached the
+raw store late; `lambdaflow status` lists such days, reconciliation accounts
+for them, and the `lambda_batch_late` DAG rebuilds them.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from stream_worker.boundary import manifest_path
+from stream_worker.config import Settings
+from stream_worker.files import read_json, replace_json
+from stream_worker.raw_store import RawStore
+
+DAY = timedelta(days=1)
+
+
+def build_record_path(settings: Settings, day: date) -> Path:
+    return settings.data_dir / "batch" / "builds" / f"{day.isoformat()}.json"
+
+
+def record_build(settings: Settings, day: date, files: list[Path]) -> None:
+    """Which raw files the day's last build read: a file published later holds late events."""
+    replace_json(build_record_path(settings, day), {
+        "event_date": day.isoformat(),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "raw_files": sorted(f.name for f in files),
+    })
+
+
+def late_files(settings: Settings, day: date) -> list[Path]:
+    """The day's raw files published after its last build (none for a day never built)."""
+    record = read_json(build_record_path(settings, day))
+    if record is None:
+        return []
+    built = set(record["raw_files"])
+    return [f for f in RawStore(settings.data_dir, settings.topic).files_for_date(day) if f.name not in built]
+
+
+def late_days(settings: Settings) -> dict[date, int]:
+    """Whole built days with raw files published after their build, and how many."""
+    manifest = read_json(manifest_path(settings.data_dir)) or {}
+    found = {}
+    for key, entry in sorted(manifest.get("days", {}).items()):
+        day = date.fromisoformat(key)
+        if datetime.fromisoformat(entry["built_until"]) < _end_of(day):
+            continue  # a partial day: its next build reads whatever has arrived
+        late = late_files(settings, day)
+        if late:
+            found[day] = len(late)
+    return found
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + DAY
