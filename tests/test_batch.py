@@ -205,6 +205,8 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world) -> None:
             manifest = json.loads(response.read())
         hourly = manifest["nodes"]["model.lambdaflow.fct_hourly_metrics"]
         assert "one row per UTC hour and country" in hourly["description"]
+        report = manifest["exposures"]["exposure.lambdaflow.reconciliation_report"]
+        assert "explained by late events" in report["description"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # make and the docs server it started, by their own group
         server.wait(timeout=30)

@@ -94,27 +94,42 @@ def valid_events(seed: int) -> pl.DataFrame:
     return decoded.events
 
 
-def batch_layer(events: pl.DataFrame, project: Path, work: Path) -> dict:
-    """One `dbt build` of fct_hourly_metrics over every case's days."""
+def write_raw_store(events: pl.DataFrame, work: Path) -> list[Path]:
+    """The events as the archiver lays them out: raw/events/event_date=D/*.parquet."""
     raw = work / "raw"
     for (day,), frame in events.partition_by("event_date", as_dict=True).items():
         folder = raw / f"event_date={day.isoformat()}"
         folder.mkdir(parents=True)
         frame.drop("event_date").write_parquet(folder / "events.parquet")
     (work / "data" / "warehouse").mkdir(parents=True)
-    days = sorted(events["event_date"].unique())
-    variables = {"ds": days[0].isoformat(), "ds_end": days[-1].isoformat(),
-                 "raw_files": json.dumps([str(p) for p in sorted(raw.rglob("*.parquet"))]).replace('"', "'")}
+    return sorted(raw.rglob("*.parquet"))
+
+
+def dbt_build(project: Path, work: Path, raw_files: list[Path], first: date, last: date,
+              full_refresh: bool = False) -> None:
+    variables = {"ds": first.isoformat(), "ds_end": last.isoformat(),
+                 "raw_files": json.dumps([str(p) for p in raw_files]).replace('"', "'")}
     build = subprocess.run(
-        [str(Path(sys.executable).parent / "dbt"), "build", "--select", "+fct_hourly_metrics", "--full-refresh",
+        [str(Path(sys.executable).parent / "dbt"), "build", "--select", "+fct_hourly_metrics",
+         *(["--full-refresh"] if full_refresh else []),
          "--vars", json.dumps(variables), "--project-dir", str(project), "--profiles-dir", str(project),
          "--target-path", str(work / "target"), "--log-path", str(work / "logs")],
         env={**os.environ, "LAMBDAFLOW_DATA_DIR": str(work / "data"), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
         capture_output=True, text=True, timeout=600,
     )
     assert build.returncode == 0, build.stdout[-4000:]
+
+
+def warehouse_hours(work: Path) -> dict:
     with duckdb.connect(str(work / "data" / "warehouse" / "lambdaflow.duckdb"), read_only=True) as con:
         return by_cell(con.sql("select * from fct_hourly_metrics").pl())
+
+
+def batch_layer(events: pl.DataFrame, project: Path, work: Path) -> dict:
+    """One `dbt build` of fct_hourly_metrics over every case's days."""
+    days = sorted(events["event_date"].unique())
+    dbt_build(project, work, write_raw_store(events, work), days[0], days[-1], full_refresh=True)
+    return warehouse_hours(work)
 
 
 def speed_layer(events: pl.DataFrame, metrics: tuple[Metric, ...], work: Path, rng: random.Random) -> dict:
@@ -166,7 +181,8 @@ def test_200_random_cases_agree_hour_by_hour(events, tmp_path) -> None:
     assert set(next(iter(batch.values()))) == set(metric_definitions.names())
 
 
-def test_a_metric_added_to_the_definition_reaches_both_layers(events, tmp_path) -> None:
+def project_with_more_metrics(tmp_path: Path) -> Path:
+    """A copy of the dbt project whose definition has two more metrics, a count and a users one."""
     project = tmp_path / "dbt_project"
     shutil.copytree(DBT_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
     definition = yaml.safe_load((project / "dbt_project.yml").read_text())
@@ -176,6 +192,11 @@ def test_a_metric_added_to_the_definition_reaches_both_layers(events, tmp_path) 
          "description": "Users whose first order of the UTC day falls in this hour and country."},
     ]
     (project / "dbt_project.yml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    return project
+
+
+def test_a_metric_added_to_the_definition_reaches_both_layers(events, tmp_path) -> None:
+    project = project_with_more_metrics(tmp_path)
     metrics = metric_definitions.load(project / "dbt_project.yml")
 
     batch = batch_layer(events, project, tmp_path / "batch")
@@ -203,3 +224,22 @@ def expected_logins_and_buyers(events: pl.DataFrame) -> dict:
     for _, cell in first_order.values():
         table[cell]["buyers"] += 1
     return dict(table)
+
+
+def test_a_metric_added_later_is_null_on_older_days_until_a_backfill_rebuilds_them(events, tmp_path) -> None:
+    work = tmp_path / "warehouse"
+    raw_files = write_raw_store(events, work)
+    older, newer = FIRST_DAY, FIRST_DAY + timedelta(days=DAYS_PER_CASE)
+    dbt_build(DBT_PROJECT, work, raw_files, older, older)
+    extended = project_with_more_metrics(tmp_path)
+    dbt_build(extended, work, raw_files, newer, newer)  # the running warehouse gains the columns
+    expected = expected_logins_and_buyers(events)
+    assert {cell[0] for cell in expected} >= {older, newer}  # both days have events
+    hours = warehouse_hours(work)
+    assert {cell: v["logins"] for cell, v in hours.items() if cell[0] == older} == {
+        cell: None for cell in expected if cell[0] == older}
+    assert {cell: v["logins"] for cell, v in hours.items() if cell[0] == newer} == {
+        cell: v["logins"] for cell, v in expected.items() if cell[0] == newer}
+    dbt_build(extended, work, raw_files, older, older)  # the backfill of the older day
+    assert {cell: {"logins": v["logins"], "buyers": v["buyers"]} for cell, v in warehouse_hours(work).items()
+            if cell[0] in (older, newer)} == {cell: v for cell, v in expected.items() if cell[0] in (older, newer)}

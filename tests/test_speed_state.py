@@ -7,7 +7,9 @@ from datetime import datetime
 import polars as pl
 import pytest
 
-from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
+from stream_worker import metrics
+from stream_worker.metrics import Metric
+from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy, StateMetricsDiffer, StateUnreadable
 from test_aggregate import events
 
 LAST = {"offset": 0, "timestamp": 0, "crc32": 0}
@@ -88,3 +90,26 @@ def test_a_file_held_by_another_process_is_reported_busy(tmp_path) -> None:
         holder.stdin.close()
         holder.wait(timeout=30)
     PartitionState(path, 0).close()  # free again once the holder is gone
+
+
+def test_a_state_built_for_other_metrics_is_refused_with_the_way_out(tmp_path) -> None:
+    path = tmp_path / "partition-0.duckdb"
+    state = PartitionState(path, 0)
+    state.apply(events(("e1", "signup", "u1", "2026-11-26T10:00:00Z", "DE", None, 0)), 0, 1, LAST)
+    state.close()
+    more = (*metrics.defined(), Metric("logins", "count", "Login events.", ("login",)))
+    with pytest.raises(StateMetricsDiffer, match="lambdaflow stream --replay"):
+        PartitionState(path, 0, more)
+    fewer = tuple(m for m in metrics.defined() if m.name != "new_users")  # a users metric removed
+    with pytest.raises(StateMetricsDiffer, match="new_users"):
+        PartitionState(path, 0, fewer)
+    reopened = PartitionState(path, 0)  # the definition it was built for still opens it
+    assert totals(reopened)["events"] == 1
+    reopened.close()
+
+
+def test_a_damaged_state_file_is_refused_with_the_way_out(tmp_path) -> None:
+    path = tmp_path / "partition-0.duckdb"
+    path.write_bytes(b"\x00garbage" * 512)
+    with pytest.raises(StateUnreadable, match="cannot be read .*lambdaflow stream --replay"):
+        PartitionState(path, 0)
