@@ -45,6 +45,9 @@ def consumer(bootstrap: str, group_id: str | None, **overrides: object) -> Kafka
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        # Ask the broker not to create a topic it lost (a restarted broker) with its default
+        # partition count when a consumer asks for it first; lambdaflow creates its topic itself.
+        "allow_auto_create_topics": False,
         "max_poll_records": 50_000,
         "fetch_max_bytes": 64 * 1024 * 1024,
         "max_partition_fetch_bytes": 16 * 1024 * 1024,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -170,9 +172,18 @@ class RestartableBroker:
         ensure_topic(broker.bootstrap, self.topic, 3)
         return broker
 
-    def restart(self) -> None:
-        self.broker.stop()
-        self.broker = self._start(port=self.broker.port)
+    def restart(self, paused: list[int] = ()) -> None:
+        """Restart on the same port; processes in ``paused`` are stopped meanwhile, so that none of
+        them asks the new broker for the topic before it is created with its 3 partitions (the
+        embedded broker would create it with its default count)."""
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            self.broker.stop()
+            self.broker = self._start(port=self.broker.port)
+        finally:
+            for pid in paused:
+                os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         self.broker.stop()
@@ -196,7 +207,7 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
              "the first log to be archived")
     epoch_0 = {p: p.read_bytes() for p in store.events_dir.glob("*/*.parquet")}
 
-    own_broker.restart()
+    own_broker.restart(paused=[archiver.pid])
     after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))
     wait_for(lambda: all(m.epoch == 1 for m in store.manifests().values())
              and sum(m.next_offset for m in store.manifests().values()) == after.messages, 90,
