@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 DOCS_PORT ?= 8081
 
-.PHONY: install test demo docs up down lock clean
+.PHONY: install test demo bench docs up down lock clean
 
 install: $(INSTALLED)
 
@@ -23,6 +23,11 @@ test: install
 
 demo: install
 	$(BIN)/python -m stream_worker.demo
+
+# Every layer against its ceiling or peer; results in bench/results/ (report.md, summary.json,
+# PNG plots). QUICK=1: small sizes, minutes instead of half an hour; `make test` runs it.
+bench: install
+	$(BIN)/python -m stream_worker.bench $(if $(QUICK),--quick)
 
 # The dbt docs site on 127.0.0.1:$(DOCS_PORT). Generating it opens the warehouse, so it
 # takes the warehouse lock that every batch build holds.

@@ -1,0 +1,122 @@
+"""`make bench QUICK=1`: the benchmark runs end to end at small sizes, so its code cannot rot.
+
+The figures of a quick run judge nothing (the sizes are tiny and the test
+suite shares the machine); the test checks that every row of the summary is
+there with its figure, ratio and target, that the report and its plots exist,
+and that the run left no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benchmark reads /proc")
+
+ROWS = {
+    "ingest.archiver", "ingest.stream", "freshness.p99", "batch.dbt_models", "batch.scaling",
+    "queries.idle", "queries.busy", "queries.cli", "backfill.overhead",
+    "state.speed_state_per_million", "files.raw_per_partition_per_day",
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Running processes whose environment or command line names ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+            if text.encode() in (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    out, scratch = root / "results", root / "scratch"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW", "DBT_"))}
+    env["TMPDIR"] = str(scratch)  # the benchmark's scratch folder, and so every child's environment, names it
+    done = subprocess.run([sys.executable, "-m", "stream_worker.bench", "--quick", "--out", str(out)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    return done, out, scratch
+
+
+def test_quick_bench_writes_every_row_with_figure_ratio_and_target(quick_run) -> None:
+    done, out, _ = quick_run
+    assert done.returncode == 0, done.stderr[-5000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["id"]: row for row in summary["rows"]}
+    assert set(rows) == ROWS
+    for row in rows.values():
+        assert {"what", "figure", "unit", "peer", "peer_figure", "ratio", "target", "met"} <= set(row)
+        assert row["figure"] is not None, row
+        if row["target"] is not None:
+            assert row["ratio"] is not None and isinstance(row["met"], bool), row
+            assert row["met"] or row["why"], row  # a missed target says why
+    assert summary["quick"] is True
+    assert summary["machine"]["cores"] and summary["versions"]["duckdb"] and summary["date"]
+
+
+def test_quick_bench_writes_the_report_with_its_plots(quick_run) -> None:
+    done, out, _ = quick_run
+    assert done.returncode == 0, done.stderr[-5000:]
+    report = (out / "report.md").read_text()
+    plots = sorted(out.glob("*.png"))
+    assert len(plots) >= 6
+    for plot in plots:
+        assert plot.read_bytes()[:8] == PNG_MAGIC
+        assert f"]({plot.name})" in report
+    for heading in ("## Summary", "## 1. Ingest", "## 2. Freshness", "## 3. Batch", "## 4. Queries",
+                    "## 5. Backfill", "## 6. State", "## Closing note"):
+        assert heading in report
+    assert "ratio" in done.stdout and "summary.json" in done.stdout  # the short table went to stdout
+
+
+def test_quick_bench_leaves_no_process_and_no_scratch_behind(quick_run) -> None:
+    done, _, scratch = quick_run
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert _processes_mentioning(str(scratch)) == []
+    assert list(scratch.glob("lambdaflow-bench-*")) == []  # its scratch folder is gone
+
+
+# the arithmetic behind the rows, without running anything
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    from stream_worker.bench.core import percentile
+
+    values = list(range(1, 101))
+    assert percentile(values, 0.5) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile([3.0], 0.99) == 3.0
+
+
+def test_an_event_is_visible_from_the_first_answer_that_counts_it() -> None:
+    from stream_worker.bench.freshness import latencies
+
+    sent = [(10.0, 100), (10.5, 200), (11.0, 300)]
+    shown = [(10.2, 50), (10.7, 150), (11.1, 250), (11.4, 300)]
+    assert latencies(sent, shown) == pytest.approx([0.7, 0.6, 0.4])
+    assert latencies([(12.0, 400)], shown) == []  # never shown: left out, and counted as missing
+
+
+def test_raw_files_per_day_follow_the_roll_policy() -> None:
+    from stream_worker.bench.footprint import files_per_partition_per_day
+
+    mb64 = 64 * 1024 * 1024
+    assert files_per_partition_per_day(0, 140, mb64, 300) == 289  # a quiet topic rolls on time
+    # 30k events/s of 140 bytes over 3 partitions fill 64 MB in 47.9 s: 1803 rolls, plus the midnight split.
+    assert files_per_partition_per_day(30_000, 140, mb64, 300) == 1804
