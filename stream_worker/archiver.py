@@ -30,6 +30,7 @@ import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
+from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
 from stream_worker.files import publish_new, read_json, replace_json, temp_path_for, write_parquet_durably
 from stream_worker.group import AssignmentClock
@@ -110,6 +111,8 @@ class Archiver(ConsumerRebalanceListener):
         self.owned: dict[int, OwnedPartition] = {}
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
+        self._watch = BrokerWatch(bootstrap, f"archiver {self.topic}")
+        self._departures_seen = 0
         self._assignment = AssignmentClock(session_timeout_ms)
         self._consumer = clients.consumer(
             bootstrap,
@@ -123,8 +126,12 @@ class Archiver(ConsumerRebalanceListener):
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
         started = time.monotonic()
         self._consumer.subscribe([self.topic], listener=self)
+        self._watch.install()
         try:
             while not stop.is_set():
+                self._watch.check()
+                if self._watch.departures > self._departures_seen:
+                    self._publish_on_departure()
                 polled = self._consumer.poll(timeout_ms=500)
                 self._accept(polled)
                 self._read_end_offsets()
@@ -144,6 +151,7 @@ class Archiver(ConsumerRebalanceListener):
             self._consumer.close()
             self._probe.close()
             self._classifier.close()
+            self._watch.close()
         return self.totals
 
     def _accept(self, polled: dict) -> None:
@@ -242,12 +250,23 @@ class Archiver(ConsumerRebalanceListener):
         if old or big or idle:
             self._publish(partition)
 
-    def _publish(self, partition: int) -> None:
+    def _publish_on_departure(self) -> None:
+        """The broker stopped answering: publish every buffer now. All of it was read from the log that
+        just went away, so it is kept even if the broker comes back empty (a memory-only broker does),
+        and nothing read from a new log can be mixed into it."""
+        self._departures_seen = self._watch.departures
+        buffered = sum(owned.buffer.messages for owned in self.owned.values())
+        if buffered:
+            log.info("%s: publishing the %d buffered messages while the broker is away", self.topic, buffered)
+        for partition in list(self.owned):
+            self._publish(partition, check_log=False)
+
+    def _publish(self, partition: int, check_log: bool = True) -> None:
         owned = self.owned[partition]
         buffer = owned.buffer
         if buffer.empty:
             return
-        same_log = self._same_log(partition, owned.manifest, buffer)
+        same_log = self._same_log(partition, owned.manifest, buffer) if check_log else True
         if same_log is None:
             log.warning("%s[%d] cannot reach the broker to check its log; publishing later", self.topic, partition)
             return
@@ -341,6 +360,7 @@ class Archiver(ConsumerRebalanceListener):
             "epoch": owned.manifest.epoch,
             "next_offset": owned.manifest.next_offset,
             "published_offset": owned.manifest.next_offset - 1,
+            "read_offset": owned.position,  # read from Kafka; buffered up to here
             "end_offset": owned.end_offset,
             "watermark": owned.watermark,
             "caught_up_at": owned.caught_up_at,

@@ -20,6 +20,9 @@ from stream_worker.errors import BrokerUnavailable, LambdaflowError
 log = logging.getLogger(__name__)
 
 CLIENT_ID = "lambdaflow"
+# kafka-python waits this long at most between attempts to reach a broker that went away
+# (its default is 30 s); a worker is back at work within seconds of the broker's return.
+RECONNECT_BACKOFF_MAX_MS = 5000
 
 
 def producer(bootstrap: str, **overrides: object) -> KafkaProducer:
@@ -51,6 +54,7 @@ def consumer(bootstrap: str, group_id: str | None, **overrides: object) -> Kafka
         "max_poll_records": 50_000,
         "fetch_max_bytes": 64 * 1024 * 1024,
         "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     options.update(overrides)
     return _connect(KafkaConsumer, bootstrap, **options)
@@ -58,9 +62,10 @@ def consumer(bootstrap: str, group_id: str | None, **overrides: object) -> Kafka
 
 def commit_for_lag_tools(consumer: KafkaConsumer, topic: str, partition: int, offset: int) -> None:
     """Commit an offset to Kafka for lag tools only: lambdaflow resumes from its own files, so a
-    failed commit (say, during a rebalance) is logged and ignored."""
+    failed commit (say, during a rebalance) is logged and ignored, and one waits at most a second:
+    with the broker away, a commit without a timeout would wait for its return."""
     try:
-        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)})
+        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)}, timeout_ms=1000)
     except Exception as error:
         log.debug("%s[%d] committing offset %d to Kafka failed: %s", topic, partition, offset, error)
 
@@ -94,8 +99,13 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 3
         probe.close()
 
 
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """Does any server of the bootstrap list accept a TCP connection?"""
+    return any(_answers(server, timeout) for server in bootstrap.split(","))
+
+
 def _connect(client_class, bootstrap: str, **options):
-    if not any(_answers(server) for server in bootstrap.split(",")):
+    if not broker_answers(bootstrap):
         raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap}")
     try:
         return client_class(**options)

@@ -29,6 +29,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
 from stream_worker.boundary import manifest_path, read_boundary
+from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json, replace_json
@@ -123,6 +124,7 @@ class StreamWorker(ConsumerRebalanceListener):
         self._fatal: LambdaflowError | None = None
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
+        self._watch = BrokerWatch(bootstrap, f"stream worker {topic}")
         self._progress = _Progress()
         self._assignment = AssignmentClock(session_timeout_ms)
         self._consumer = clients.consumer(
@@ -135,8 +137,10 @@ class StreamWorker(ConsumerRebalanceListener):
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
         started = time.monotonic()
         self._consumer.subscribe([self.topic], listener=self)
+        self._watch.install()
         try:
             while not stop.is_set():
+                self._watch.check()
                 self._open_pending()
                 if self._fatal is not None:
                     raise self._fatal
@@ -160,6 +164,7 @@ class StreamWorker(ConsumerRebalanceListener):
             self._consumer.close()
             self._probe.close()
             self._classifier.close()
+            self._watch.close()
         return self.totals
 
     # counting

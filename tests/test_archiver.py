@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
 import threading
 import time
 from collections import Counter
@@ -14,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from worker_helpers import (
+    RestartableBroker,
     WorkerProcess,
     archived_rows,
     assert_nothing_half_written,
@@ -23,8 +22,6 @@ from worker_helpers import (
 )
 from kafka_helpers import read_all
 from stream_worker import synthetic
-from stream_worker.broker import EmbeddedBroker
-from stream_worker.clients import ensure_topic
 from stream_worker.produce import produce
 from stream_worker.raw_store import BatchRange, RawStore
 
@@ -151,42 +148,6 @@ def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     two.terminate()
 
     assert_exactly_once(data_dir, topic, log_truth(kafka_bootstrap, topic, total))
-
-
-class RestartableBroker:
-    """An embedded broker of the test's own, restarted on the same port (and so losing its log)."""
-
-    def __init__(self, log_dir, topic: str) -> None:
-        self.log_dir = log_dir
-        self.topic = topic
-        self.starts = 0
-        self.broker = self._start(port=None)
-
-    @property
-    def bootstrap(self) -> str:
-        return self.broker.bootstrap
-
-    def _start(self, port: int | None) -> EmbeddedBroker:
-        self.starts += 1
-        broker = EmbeddedBroker(port=port, log_path=self.log_dir / f"broker-{self.starts}.log").start()
-        ensure_topic(broker.bootstrap, self.topic, 3)
-        return broker
-
-    def restart(self, paused: list[int] = ()) -> None:
-        """Restart on the same port; processes in ``paused`` are stopped meanwhile, so that none of
-        them asks the new broker for the topic before it is created with its 3 partitions (the
-        embedded broker would create it with its default count)."""
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            self.broker.stop()
-            self.broker = self._start(port=self.broker.port)
-        finally:
-            for pid in paused:
-                os.kill(pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        self.broker.stop()
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from pathlib import Path
 import duckdb
 
 from kafka_helpers import read_all
+from stream_worker.broker import EmbeddedBroker
+from stream_worker.clients import ensure_topic
 from stream_worker.contract import classify, records_frame
 from stream_worker.raw_store import RawStore
 
@@ -106,3 +108,51 @@ def status_pids(data_dir: Path, topic: str) -> dict[int, int]:
         status = json.loads(path.read_text())
         found[status["partition"]] = status["pid"]
     return found
+
+
+class RestartableBroker:
+    """An embedded broker of the test's own, restarted on the same port (and so losing its log)."""
+
+    def __init__(self, log_dir: Path, topic: str) -> None:
+        self.log_dir = log_dir
+        self.topic = topic
+        self.starts = 0
+        self.broker = self._start(port=None)
+        self.port = self.broker.port
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    @property
+    def pid(self) -> int | None:
+        return self.broker.pid
+
+    def _start(self, port: int | None) -> EmbeddedBroker:
+        self.starts += 1
+        broker = EmbeddedBroker(port=port, log_path=self.log_dir / f"broker-{self.starts}.log").start()
+        ensure_topic(broker.bootstrap, self.topic, 3)
+        return broker
+
+    def go_away(self) -> None:
+        """Stop it (SIGTERM to its PID): the port refuses connections and the log is gone."""
+        self.broker.stop()
+
+    def come_back(self, paused: list[int] = ()) -> None:
+        """Start it again on the same port, empty; processes in ``paused`` are stopped meanwhile, so
+        that none of them asks the new broker for the topic before it is created with its 3
+        partitions (the embedded broker would create it with its default count)."""
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            self.broker = self._start(port=self.port)
+        finally:
+            for pid in paused:
+                os.kill(pid, signal.SIGCONT)
+
+    def restart(self, paused: list[int] = ()) -> None:
+        self.go_away()
+        self.come_back(paused)
+
+    def stop(self) -> None:
+        self.broker.stop()
