@@ -109,6 +109,8 @@ def test_up_serves_everything_and_down_stops_exactly_what_up_started(stack: Stac
         _produce_history(stack, day)
     with _phase("backfill"):
         _backfill_runs_in_the_scheduler(stack, day)
+    with _phase("loopback"):
+        _every_server_listens_on_loopback_only(stack)
     with _phase("down"):
         _down_stops_every_recorded_group(stack)
 
@@ -213,6 +215,62 @@ def _wait_for_run(runs_url: str, token: str, day: date, timeout: float = 240) ->
             assert not broken, [(t["task_id"], t["state"]) for t in broken]
         time.sleep(1.0)
     raise TimeoutError(f"the backfill run for {day} did not finish in {timeout:.0f} s")
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def listening_sockets() -> dict[str, tuple[str, int]]:
+    """{socket inode: (address in /proc's hex, port)} of every TCP socket in LISTEN state."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == "0A":
+                found[fields[9]] = (address, int(port, 16))
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        pass  # exited meanwhile
+    return inodes
+
+
+def test_the_listening_socket_scan_tells_loopback_from_every_interface() -> None:
+    import socket
+
+    with socket.socket() as everywhere, socket.socket() as loopback:
+        everywhere.bind(("0.0.0.0", 0))
+        loopback.bind(("127.0.0.1", 0))
+        for sock in (everywhere, loopback):
+            sock.listen()
+        listening = listening_sockets()
+        found = {listening[i][1]: listening[i][0] for i in socket_inodes(os.getpid()) if i in listening}
+        assert found[everywhere.getsockname()[1]] not in LOOPBACK
+        assert found[loopback.getsockname()[1]] in LOOPBACK
+
+
+def _every_server_listens_on_loopback_only(stack: Stack) -> None:
+    groups = {s["pgid"] for s in stack.recorded}
+    listening = listening_sockets()
+    servers = {}
+    for process in running_processes():
+        if process.pgid in groups or process.sid in groups:
+            for inode in socket_inodes(process.pid) & set(listening):
+                servers[(process.pid, listening[inode][1])] = listening[inode][0]
+    ports = {port for _, port in servers}
+    report = stack.report
+    for url in (report["airflow_url"], report["docs_url"], f"tcp://{report['kafka_bootstrap']}"):
+        assert int(url.rsplit(":", 1)[1].rstrip("/")) in ports, (url, servers)
+    assert {address for address in servers.values()} <= LOOPBACK, servers
 
 
 def _down_stops_every_recorded_group(stack: Stack) -> None:
