@@ -32,7 +32,14 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from stream_worker import clients
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
-from stream_worker.files import publish_new, read_json, replace_json, temp_path_for, write_parquet_durably
+from stream_worker.files import (
+    publish_new,
+    read_json,
+    remove_stale_temps,
+    replace_json,
+    temp_path_for,
+    write_parquet_durably,
+)
 from stream_worker.group import AssignmentClock
 from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.raw_store import BatchRange, Manifest, RawStore
@@ -390,6 +397,7 @@ class Archiver(ConsumerRebalanceListener):
     def _take(self, tp: TopicPartition) -> None:
         with self.store.partition_lock(tp.partition):
             self.store.remove_uncovered(tp.partition)
+            remove_stale_temps(self.store.status_path(tp.partition))
             manifest = self.store.read_manifest(tp.partition)
         previous = self._previous_status(tp.partition)
         owned = OwnedPartition(

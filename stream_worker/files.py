@@ -33,6 +33,13 @@ def temp_path_for(final: Path, temp_dir: Path) -> Path:
     return temp_dir / f"{final.name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
+def remove_stale_temps(final: Path, temp_dir: Path | None = None) -> None:
+    """Remove the temporary files a killed writer of ``final`` left behind. Call it only while no
+    other process may write ``final`` (its new owner, holding the partition)."""
+    for temp in (temp_dir or final.parent).glob(f"{final.name}.*.tmp"):
+        temp.unlink(missing_ok=True)
+
+
 def write_parquet_durably(frame: pl.DataFrame, path: Path) -> None:
     frame.write_parquet(path, compression="zstd", statistics=True)
     fsync_file(path)

@@ -32,7 +32,7 @@ from stream_worker.boundary import manifest_path, read_boundary
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
-from stream_worker.files import read_json, replace_json
+from stream_worker.files import read_json, remove_stale_temps, replace_json
 from stream_worker.group import AssignmentClock
 from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.reconcile import report_path
@@ -266,6 +266,9 @@ class StreamWorker(ConsumerRebalanceListener):
                 owned.next_open_attempt = now + OPEN_RETRY_SECONDS
                 log.info("%s[%d] state file still held by its previous owner; retrying", self.topic, partition)
                 continue
+            # Holding the state file, this worker alone writes the partition's snapshot and status.
+            remove_stale_temps(self.paths.status_file(partition))
+            remove_stale_temps(self.paths.snapshot_file(partition), self.paths.temp_dir)
             self._prune(owned.state)
             consumed = owned.state.consumed()
             tp = TopicPartition(self.topic, partition)

@@ -65,8 +65,15 @@ def test_kill_9_at_random_moments_keeps_every_hour_exact(kafka_bootstrap, topic,
     producer.join()
     summary = sent["summary"]
     assert summary.events == 100_000
+    # What a kill in the middle of replacing a status file or a snapshot leaves behind:
+    speed = data_dir / "speed" / topic
+    planted = [speed / "status-1.json.0123456789ab.tmp", data_dir / "tmp" / "speed" / "partition-1.parquet.0123456789ab.tmp"]
+    for temp in planted:
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_text("half")
 
     totals = stream_workers("--until-idle").wait()
+    assert not [temp for temp in planted if temp.exists()]  # the partition's next owner removed them
     truth = hourly_metrics(read_all(kafka_bootstrap, topic, summary.messages))
     assert served_by_speed_layer(data_dir, topic) == truth
     assert sum(cell["events"] for cell in truth.values()) == summary.events

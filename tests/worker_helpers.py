@@ -90,7 +90,7 @@ def assert_nothing_half_written(data_dir: Path, topic: str) -> None:
     assert published == covered, "files no manifest covers are visible"
     assert sorted(store.dead_letter_dir.glob("*/*.parquet")) == sorted(store.dead_letter_files())
     leftovers = [p for p in data_dir.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
-    assert leftovers == []
+    assert leftovers == [], f"temporary files left behind: {leftovers[:5]}"
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 0.2) -> None:
