@@ -7,10 +7,20 @@ boundary and the speed layer serves everything it has counted.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from stream_worker.files import read_json
+
+
+# The speed layer keeps the days it has counted until this long before the boundary, and a
+# built day until it has been reconciled; after that it may drop them.
+SPEED_RETENTION_GRACE = timedelta(days=1)
+
+
+def speed_may_drop_before(boundary: datetime) -> date:
+    """Reconciled days before this one may be gone from the speed layer."""
+    return (boundary - SPEED_RETENTION_GRACE).date()
 
 
 def manifest_path(data_dir: Path) -> Path:

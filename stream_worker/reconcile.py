@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from stream_worker import aggregate
-from stream_worker.boundary import manifest_path
+from stream_worker.boundary import boundary_of, manifest_path, speed_may_drop_before
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json, replace_json
@@ -66,6 +66,9 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     speed_rows = _concat(snapshots)
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)
+    previous = read_json(report_path(settings.data_dir, day))
+    if previous and _dropped_by_speed_layer(settings, day, speed_rows):
+        return _unchecked_rebuild(settings, day, entry, batch, names, previous)
 
     files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
     record = read_json(build_record_path(settings, day))
@@ -100,6 +103,47 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
             "late_events": late_events,
             "built_at": entry.get("built_at"),
             "reconciled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "note": None,
+        })
+    replace_json(report_path(settings.data_dir, day), rows)
+    return rows
+
+
+def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
+    """Has the speed layer dropped D? Only an old enough day can be, and then a partition with raw
+    events of D has no row of D in its snapshot."""
+    boundary = boundary_of(read_json(manifest_path(settings.data_dir)))
+    if boundary is None or day >= speed_may_drop_before(boundary):
+        return False
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    with_events = {batch.partition for batch in map(BatchRange.parse, (f.name for f in files)) if batch}
+    counted = set(speed_rows.filter(pl.col("event_date") == day)["kafka_partition"]) if speed_rows.width else set()
+    return bool(with_events - counted)
+
+
+def _unchecked_rebuild(settings: Settings, day: date, entry: dict, batch: dict, names: list[str],
+                       previous: list[dict]) -> list[dict]:
+    """A rebuild of a day reconciled before that the speed layer has dropped since:
+    there is nothing left to compare with, so the report says so and keeps the last comparison."""
+    reconciled_at = previous[0].get("reconciled_at")
+    rows = []
+    for index, name in enumerate(names):
+        rows.append({
+            "event_date": day.isoformat(),
+            "metric": name,
+            "batch": sum(values[index] for values in batch.values()),
+            "speed": None,
+            "difference": None,
+            "explained_by_late_events": 0,
+            "explained_by_speed_lag": 0,
+            "unexplained": 0,
+            "hours_differing": [],
+            "hours_unexplained": [],
+            "late_files": 0,
+            "late_events": 0,
+            "built_at": entry.get("built_at"),
+            "reconciled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "note": f"rebuilt after the speed layer dropped {day}; last compared at {reconciled_at}",
         })
     replace_json(report_path(settings.data_dir, day), rows)
     return rows

@@ -28,7 +28,7 @@ import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
-from stream_worker.boundary import manifest_path, read_boundary
+from stream_worker.boundary import SPEED_RETENTION_GRACE, manifest_path, read_boundary
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
@@ -113,7 +113,7 @@ class _Progress:
 
 class StreamWorker(ConsumerRebalanceListener):
     def __init__(self, bootstrap: str, data_dir: Path, topic: str, group_id: str = GROUP_ID,
-                 session_timeout_ms: int = 6000, retention_grace: timedelta = timedelta(days=1),
+                 session_timeout_ms: int = 6000, retention_grace: timedelta = SPEED_RETENTION_GRACE,
                  paths: SpeedPaths | None = None) -> None:
         self.topic = topic
         self.data_dir = data_dir

@@ -26,6 +26,8 @@ from stream_worker.clients import ensure_topic
 from stream_worker import metrics as metric_definitions
 from stream_worker.config import Settings
 from stream_worker.serving import Question, answer
+from stream_worker.speed_state import PartitionState
+from stream_worker.stream import SpeedPaths
 from stream_worker.produce import produce
 
 
@@ -448,3 +450,25 @@ def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(wo
     latencies.sort()
     print(f"{len(latencies)} queries: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
+
+
+def test_a_rebuild_after_the_speed_layer_dropped_the_day_is_not_compared_again(world) -> None:
+    day = world.closed_days[0]  # reconciled by its build above, and older than the speed layer keeps
+    paths = SpeedPaths(world.data_dir, world.topic)
+    for partition in range(3):  # what the running worker does once the day is reconciled and old enough
+        state = PartitionState(paths.state_file(partition), partition)
+        try:
+            state.drop_days_before(day + timedelta(days=1))
+            state.publish_snapshot(paths.snapshot_file(partition), paths.temp_dir)
+        finally:
+            state.close()
+
+    result = world.lambdaflow("batch", "--date", day.isoformat())
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((world.data_dir / "batch" / "reconcile" / f"{day}.json").read_text())
+    assert {row["metric"]: row["batch"] for row in report} == daily_truth(world, day)
+    for row in report:
+        assert row["speed"] is None and row["unexplained"] == 0
+        assert row["note"].startswith(f"rebuilt after the speed layer dropped {day}")
+    assert {m: world.answer_for(day)[m] for m in METRICS} == daily_truth(world, day)
