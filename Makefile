@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 DOCS_PORT ?= 8081
 
-.PHONY: install test demo bench docs up down lock clean
+.PHONY: install test demo bench chaos docs up down lock clean
 
 install: $(INSTALLED)
 
@@ -28,6 +28,11 @@ demo: install
 # PNG plots). QUICK=1: small sizes, minutes instead of half an hour; `make test` runs it.
 bench: install
 	$(BIN)/python -m stream_worker.bench $(if $(QUICK),--quick)
+
+# A seeded, randomized fault run checked against the log: kill -9s, rebalances, a paused broker,
+# builds and a backfill while events flow. SEED=<n> replays a run; `make test` runs a short one.
+chaos: install
+	$(BIN)/python tests/chaos.py $(if $(SEED),--seed $(SEED))
 
 # The dbt docs site on 127.0.0.1:$(DOCS_PORT). Generating it opens the warehouse, so it
 # takes the warehouse lock that every batch build holds.
