@@ -4,14 +4,22 @@ The SQL lives once, in ``dbt_project/models/serving/serving_hourly_metrics.sql``
 Here it is rendered with the current batch manifest (its files and boundary)
 and the speed layer's snapshots, and run in an in-memory DuckDB: a query never
 opens the warehouse or a state file, so it never waits for dbt or a worker.
+
+An answer costs about as much as reading its files: the rendered SQL is kept
+per template text, metrics and boundary (the file lists are bound as query
+parameters), the process keeps one DuckDB and takes a cursor per answer, only
+the files that can hold the asked days are read, and the range's totals are
+summed in the same statement.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import threading
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Iterator
@@ -67,17 +75,38 @@ class ServingInputs:
     batch_files: list[Path]
     boundary: datetime | None
     speed_snapshots: list[Path]
+    batch_dates: list[date] | None = None
+    """The event date of each batch file (the manifest's key for it); None: not known, keep every file."""
 
     @classmethod
     def current(cls, settings: Settings) -> ServingInputs:
         manifest = read_json(manifest_path(settings.data_dir)) or {}
+        days = manifest.get("days", {})
         return cls(
-            batch_files=[settings.data_dir / entry["file"] for entry in manifest.get("days", {}).values()],
+            batch_files=[settings.data_dir / entry["file"] for entry in days.values()],
             boundary=boundary_of(manifest),
             speed_snapshots=sorted(
                 (settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet")
             ),
+            batch_dates=[date.fromisoformat(key) for key in days],
         )
+
+    def within(self, start: date, end: date) -> ServingInputs:
+        """Only the files that can serve an hour of the days ``start`` to ``end``; the boundary stays as read.
+
+        A published day's file holds that day's hours only, so other days' files go, and so does a day
+        starting at or after the boundary (the batch serves only hours before it). A snapshot holds every
+        day the speed layer keeps, so the snapshots stay unless the whole range ends by the boundary (the
+        speed layer serves only hours from it on). Leaving out a file drops only rows that the model's
+        boundary filters or the range would drop anyway: the answer is the same, from fewer files.
+        """
+        if self.batch_dates is None:
+            return self
+        kept = [(path, day) for path, day in zip(self.batch_files, self.batch_dates)
+                if start <= day <= end and (self.boundary is None or _start_of(day) < self.boundary)]
+        speed_serves = self.boundary is None or _start_of(end) + timedelta(hours=23) >= self.boundary
+        return replace(self, batch_files=[path for path, _ in kept], batch_dates=[day for _, day in kept],
+                       speed_snapshots=self.speed_snapshots if speed_serves else [])
 
     @contextmanager
     def pinned(self) -> Iterator[ServingInputs]:
@@ -97,9 +126,9 @@ class ServingInputs:
                 stack.callback(os.close, descriptor)
                 return Path(f"/dev/fd/{descriptor}")
 
-            yield ServingInputs(
+            yield replace(
+                self,
                 batch_files=[pin(path) for path in self.batch_files],
-                boundary=self.boundary,
                 speed_snapshots=[pin(path) for path in self.speed_snapshots],
             )
 
@@ -112,58 +141,147 @@ class ServingInputs:
             "metrics": metrics.defined(),
         }
 
+    def statement(self) -> tuple[str, dict[str, list[str]]]:
+        """The serving model's SQL with the file lists as the parameters ``$batch_files`` and
+        ``$speed_snapshots``, and the values to bind to them.
+
+        The rendered SQL then depends only on the template, the metrics, the boundary and which
+        lists are empty, so it is rendered once per such combination (see :func:`_rendered`), not
+        once per answer, while each answer still reads the files it pinned.
+        """
+        values = {name: [str(p) for p in paths]
+                  for name, paths in (("batch_files", self.batch_files), ("speed_snapshots", self.speed_snapshots))
+                  if paths}
+        sql = _rendered(SERVING_SQL.read_text(), metrics.defined(),
+                        self.boundary.isoformat(sep=" ") if self.boundary else None,
+                        "batch_files" in values, "speed_snapshots" in values)
+        return sql, values
+
 
 def render_serving_sql(variables: dict[str, object]) -> str:
     """The serving model's SQL with dbt's var() answered from ``variables``."""
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    template = environment.from_string(SERVING_SQL.read_text())
+    template = _template(SERVING_SQL.read_text())
     return template.render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
+
+
+@functools.lru_cache(maxsize=4)
+def _template(source: str) -> jinja2.Template:
+    """The compiled template, once per text of the model (compiling costs tens of milliseconds)."""
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)
+
+
+@functools.lru_cache(maxsize=64)
+def _rendered(source: str, defined: tuple[metrics.Metric, ...], boundary: str | None,
+              has_batch: bool, has_speed: bool) -> str:
+    """The model rendered with parameters for its file lists; keyed on everything the text depends on."""
+    return render_serving_sql({
+        "batch_files": "$batch_files" if has_batch else "[]",
+        "boundary": boundary,
+        "speed_snapshots": "$speed_snapshots" if has_speed else "[]",
+        "metrics": defined,
+    })
+
+
+# One in-memory DuckDB per process, a cursor (a connection of its own) per answer, so threads
+# may answer at once. It holds no table: every answer reads only the files it pinned. The file
+# caches are off because a pinned path (/dev/fd/N) names another file in the next answer. One
+# thread: an answer is a few small files and a plan, which a second thread only slows (a hand-off
+# that waits for a core when the layers keep both busy); each answering thread runs its own query.
+_DUCKDB_SETTINGS = {"threads": "1", "TimeZone": "'UTC'", "enable_external_file_cache": "false",
+                    "parquet_metadata_cache": "false"}
+_database_lock = threading.Lock()
+_database: duckdb.DuckDBPyConnection | None = None
+_forked_away: list[duckdb.DuckDBPyConnection] = []
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    global _database
+    with _database_lock:
+        if _database is None:
+            database = duckdb.connect()
+            for name, value in _DUCKDB_SETTINGS.items():  # global: every cursor's session starts from them
+                database.execute(f"set global {name} = {value}")
+            _database = database
+        return _database.cursor()
+
+
+def _forget_the_database_in_a_child() -> None:
+    """A forked child opens a database of its own; the parent's is never used, nor closed, there."""
+    global _database, _database_lock
+    if _database is not None:
+        _forked_away.append(_database)
+    _database, _database_lock = None, threading.Lock()
+    _totals_statement.cache_clear()  # parsed by the parent's database
+
+
+os.register_at_fork(after_in_child=_forget_the_database_in_a_child)
 
 
 def hourly_rows(inputs: ServingInputs) -> pl.DataFrame:
     """Every served hour and country, each from exactly one layer."""
-    with inputs.pinned() as pinned, duckdb.connect(config={"threads": 2}) as con:
-        con.execute("set TimeZone = 'UTC'").fetchall()
-        return con.sql(render_serving_sql(pinned.variables())).pl()
+    with inputs.pinned() as pinned, _cursor() as cursor:
+        sql, values = pinned.statement()
+        return cursor.sql(sql, params=values).pl()
 
 
 def answer(settings: Settings, question: Question) -> list[dict]:
     """Rows per day (or per day and hour) in the range, zeros where nothing happened."""
-    inputs = ServingInputs.current(settings)
-    rows = hourly_rows(inputs).filter(pl.col("event_date").is_between(question.date_from, question.date_to))
-    if question.country:
-        rows = rows.filter(pl.col("country") == question.country)
-    keys = ["event_date", "hour"] if question.hourly else ["event_date"]
-    totals = {
-        tuple(row[k] for k in keys): row
-        for row in rows.group_by(keys).agg(_total(m) for m in metrics.names()).iter_rows(named=True)
-    }
+    inputs = ServingInputs.current(settings).within(question.date_from, question.date_to)
+    keys = ("event_date", "hour") if question.hourly else ("event_date",)
+    with inputs.pinned() as pinned, _cursor() as cursor:
+        served, values = pinned.statement()
+        values = {**values, "date_from": question.date_from, "date_to": question.date_to}
+        if question.country:
+            values["country"] = question.country
+        found = cursor.execute(_totals_statement(served, keys, bool(question.country)), values).fetchall()
+    width = len(keys)
+    totals = {row[:width]: dict(zip(metrics.names(), row[width:])) for row in found}
     answers = []
     day = question.date_from
     while day <= question.date_to:
         for hour in (range(24) if question.hourly else [None]):
             key = (day, hour) if question.hourly else (day,)
-            found = totals.get(key)
-            if question.hourly and found is None:
+            sums = totals.get(key)
+            if question.hourly and sums is None:
                 continue  # hours with no events are left out
             row: dict = {"event_date": day.isoformat()}
             if question.hourly:
                 row["hour"] = hour
-            row.update({m: (found[m] if found else 0) for m in metrics.names()})
+            row.update({m: (sums[m] if sums else 0) for m in metrics.names()})
             row["source"] = _source(day, hour, inputs.boundary)
             answers.append(row)
         day += timedelta(days=1)
     return answers
 
 
-def _total(metric: str) -> pl.Expr:
+@functools.lru_cache(maxsize=64)
+def _totals_statement(served: str, keys: tuple[str, ...], by_country: bool) -> duckdb.Statement:
+    """The range's totals per key over the served rows, in one statement, parsed once: DuckDB's parser
+    takes milliseconds over the serving model, and executing a parsed statement runs a copy of it."""
+    with _cursor() as cursor:
+        (statement,) = cursor.extract_statements(_totals_sql(served, keys, by_country))
+    return statement
+
+
+def _totals_sql(served: str, keys: tuple[str, ...], by_country: bool) -> str:
+    group = ", ".join(keys)
+    where = "event_date between $date_from and $date_to" + (" and country = $country" if by_country else "")
+    return (f"select {group}, {', '.join(_total(m) for m in metrics.names())}\n"
+            f"from (\n{served}\n) as served\nwhere {where}\ngroup by {group}")
+
+
+def _total(metric: str) -> str:
     """The sum, or null where a metric has not been built yet (added after those days were built)."""
-    column = pl.col(metric)
-    return pl.when(column.is_null().any()).then(None).otherwise(column.sum()).cast(pl.Int64).alias(metric)
+    return f"cast(case when bool_or({metric} is null) then null else sum({metric}) end as bigint) as {metric}"
+
+
+def _start_of(day: date) -> datetime:
+    """Midnight UTC starting ``day``, naive like the boundary."""
+    return datetime(day.year, day.month, day.day)
 
 
 def _source(day: date, hour: int | None, boundary: datetime | None) -> str:
-    start = datetime(day.year, day.month, day.day) + timedelta(hours=hour or 0)
+    start = _start_of(day) + timedelta(hours=hour or 0)
     end = start + (timedelta(hours=1) if hour is not None else timedelta(days=1))
     if boundary is None or boundary <= start:
         return "realtime"

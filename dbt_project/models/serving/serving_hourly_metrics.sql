@@ -21,8 +21,14 @@ with
 batch as (
 
     {% if var('batch_files') != '[]' and var('boundary') %}
+    -- By name onto every served column: a metric added after a day was built reads as null in that
+    -- day's file, whichever published files are read (a query reads only its days' files).
     select {{ served_columns }}
-    from read_parquet({{ var('batch_files') }}, union_by_name = true)
+    from (
+        ({{ no_rows }})
+        union all by name
+        select * from read_parquet({{ var('batch_files') }}, union_by_name = true)
+    )
     where event_hour < cast('{{ var("boundary") }}' as timestamp)
     {% else %}
     {{ no_rows }}
