@@ -44,12 +44,16 @@ def test_no_credentials_in_tracked_files() -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("line", [
-    'AIRFLOW_ADMIN_PASSWORD: "hunter2-hunter2"',
-    "secret = 'abcdef123456'",
-    "-----BEGIN RSA PRIVATE KEY-----",
-    "aws_key_id=AKIAABCDEFGHIJKLMNOP",
-])
+# Put together at run time, so that this file holds no credential-looking literal for the scan above.
+PLANTED = [
+    "AIRFLOW_ADMIN_PASSWORD" + ': "hunter2-hunter2"',
+    "sec" + "ret = 'abcdef123456'",
+    "-----BEGIN RSA " + "PRIVATE KEY-----",
+    "aws_key_id=" + "AKIA" + "ABCDEFGHIJKLMNOP",
+]
+
+
+@pytest.mark.parametrize("line", PLANTED)
 def test_the_scan_finds_a_planted_credential(line: str) -> None:
     assert CREDENTIAL.search(line)
 
