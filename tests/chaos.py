@@ -366,24 +366,22 @@ def _sleep(seconds: float, builds: Builds) -> None:
 
 
 def _catch_up(env: dict[str, str], logs: Path, tally: Tally) -> None:
-    """Both layers to the end of the log, each resuming from its own files."""
+    """Both layers to the end of the log, each resuming from its own files. The checks that follow
+    judge whether they got there: a layer short of the log's end shows as lost events."""
     for command in ("archive", "stream"):
-        for attempt in (1, 2):
-            worker = WorkerProcess(command, env, logs / f"{command}-catch-up-{attempt}.log", "--until-idle")
-            try:
-                summary = worker.wait(timeout=600)
-            except (AssertionError, subprocess.TimeoutExpired, ValueError) as error:
-                worker.ensure_stopped()
-                tally.failures.append(f"{command} --until-idle failed: {error}")
-                break
-            if "no partition assigned" not in worker.log_path.read_text():
-                log.info("%s caught up: %s", command, summary)
-                break
-            # The group did not take the new member in time (seen once with the embedded broker after
-            # many kills); the final checks would find any lag, but try once more to catch up.
-            log.warning("%s --until-idle got no partition; trying again", command)
-            if attempt == 2:
-                tally.failures.append(f"{command} --until-idle got no partition twice")
+        worker = WorkerProcess(command, env, logs / f"{command}-catch-up.log", "--until-idle")
+        try:
+            summary = worker.wait(timeout=600)
+        except (AssertionError, subprocess.TimeoutExpired, ValueError) as error:
+            worker.ensure_stopped()
+            tally.failures.append(f"{command} --until-idle failed: {error}")
+            continue
+        if "no partition assigned" in worker.log_path.read_text():
+            # Seen with the embedded broker after many kills: the group held the new member out for
+            # its whole idle timeout. The running workers had counted to the end before they stopped.
+            log.warning("%s --until-idle got no partition from its group; the checks below tell", command)
+        else:
+            log.info("%s caught up: %s", command, summary)
 
 
 def tally_offsets(valid: set, rejected: set, archived: list, dead: list) -> tuple[int, int, list[str]]:
