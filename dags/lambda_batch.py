@@ -11,7 +11,10 @@ with `airflow backfill create --dag-id lambda_batch --from-date D1 --to-date D2`
 or the UI's backfill form. Rebuilding a day gives the same tables.
 
 Triggered by hand, give the day in the `ds` field and no logical date: a
-manual run then never takes the logical date a scheduled run needs.
+manual run then never takes the logical date a scheduled run needs. A `ds`
+that is not a date is refused at the trigger; a day in the future, a damaged
+raw file or a bad metrics definition fails the task at once, without retries
+and before anything is written.
 
 After the build, `reconcile_day` compares the day's batch numbers with the
 speed layer's per metric and hour, writes the report that `lambdaflow
@@ -46,7 +49,8 @@ def _start_date() -> pendulum.DateTime:
     max_active_runs=1,
     default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=2), "pool": "warehouse"},
     params={
-        "ds": Param(None, type=["null", "string"], title="UTC day (YYYY-MM-DD)",
+        # format: a run whose ds is not a date of the calendar is refused when it is triggered.
+        "ds": Param(None, type=["null", "string"], format="date", title="UTC day (YYYY-MM-DD)",
                     description="For a run triggered by hand; scheduled runs build their data interval.")
     },
     tags=["lambdaflow", "batch"],
@@ -60,7 +64,8 @@ def lambda_batch():
 
         config = settings()
         state = batch.completeness(config)
-        day = batch.run_day(params, data_interval_start)
+        with batch.failing_at_once():  # a ds in the future or not a date: no retry makes it right
+            day = batch.run_day(params, data_interval_start)
         if not state.day_is_complete(day):
             print(state.explain(day, config.allowed_lateness))
         return PokeReturnValue(is_done=state.day_is_complete(day))
@@ -70,7 +75,8 @@ def lambda_batch():
         from lambdaflow_dags import batch
         from stream_worker.config import settings
 
-        manifest = batch.build(settings(), batch.run_day(params, data_interval_start))
+        with batch.failing_at_once():  # a bad definition or raw file: nothing is written, no retry
+            manifest = batch.build(settings(), batch.run_day(params, data_interval_start))
         return manifest["boundary"]
 
     @task
@@ -80,7 +86,8 @@ def lambda_batch():
         from stream_worker.reconcile import reconcile, require_within_threshold
 
         config = settings()
-        rows = reconcile(config, batch.run_day(params, data_interval_start))
+        with batch.failing_at_once():
+            rows = reconcile(config, batch.run_day(params, data_interval_start))
         for row in rows:
             print({k: row[k] for k in ("metric", "batch", "speed", "explained_by_late_events",
                                        "explained_by_speed_lag", "unexplained")})

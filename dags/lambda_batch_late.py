@@ -32,18 +32,22 @@ def lambda_batch_late():
         from lambdaflow_dags import batch
         from stream_worker.config import settings
 
-        return batch.rebuild_late_days(settings())
+        with batch.failing_at_once():
+            return batch.rebuild_late_days(settings())
 
     @task
     def reconcile_rebuilt_days(days: list[str]) -> None:
         from datetime import date
 
+        from lambdaflow_dags import batch
         from stream_worker.config import settings
         from stream_worker.reconcile import reconcile, require_within_threshold
 
         config = settings()
         for day in days:
-            require_within_threshold(reconcile(config, date.fromisoformat(day)), config.reconcile_threshold)
+            with batch.failing_at_once():
+                rows = reconcile(config, date.fromisoformat(day))
+            require_within_threshold(rows, config.reconcile_threshold)
 
     reconcile_rebuilt_days(rebuild_late_days())
 

@@ -40,7 +40,8 @@ def lambda_batch_today():
         from lambdaflow_dags import batch
         from stream_worker.config import settings
 
-        return batch.build_today(settings(), params.get("ds"))["boundary"]
+        with batch.failing_at_once():  # a bad ds, definition or raw file: nothing is written, no retry
+            return batch.build_today(settings(), params.get("ds"))["boundary"]
 
     build_complete_hours()
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Iterator
 
 from stream_worker import airflow_home
@@ -28,11 +28,13 @@ def run_batch(settings: Settings, day: str | None) -> dict:
 
     now = datetime.now(timezone.utc)
     if day is not None:
-        parsed = batch.parse_day(day, latest=now.date())
+        parsed = batch.parse_day(day, latest=now.date(), what="--date")
         batch.require_complete(settings, parsed)  # fail fast instead of waiting in the sensor
+        batch.check_inputs(settings, parsed)  # the definition and raw files, before the DAG writes anything
         # No logical date: a manual run must not take the one the scheduled run for D needs.
         dag_id, run = "lambda_batch", {"logical_date": None, "run_conf": {"ds": parsed.isoformat()}}
     else:
+        batch.check_inputs(settings, now.date())
         until = batch.complete_hours_of(settings, now.date())
         if until <= batch._start_of(now.date()):
             explained = batch.completeness(settings).explain(now.date(), settings.allowed_lateness)
@@ -51,7 +53,12 @@ def run_late(settings: Settings) -> dict:
     from stream_worker.late import late_days
 
     airflow_home.prepare(settings)
+    sys.path.insert(0, str(airflow_home.DAGS_FOLDER))
+    from lambdaflow_dags import batch
+
     late = sorted(day.isoformat() for day in late_days(settings))
+    for day in late:
+        batch.check_inputs(settings, date.fromisoformat(day))
     log.info("running lambda_batch_late: %s", f"days with late raw files: {', '.join(late)}" if late else "no late day")
     _test_dag("lambda_batch_late", {"logical_date": None})
     return {"rebuilt": late, **(read_json(manifest_path(settings.data_dir)) or {})}
@@ -59,8 +66,13 @@ def run_late(settings: Settings) -> dict:
 
 def _test_dag(dag_id: str, run: dict) -> None:
     """One real run of the DAG in this process (dag.test), its tasks as the scheduler would run them."""
+    from airflow.sdk.definitions.param import ParamValidationError
+
     with _stdout_to_stderr():  # Airflow logs to stdout; ours is for results
-        dag_run = _load_dag(dag_id).test(**run)
+        try:
+            dag_run = _load_dag(dag_id).test(**run)
+        except ParamValidationError as error:  # refused before the run starts: nothing ran
+            raise LambdaflowError(f"{dag_id} refused the run: {str(error).strip().splitlines()[0]}") from None
     if str(dag_run.state) != "success":
         failed = [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"]
         raise LambdaflowError(f"{dag_id} failed ({', '.join(failed) or dag_run.state}); see the log above")

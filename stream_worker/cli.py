@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import click
 
 from stream_worker.config import settings
+from stream_worker.days import today as today_utc
 from stream_worker.errors import LambdaflowError
 from stream_worker.output import FORMATS, ProgressBar, configure_logging, emit, emit_record
 
@@ -310,10 +311,13 @@ def query(date_from: str, date_to: str, hourly: bool, country: str | None, fmt: 
     Hours before the serving boundary come from the batch layer, hours from it
     on from the speed layer; `source` says which (`mixed`: a day served from
     both). Runs the serving model's SQL in process over published files only.
+    A range spans at most 3660 days and ends at most 366 days after today.
     """
+    from stream_worker.days import parse_query_day
     from stream_worker.serving import Question, answer
 
-    question = Question.parse(date_from, date_to, hourly, country)
+    first, last = parse_query_day(date_from, "--from"), parse_query_day(date_to, "--to")
+    question = Question.parse(first.isoformat(), last.isoformat(), hourly, country)
     emit(answer(settings(), question), fmt)
 
 
@@ -324,12 +328,12 @@ def reconcile(day: str, fmt: str) -> None:
     """Batch vs speed for one built day, per metric: both totals, the difference, the parts that late
     events and the speed layer's lag explain, and the hours that differ. Writes the report to
     batch/reconcile/D.json; exits 1 when the unexplained part is above LAMBDAFLOW_RECONCILE_THRESHOLD."""
+    from stream_worker.days import parse_day
     from stream_worker.reconcile import reconcile as compare
     from stream_worker.reconcile import require_within_threshold
-    from stream_worker.serving import parse_date
 
     config = settings()
-    rows = compare(config, parse_date("--date", day))
+    rows = compare(config, parse_day(day, "--date", latest=today_utc()))
     emit(rows, fmt)
     require_within_threshold(rows, config.reconcile_threshold)
 
@@ -377,7 +381,7 @@ def main() -> None:
         error.show()
         sys.exit(error.exit_code)
     except LambdaflowError as error:
-        click.echo(f"lambdaflow: error: {error}", err=True)
+        click.echo(f"lambdaflow: error: {' '.join(str(error).split())}", err=True)  # one line, always
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("lambdaflow: interrupted", err=True)

@@ -8,13 +8,14 @@ for them, and the `lambda_batch_late` DAG rebuilds them.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
 from stream_worker.files import read_json, replace_json
-from stream_worker.raw_store import RawStore
+from stream_worker.raw_store import RESTORE, BatchRange, RawFileDamaged, RawStore, require_readable
 
 DAY = timedelta(days=1)
 
@@ -23,13 +24,43 @@ def build_record_path(settings: Settings, day: date) -> Path:
     return settings.data_dir / "batch" / "builds" / f"{day.isoformat()}.json"
 
 
-def record_build(settings: Settings, day: date, files: list[Path]) -> None:
-    """Which raw files the day's last build read: a file published later holds late events."""
-    replace_json(build_record_path(settings, day), {
+def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:
+    """Which raw files the day's last build read (a file published later holds late events), and
+    their SHA-256, so that the next build or reconciliation notices one that went missing or changed."""
+    document = {
         "event_date": day.isoformat(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "raw_files": sorted(f.name for f in files),
-    })
+    }
+    if digests is not None:
+        document["raw_file_sha256"] = dict(sorted(digests.items()))
+    replace_json(build_record_path(settings, day), document)
+
+
+def digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[str, str]:
+    """Refuse ``files`` (the day's covered raw files now) when a file the day's last build read is
+    missing or has changed since (invariant 1: a published raw file is never changed); also refuse
+    one that is not a readable Parquet file. Returns each file's SHA-256, by name."""
+    for path in files:
+        require_readable(path)
+    record = read_json(build_record_path(settings, day)) or {}
+    built = f"the build of {day} at {record.get('built_at')}"
+    present = {path.name: path for path in files}
+    folder = RawStore(settings.data_dir, settings.topic).events_dir / f"event_date={day.isoformat()}"
+    for name in record.get("raw_files", []):
+        if name not in present and BatchRange.parse(name) is not None:  # not the empty day's placeholder
+            raise RawFileDamaged(f"raw file {folder / name} is missing, though {built} read it: {RESTORE}")
+    digests = {name: digest(path) for name, path in present.items()}
+    for name, before in (record.get("raw_file_sha256") or {}).items():
+        if name in digests and digests[name] != before:
+            raise RawFileDamaged(f"raw file {present[name]} has changed since {built} read it "
+                                 f"(sha256 {before[:12]}... then, {digests[name][:12]}... now): {RESTORE}")
+    return digests
 
 
 def late_files(settings: Settings, day: date) -> list[Path]:

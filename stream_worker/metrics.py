@@ -71,21 +71,31 @@ def parse(entries: object, source: str) -> tuple[Metric, ...]:
         unknown = set(entry) - {"name", "aggregation", "description", "event_types", "field"}
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}")
+        for required in ("name", "aggregation", "description"):
+            if entry.get(required) is None:
+                raise ConfigError(f"{where}{_named(entry)} has no {required}")
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _KEY_COLUMNS:
-            raise ConfigError(f"{where}: name {name!r} must be a lower-case identifier and not a key column")
+            raise ConfigError(f"{where}: name {name!r} is not a plain SQL identifier (a lower-case letter, then "
+                              "lower-case letters, digits or _, 63 at most) or is a key column such as country")
+        if name in _reserved_words():
+            raise ConfigError(f"{where}: name {name!r} is a reserved word of SQL; choose another")
         if name in names:
             raise ConfigError(f"{where}: {name} is defined twice")
         names.add(name)
         aggregation = entry.get("aggregation")
-        if aggregation not in AGGREGATIONS:
+        if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
             raise ConfigError(f"{where} ({name}): aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         event_types = entry.get("event_types") or []
-        if not isinstance(event_types, list) or not set(event_types) <= set(EVENT_TYPES):
+        if not isinstance(event_types, list) or not all(isinstance(t, str) and t in EVENT_TYPES for t in event_types):
             raise ConfigError(f"{where} ({name}): event_types {event_types!r} must be a list of {', '.join(EVENT_TYPES)}")
         field = entry.get("field")
-        if (aggregation == "sum") != (field is not None) or (field is not None and field not in SUMMABLE_FIELDS):
-            raise ConfigError(f"{where} ({name}): a sum needs field: one of {', '.join(SUMMABLE_FIELDS)}; others none")
+        if aggregation == "sum" and field is None:
+            raise ConfigError(f"{where} ({name}) has no field: a sum needs one of {', '.join(SUMMABLE_FIELDS)}")
+        if aggregation != "sum" and field is not None:
+            raise ConfigError(f"{where} ({name}): only a sum takes a field, not {aggregation}")
+        if field is not None and (not isinstance(field, str) or field not in SUMMABLE_FIELDS):
+            raise ConfigError(f"{where} ({name}): field {field!r} is not one of {', '.join(SUMMABLE_FIELDS)}")
         description = entry.get("description")
         if not isinstance(description, str) or not description.strip():
             raise ConfigError(f"{where} ({name}) needs a description")
@@ -93,12 +103,29 @@ def parse(entries: object, source: str) -> tuple[Metric, ...]:
     return tuple(metrics)
 
 
+@functools.cache
+def _reserved_words() -> frozenset[str]:
+    """SQL's reserved words, as DuckDB (which runs every query here) has them: a metric's name is a
+    bare column name in the models and the speed state, where `order` or `from` would not parse."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        rows = con.execute("select keyword_name from duckdb_keywords() where keyword_category = 'reserved'")
+        return frozenset(word for (word,) in rows.fetchall())
+
+
+def _named(entry: dict) -> str:
+    name = entry.get("name")
+    return f" ({name})" if isinstance(name, str) else ""
+
+
 def load(path: Path = DBT_PROJECT_FILE) -> tuple[Metric, ...]:
     try:
         project = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read the metrics from {path}: {error}") from None
-    return parse((project.get("vars") or {}).get("metrics"), str(path))
+        raise ConfigError(f"cannot read the metrics from {path}: {' '.join(str(error).split())}") from None
+    variables = project.get("vars") if isinstance(project, dict) else None
+    return parse(variables.get("metrics") if isinstance(variables, dict) else None, str(path))
 
 
 @functools.cache

@@ -26,9 +26,35 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from stream_worker.errors import InputError
 from stream_worker.files import read_json, replace_json
 
 log = logging.getLogger(__name__)
+
+RESTORE = "restore it from a backup (a published raw file is never changed or removed)"
+
+
+class RawFileDamaged(InputError):
+    """A published raw file is gone, changed or unreadable: nothing built from it would be right."""
+
+
+def require_readable(path: Path) -> None:
+    """Refuse a raw file that is not a whole Parquet file with the event columns (reads its footer only)."""
+    import polars as pl
+
+    from stream_worker.contract import EVENT_SCHEMA
+
+    try:
+        columns = pl.read_parquet_schema(path)
+    except FileNotFoundError:
+        raise RawFileDamaged(f"raw file {path} is missing: {RESTORE}") from None
+    except (OSError, pl.exceptions.PolarsError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RawFileDamaged(f"raw file {path} is not a readable Parquet file ({reason}): {RESTORE}") from None
+    missing = [name for name in EVENT_SCHEMA if name != "event_date" and name not in columns]
+    if missing:
+        raise RawFileDamaged(f"raw file {path} lacks the columns {missing}: {RESTORE}")
+
 
 _FILE_NAME = re.compile(r"(?P<topic>.+)-(?P<epoch>\d+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet")
 

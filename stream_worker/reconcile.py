@@ -29,9 +29,9 @@ import polars as pl
 from stream_worker import aggregate
 from stream_worker.boundary import boundary_of, manifest_path, speed_may_drop_before
 from stream_worker.config import Settings
-from stream_worker.errors import LambdaflowError
+from stream_worker.errors import InputError, LambdaflowError
 from stream_worker.files import read_json, replace_json
-from stream_worker.late import build_record_path
+from stream_worker.late import build_record_path, require_as_built
 from stream_worker.metrics import Metric, defined
 from stream_worker.raw_store import BatchRange, RawStore
 from stream_worker.serving import ServingInputs
@@ -59,10 +59,12 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     names = [m.name for m in metrics]
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    require_as_built(settings, day, files)  # a raw file gone or changed since the build explains nothing
+    batch = _by_hour(_read(settings.data_dir / entry["file"], "published batch file"), names)
     # A published batch file is never replaced (a rebuild writes a new one), and Polars reads a
     # snapshot in one go, so neither can change under these reads.
-    batch = _by_hour(pl.read_parquet(settings.data_dir / entry["file"]), names)
-    snapshots = [pl.read_parquet(path) for path in ServingInputs.current(settings).speed_snapshots]
+    snapshots = [_read(path, "speed snapshot") for path in ServingInputs.current(settings).speed_snapshots]
     speed_rows = _concat(snapshots)
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)
@@ -70,7 +72,6 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     if previous and _dropped_by_speed_layer(settings, day, speed_rows):
         return _unchecked_rebuild(settings, day, entry, batch, names, previous)
 
-    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
     record = read_json(build_record_path(settings, day))
     # A build from before build records existed: what it read is unknown, so nothing counts as late.
     built = set(record["raw_files"]) if record else {f.name for f in files}
@@ -183,7 +184,7 @@ def _events(files: list[Path], positions: dict[int, SpeedPosition] | None) -> pl
     """The valid events in ``files``; with ``positions``, only those the speed layer has counted."""
     frames = []
     for path in files:
-        frame = pl.read_parquet(path)
+        frame = _read(path, "raw file")
         if positions is not None:
             batch = BatchRange.parse(path.name)
             position = positions.get(batch.partition) if batch else None
@@ -193,6 +194,15 @@ def _events(files: list[Path], positions: dict[int, SpeedPosition] | None) -> pl
             frame = frame.filter(seen) if isinstance(seen, pl.Expr) else (frame if seen else frame.clear())
         frames.append(frame)
     return _concat(frames)
+
+
+def _read(path: Path, what: str) -> pl.DataFrame:
+    """A whole Parquet file, or one clear line naming the file that cannot be read."""
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"{what} {path} cannot be read ({reason[:300]})") from None
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -6,6 +6,7 @@ import duckdb
 
 from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
+from stream_worker.errors import LambdaflowError
 from stream_worker.files import read_json
 from stream_worker.late import late_days
 from stream_worker.raw_store import RawStore
@@ -53,10 +54,13 @@ def _dead_letter(store: RawStore) -> dict:
     files = store.dead_letter_files()
     if not files:
         return {"messages": 0, "by_reason": {}}
-    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-    rows = duckdb.execute(
-        f"select reason, count(*) from read_parquet([{listed}]) group by reason order by reason"
-    ).fetchall()
+    try:  # the file names are bound as a parameter, never spliced into the SQL
+        rows = duckdb.execute(
+            "select reason, count(*) from read_parquet(?) group by reason order by reason", [[str(f) for f in files]]
+        ).fetchall()
+    except duckdb.Error as error:
+        raise LambdaflowError(f"the dead letter under {store.dead_letter_dir} cannot be read: "
+                              f"{' '.join(str(error).split())[:300]}") from None
     return {"messages": sum(n for _, n in rows), "by_reason": dict(rows)}
 
 

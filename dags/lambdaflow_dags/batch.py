@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 
-from stream_worker import late
+from stream_worker import days, late, metrics
 from stream_worker.boundary import manifest_path
 from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
-from stream_worker.errors import LambdaflowError
+from stream_worker.errors import InputError, LambdaflowError
 from stream_worker.files import fsync_file, read_json, replace_json, temp_path_for
 from stream_worker.raw_store import RawStore
 from stream_worker.warehouse import warehouse_lock
@@ -34,34 +35,37 @@ log = logging.getLogger(__name__)
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 DAY = timedelta(days=1)
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class DayNotComplete(LambdaflowError):
     """The archiver has not yet seen the end of the day on every partition."""
 
 
-def parse_day(text: object, *, latest: date | None = None) -> date:
-    """A UTC day as YYYY-MM-DD; anything else is a clear error."""
-    if not isinstance(text, str) or not _ISO_DATE.fullmatch(text.strip()):
-        raise LambdaflowError(f"{text!r} is not a date: use YYYY-MM-DD, e.g. 2026-11-26")
-    try:
-        day = date.fromisoformat(text.strip())
-    except ValueError:
-        raise LambdaflowError(f"{text!r} is not a date of the calendar") from None
-    if latest is not None and day > latest:
-        raise LambdaflowError(f"{day} is in the future (today is {latest} UTC)")
-    return day
+def parse_day(text: object, *, latest: date | None = None, what: str | None = None) -> date:
+    """A UTC day as YYYY-MM-DD; anything else is a clear error (an InputError)."""
+    return days.parse_day(text, what, latest=latest)
 
 
 def run_day(params: dict | None, data_interval_start: datetime | None) -> date:
     """The day a lambda_batch run builds: its `ds` param when triggered by hand, else its data interval."""
     chosen = (params or {}).get("ds")
     if chosen is not None:
-        return parse_day(chosen, latest=datetime.now(timezone.utc).date())
+        return parse_day(chosen, latest=datetime.now(timezone.utc).date(), what="ds")
     if data_interval_start is None:
-        raise LambdaflowError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")
+        raise InputError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")
     return data_interval_start.date()
+
+
+@contextmanager
+def failing_at_once() -> Iterator[None]:
+    """Bad input (a day, the metrics definition, a damaged raw file) fails the task without retries:
+    a retry would read the same input. The task log then ends with the one line that says why."""
+    try:
+        yield
+    except InputError as error:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(error)) from None
 
 
 # completeness (invariant 6)
@@ -132,9 +136,20 @@ def complete_hours_of(settings: Settings, day: date) -> datetime:
 # building
 
 
-def raw_files_for(settings: Settings, day: date) -> list[Path]:
-    """The day's raw files the archiver's manifests cover; an empty day reads one empty file."""
+def check_inputs(settings: Settings, day: date) -> tuple[list[Path], dict[str, str]]:
+    """Refuse bad input before anything is written: the metrics definition, and the day's raw files
+    (each a whole Parquet file; none that the day's last build read missing or changed).
+
+    Returns the day's covered raw files and their SHA-256 by name. Writes nothing.
+    """
+    metrics.defined()
     files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    return files, late.require_as_built(settings, day, files)
+
+
+def raw_files_for(settings: Settings, day: date, files: list[Path] | None = None) -> list[Path]:
+    """The day's raw files the archiver's manifests cover; an empty day reads one empty file."""
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day) if files is None else files
     if files:
         return files
     empty = settings.data_dir / "batch" / "empty" / f"event_date={day.isoformat()}" / "empty.parquet"
@@ -147,7 +162,8 @@ def raw_files_for(settings: Settings, day: date) -> list[Path]:
 def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
     """dbt build for one UTC day (all of it, or the hours before ``until``), then publish it."""
     until = _start_of(day) + DAY if until is None else until
-    files = raw_files_for(settings, day)
+    covered, digests = check_inputs(settings, day)
+    files = raw_files_for(settings, day, covered)
     variables = {
         "ds": day.isoformat(),
         "until": None if until >= _start_of(day) + DAY else until.isoformat(),
@@ -157,7 +173,7 @@ def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         _dbt(settings, "build", "--vars", _yaml(variables))
         published = publish(settings, day, until, variables)
-        late.record_build(settings, day, files)
+        late.record_build(settings, day, covered, digests)
     return published
 
 
@@ -187,8 +203,18 @@ def _dbt(settings: Settings, *args: str) -> None:
         [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
     )
     if not result.success:
-        detail = f": {result.exception}" if result.exception else "; see the dbt log above"
-        raise LambdaflowError(f"dbt {args[0]} failed{detail}")
+        raise LambdaflowError(f"dbt {args[0]} failed: {_dbt_failure(result)}")
+
+
+def _dbt_failure(result) -> str:
+    """Why a dbt invocation failed, on one line: its exception, or the first failing nodes' messages."""
+    if result.exception is not None:
+        text = str(result.exception)
+    else:
+        failed = [r for r in getattr(result.result, "results", None) or [] if r.status in ("error", "fail")]
+        text = "; ".join(f"{r.node.name}: {r.message}" for r in failed[:3]) or "see the dbt log above"
+    text = " ".join(text.split())
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 # publishing (invariant 5)
@@ -270,7 +296,7 @@ def _yaml(variables: dict) -> str:
 def build_today(settings: Settings, ds: object = None, now: datetime | None = None) -> dict:
     """The manual run: the complete hours of ``ds`` (None: today), boundary moved to the last of them."""
     now = now or datetime.now(timezone.utc)
-    day = now.date() if ds is None else parse_day(ds, latest=now.date())
+    day = now.date() if ds is None else parse_day(ds, latest=now.date(), what="ds")
     until = complete_hours_of(settings, day)
     if until <= _start_of(day):
         raise DayNotComplete(

@@ -4,8 +4,8 @@
         copy (
             select *
             from {{ ref('fct_hourly_metrics') }}
-            where event_date = cast('{{ ds }}' as date)
-              and event_hour < cast('{{ until }}' as timestamp)
+            where event_date = cast('{{ checked_day(ds, "ds") }}' as date)
+              and event_hour < cast('{{ checked_instant(until, "until") }}' as timestamp)
             order by event_hour, country
         ) to '{{ path | replace("'", "''") }}' (format parquet, compression zstd)
     {% endset %}

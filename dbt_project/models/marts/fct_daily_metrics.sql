@@ -12,7 +12,7 @@ final as (
     select
         event_date,
         country,
-        {% for metric in var('metrics') %}
+        {% for metric in defined_metrics() %}
         cast(sum({{ metric.name }}) as bigint) as {{ metric.name }},
         {% endfor %}
         cast(count(distinct hour) as integer) as hours_built

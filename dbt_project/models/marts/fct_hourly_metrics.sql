@@ -47,7 +47,7 @@ final as (
         cast(hour(event_counts.event_hour) as integer) as hour,
         event_counts.event_hour,
         event_counts.country,
-        {% for metric in var('metrics') %}
+        {% for metric in defined_metrics() %}
         {% if metric.aggregation == 'users' %}
         cast(coalesce(user_counts.{{ metric.name }}, 0) as bigint) as {{ metric.name }}{{ "," if not loop.last }}
         {% else %}

@@ -5,7 +5,7 @@ source as (
     select * from {{ source('raw', 'events') }}
     where {{ batch_days() }}
     {% if var('until') %}
-        and occurred_at < cast('{{ var("until") }}' as timestamptz)
+        and occurred_at < cast('{{ checked_instant(var("until"), "vars.until") }}' as timestamptz)
     {% endif %}
 
 ),
