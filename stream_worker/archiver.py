@@ -32,7 +32,10 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from stream_worker import clients
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
+from stream_worker.errors import LambdaflowError
 from stream_worker.files import (
+    PROGRESS_ONLY,
+    DamagedFile,
     publish_new,
     read_json,
     remove_stale_temps,
@@ -116,6 +119,7 @@ class Archiver(ConsumerRebalanceListener):
         self.roll = roll
         self.totals = Totals()
         self.owned: dict[int, OwnedPartition] = {}
+        self._fatal: LambdaflowError | None = None
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
         self._watch = BrokerWatch(bootstrap, f"archiver {self.topic}")
@@ -137,6 +141,8 @@ class Archiver(ConsumerRebalanceListener):
         try:
             while not stop.is_set():
                 self._watch.check()
+                if self._fatal is not None:
+                    raise self._fatal
                 if self._watch.departures > self._departures_seen:
                     self._publish_on_departure()
                 polled = self._consumer.poll(timeout_ms=500)
@@ -392,7 +398,10 @@ class Archiver(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned) -> None:
         self._assignment.changed()
         for tp in sorted(assigned, key=lambda tp: tp.partition):
-            self._take(tp)
+            try:
+                self._take(tp)
+            except LambdaflowError as error:  # a damaged manifest: raised by run(), not in a callback
+                self._fatal = self._fatal or error
 
     def _take(self, tp: TopicPartition) -> None:
         with self.store.partition_lock(tp.partition):
@@ -421,8 +430,12 @@ class Archiver(ConsumerRebalanceListener):
         self._consumer.seek(tp, owned.position)
 
     def _previous_status(self, partition: int) -> dict:
-        status = read_json(self.store.status_path(partition)) or {}
-        return status if status.get("epoch") is not None else {}
+        try:
+            status = read_json(self.store.status_path(partition), PROGRESS_ONLY) or {}
+        except DamagedFile as error:
+            log.warning("%s; writing it anew", error)
+            return {}
+        return status if isinstance(status, dict) and status.get("epoch") is not None else {}
 
 
 def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:

@@ -23,8 +23,7 @@ def run_batch(settings: Settings, day: str | None) -> dict:
     sys.path.insert(0, str(airflow_home.DAGS_FOLDER))
     from lambdaflow_dags import batch
 
-    from stream_worker.files import read_json
-    from stream_worker.boundary import manifest_path
+    from stream_worker.boundary import read_manifest
 
     now = datetime.now(timezone.utc)
     if day is not None:
@@ -43,13 +42,12 @@ def run_batch(settings: Settings, day: str | None) -> dict:
 
     log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
     _test_dag(dag_id, run)
-    return read_json(manifest_path(settings.data_dir)) or {}
+    return read_manifest(settings.data_dir)
 
 
 def run_late(settings: Settings) -> dict:
     """Run lambda_batch_late: rebuild the whole built days that have late raw files; return the manifest."""
-    from stream_worker.boundary import manifest_path
-    from stream_worker.files import read_json
+    from stream_worker.boundary import read_manifest
     from stream_worker.late import late_days
 
     airflow_home.prepare(settings)
@@ -61,7 +59,7 @@ def run_late(settings: Settings) -> dict:
         batch.check_inputs(settings, date.fromisoformat(day))
     log.info("running lambda_batch_late: %s", f"days with late raw files: {', '.join(late)}" if late else "no late day")
     _test_dag("lambda_batch_late", {"logical_date": None})
-    return {"rebuilt": late, **(read_json(manifest_path(settings.data_dir)) or {})}
+    return {"rebuilt": late, **read_manifest(settings.data_dir)}
 
 
 def _test_dag(dag_id: str, run: dict) -> None:

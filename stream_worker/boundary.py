@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from stream_worker.files import read_json
+from stream_worker.files import DamagedFile, read_json
 
 
 # The speed layer keeps the days it has counted until this long before the boundary, and a
@@ -27,9 +27,41 @@ def manifest_path(data_dir: Path) -> Path:
     return data_dir / "batch" / "manifest.json"
 
 
-def read_boundary(data_dir: Path) -> datetime | None:
-    """The first hour not built by the batch layer, as a naive UTC datetime; None before any build."""
-    return boundary_of(read_json(manifest_path(data_dir)))
+REBUILD = ("move it aside, then rebuild the built days with `lambdaflow batch --date D` "
+           "or a backfill of lambda_batch")
+
+
+def read_manifest(data_dir: Path) -> dict:
+    """The batch manifest, checked: ``{"boundary", "days": {D: {"file", "built_until", ...}}}``; {} before
+    any build. Raises :class:`DamagedFile` for anything else."""
+    path = manifest_path(data_dir)
+    document = read_json(path, REBUILD)
+    if document is None:
+        return {}
+    problem = _shape_problem(document)
+    if problem:
+        raise DamagedFile(path, problem, REBUILD)
+    return document
+
+
+def _shape_problem(document: object) -> str | None:
+    if not isinstance(document, dict):
+        return f"a JSON {type(document).__name__}, not an object"
+    days = document.get("days", {})
+    if not isinstance(days, dict):
+        return '"days" is not an object'
+    for key, entry in days.items():
+        try:
+            date.fromisoformat(key)
+        except ValueError:
+            return f"the day {key[:40]!r} is not YYYY-MM-DD"
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("file", "built_until")):
+            return f'the entry for {key} lacks "file" or "built_until"'
+    try:
+        boundary_of(document)
+    except (TypeError, ValueError):
+        return f'"boundary" {str(document.get("boundary"))[:40]!r} is not an ISO date and time'
+    return None
 
 
 def boundary_of(manifest: dict | None) -> datetime | None:

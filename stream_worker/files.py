@@ -10,6 +10,8 @@ from typing import Any
 
 import polars as pl
 
+from stream_worker.errors import InputError
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -70,8 +72,24 @@ def replace_json(path: Path, document: Any, temp_dir: Path | None = None) -> Non
     fsync_dir(path.parent)
 
 
-def read_json(path: Path) -> Any | None:
+PROGRESS_ONLY = "it only reports progress: delete it, and the partition's worker writes it again"
+
+
+class DamagedFile(InputError):
+    """A file lambdaflow wrote is no longer what it wrote; the message names it and how to recover."""
+
+    def __init__(self, path: Path, reason: str, remedy: str = "restore it from a backup or move it aside") -> None:
+        super().__init__(f"{path} cannot be read ({reason}): {remedy}")
+        self.path = path
+
+
+def read_json(path: Path, remedy: str | None = None) -> Any | None:
+    """A small JSON file lambdaflow wrote; None when it does not exist, :class:`DamagedFile` when it is
+    not JSON (``remedy`` says what to do about it)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DamagedFile(path, reason, *([remedy] if remedy else [])) from None

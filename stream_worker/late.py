@@ -12,7 +12,7 @@ import hashlib
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from stream_worker.boundary import manifest_path
+from stream_worker.boundary import read_manifest
 from stream_worker.config import Settings
 from stream_worker.files import read_json, replace_json
 from stream_worker.raw_store import RESTORE, BatchRange, RawFileDamaged, RawStore, require_readable
@@ -22,6 +22,12 @@ DAY = timedelta(days=1)
 
 def build_record_path(settings: Settings, day: date) -> Path:
     return settings.data_dir / "batch" / "builds" / f"{day.isoformat()}.json"
+
+
+def read_build_record(settings: Settings, day: date) -> dict | None:
+    """What the day's last build read: its raw files and their SHA-256; None for a day never built."""
+    return read_json(build_record_path(settings, day),
+                     f"move it aside, then rebuild the day with `lambdaflow batch --date {day.isoformat()}`")
 
 
 def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:
@@ -48,7 +54,7 @@ def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[s
     one that is not a readable Parquet file. Returns each file's SHA-256, by name."""
     for path in files:
         require_readable(path)
-    record = read_json(build_record_path(settings, day)) or {}
+    record = read_build_record(settings, day) or {}
     built = f"the build of {day} at {record.get('built_at')}"
     present = {path.name: path for path in files}
     folder = RawStore(settings.data_dir, settings.topic).events_dir / f"event_date={day.isoformat()}"
@@ -65,7 +71,7 @@ def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[s
 
 def late_files(settings: Settings, day: date) -> list[Path]:
     """The day's raw files published after its last build (none for a day never built)."""
-    record = read_json(build_record_path(settings, day))
+    record = read_build_record(settings, day)
     if record is None:
         return []
     built = set(record["raw_files"])
@@ -74,7 +80,7 @@ def late_files(settings: Settings, day: date) -> list[Path]:
 
 def late_days(settings: Settings) -> dict[date, int]:
     """Whole built days with raw files published after their build, and how many."""
-    manifest = read_json(manifest_path(settings.data_dir)) or {}
+    manifest = read_manifest(settings.data_dir)
     found = {}
     for key, entry in sorted(manifest.get("days", {}).items()):
         day = date.fromisoformat(key)

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Iterator
 
 from stream_worker.errors import InputError
-from stream_worker.files import read_json, replace_json
+from stream_worker.files import DamagedFile, read_json, replace_json
 
 log = logging.getLogger(__name__)
 
 RESTORE = "restore it from a backup (a published raw file is never changed or removed)"
+MANIFEST_LOST = ("restore it from a backup: it is what says which raw files count and where the partition "
+                 "resumes, and the archiver will not guess")
 
 
 class RawFileDamaged(InputError):
@@ -148,10 +150,19 @@ class RawStore:
     # manifests
 
     def read_manifest(self, partition: int) -> Manifest:
-        document = read_json(self.manifest_path(partition))
+        path = self.manifest_path(partition)
+        document = read_json(path, MANIFEST_LOST)
         if document is None:
             return Manifest(topic=self.topic, partition=partition)
-        return Manifest(**document)
+        try:
+            manifest = Manifest(**document)
+            valid = manifest.topic == self.topic and manifest.partition == partition and manifest.next_offset >= 0
+        except TypeError as error:  # not an object, or other keys
+            raise DamagedFile(path, str(error), MANIFEST_LOST) from None
+        if not valid:
+            raise DamagedFile(path, f"it names {document.get('topic')}[{document.get('partition')}] "
+                                    f"at offset {document.get('next_offset')}", MANIFEST_LOST)
+        return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:
         replace_json(self.manifest_path(manifest.partition), asdict(manifest))

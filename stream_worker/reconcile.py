@@ -27,11 +27,11 @@ from pathlib import Path
 import polars as pl
 
 from stream_worker import aggregate
-from stream_worker.boundary import boundary_of, manifest_path, speed_may_drop_before
+from stream_worker.boundary import boundary_of, read_manifest, speed_may_drop_before
 from stream_worker.config import Settings
 from stream_worker.errors import InputError, LambdaflowError
 from stream_worker.files import read_json, replace_json
-from stream_worker.late import build_record_path, require_as_built
+from stream_worker.late import read_build_record, require_as_built
 from stream_worker.metrics import Metric, defined
 from stream_worker.raw_store import BatchRange, RawStore
 from stream_worker.serving import ServingInputs
@@ -55,7 +55,7 @@ class SpeedPosition:
 def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None = None) -> list[dict]:
     """One row per metric for day D; also written to ``batch/reconcile/D.json``."""
     metrics = metrics or defined()
-    entry = (read_json(manifest_path(settings.data_dir)) or {}).get("days", {}).get(day.isoformat())
+    entry = read_manifest(settings.data_dir).get("days", {}).get(day.isoformat())
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     names = [m.name for m in metrics]
@@ -68,11 +68,12 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     speed_rows = _concat(snapshots)
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)
-    previous = read_json(report_path(settings.data_dir, day))
+    previous = read_json(report_path(settings.data_dir, day),
+                         f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again")
     if previous and _dropped_by_speed_layer(settings, day, speed_rows):
         return _unchecked_rebuild(settings, day, entry, batch, names, previous)
 
-    record = read_json(build_record_path(settings, day))
+    record = read_build_record(settings, day)
     # A build from before build records existed: what it read is unknown, so nothing counts as late.
     built = set(record["raw_files"]) if record else {f.name for f in files}
     late = [f for f in files if f.name not in built]
@@ -113,7 +114,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
 def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
     """Has the speed layer dropped D? Only an old enough day can be, and then a partition with raw
     events of D has no row of D in its snapshot."""
-    boundary = boundary_of(read_json(manifest_path(settings.data_dir)))
+    boundary = boundary_of(read_manifest(settings.data_dir))
     if boundary is None or day >= speed_may_drop_before(boundary):
         return False
     files = RawStore(settings.data_dir, settings.topic).files_for_date(day)

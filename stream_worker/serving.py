@@ -28,11 +28,10 @@ import duckdb
 import jinja2
 import polars as pl
 
-from stream_worker.boundary import boundary_of, manifest_path
+from stream_worker.boundary import boundary_of, read_manifest
 from stream_worker import metrics
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
-from stream_worker.files import read_json
 
 SERVING_SQL = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "serving" / "serving_hourly_metrics.sql"
 MAX_DAYS = 3660
@@ -80,7 +79,7 @@ class ServingInputs:
 
     @classmethod
     def current(cls, settings: Settings) -> ServingInputs:
-        manifest = read_json(manifest_path(settings.data_dir)) or {}
+        manifest = read_manifest(settings.data_dir)
         days = manifest.get("days", {})
         return cls(
             batch_files=[settings.data_dir / entry["file"] for entry in days.values()],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import duckdb
 
-from stream_worker.boundary import manifest_path
+from stream_worker.boundary import read_manifest
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
-from stream_worker.files import read_json
+from stream_worker.files import PROGRESS_ONLY, read_json
 from stream_worker.late import late_days
 from stream_worker.raw_store import RawStore
 
@@ -17,14 +17,14 @@ def status(settings: Settings) -> dict:
     speed_dir = settings.data_dir / "speed" / settings.topic
     partitions = []
     for partition in range(settings.partitions):
-        archiver = read_json(store.status_path(partition)) or {}
-        stream = read_json(speed_dir / f"status-{partition}.json") or {}
+        archiver = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
+        stream = read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {}
         partitions.append({
             "partition": partition,
             "archiver": _progress(archiver, "watermark", "caught_up_at", "epoch"),
             "stream": _progress(stream, "epoch", "updated_at"),
         })
-    manifest = read_json(manifest_path(settings.data_dir)) or {}
+    manifest = read_manifest(settings.data_dir)
     days = manifest.get("days", {})
     last_built = max(days.items(), key=lambda item: item[1]["built_at"], default=None)
     return {

@@ -28,11 +28,11 @@ import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
-from stream_worker.boundary import SPEED_RETENTION_GRACE, manifest_path, read_boundary
+from stream_worker.boundary import SPEED_RETENTION_GRACE, boundary_of, read_manifest
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
-from stream_worker.files import read_json, remove_stale_temps, replace_json
+from stream_worker.files import DamagedFile, remove_stale_temps, replace_json
 from stream_worker.group import AssignmentClock
 from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.reconcile import report_path
@@ -122,6 +122,8 @@ class StreamWorker(ConsumerRebalanceListener):
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
         self._fatal: LambdaflowError | None = None
+        self._boundary: datetime | None = None  # as last read from the batch manifest
+        self._manifest_damaged = False
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
         self._watch = BrokerWatch(bootstrap, f"stream worker {topic}")
@@ -187,9 +189,9 @@ class StreamWorker(ConsumerRebalanceListener):
         self.totals.messages += len(records)
         self.totals.events += decoded.events.height
         self.totals.rejects += decoded.rejects.height
-        boundary = read_boundary(self.data_dir)
+        self._batch_manifest()
         for partition, partition_records in batches.items():
-            self._commit(partition, partition_records, events_by_partition.get((partition,)), boundary)
+            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._boundary)
 
     def _commit(self, partition: int, records: list, events, boundary: datetime | None) -> None:
         owned = self.owned[partition]
@@ -303,17 +305,34 @@ class StreamWorker(ConsumerRebalanceListener):
 
     def _prune(self, state: PartitionState) -> None:
         """Drop days behind the boundary (less the grace), but never one not yet reconciled."""
-        boundary = read_boundary(self.data_dir)
-        if boundary is None:
+        manifest = self._batch_manifest()
+        if manifest is None or self._boundary is None:
             return
-        first_kept = (boundary - self.retention_grace).date()
-        built = (read_json(manifest_path(self.data_dir)) or {}).get("days", {})
+        first_kept = (self._boundary - self.retention_grace).date()
+        built = manifest.get("days", {})
         for key in sorted(built):
             day = date.fromisoformat(key)
             if day < first_kept and not report_path(self.data_dir, day).exists():
                 first_kept = day
                 break
         state.drop_days_before(first_kept)
+
+    def _batch_manifest(self) -> dict | None:
+        """Read the batch manifest and its boundary. While it is damaged, say so once and return None:
+        counting goes on at the last boundary read (it never moves back) and no day is dropped."""
+        try:
+            manifest = read_manifest(self.data_dir)
+        except DamagedFile as error:
+            if not self._manifest_damaged:
+                log.warning("%s; counting goes on at the last boundary read (%s) and no day is dropped",
+                            error, self._boundary)
+            self._manifest_damaged = True
+            return None
+        if self._manifest_damaged:
+            log.info("the batch manifest is readable again")
+        self._manifest_damaged = False
+        self._boundary = boundary_of(manifest)
+        return manifest
 
     # progress
 

@@ -468,3 +468,103 @@ def test_the_stream_worker_refuses_a_damaged_state_naming_the_replay(kafka_cli, 
     assert errors[0].startswith(f"lambdaflow: error: the speed state {state} cannot be read (")
     assert errors[0].endswith("rebuild it from the log with `lambdaflow stream --replay`")
     assert state.read_bytes() == b"\x00not a database" * 256  # left for the replay to replace
+
+
+# 7. a damaged manifest or report: each reader names the file and the way back, the workers write nothing
+
+
+def refused_after_logs(result: Result) -> str:
+    """A worker that stopped on bad input: exit 1, nothing on stdout, no traceback, one error line, last."""
+    assert result.exit_code == 1, result.stderr[-3000:]
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lambdaflow: error:")]
+    assert errors == result.stderr.splitlines()[-1:], result.stderr[-3000:]
+    return errors[0]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"boundary": "2026-11-2', "Unterminated string starting at: line 1 column 14 (char 13)"),
+        ("[]", "a JSON list, not an object"),
+        ('{"boundary": "soon", "days": {}}', "\"boundary\" 'soon' is not an ISO date and time"),
+        ('{"days": {"../x": {"file": "f", "built_until": "u"}}}', "the day '../x' is not YYYY-MM-DD"),
+        ('{"days": {"2026-11-01": {"file": 1}}}', 'the entry for 2026-11-01 lacks "file" or "built_until"'),
+    ],
+    ids=["cut-short", "not-an-object", "boundary", "day", "entry"],
+)
+def test_a_damaged_batch_manifest_gets_one_line_naming_the_rebuild(world, text: str, reason: str) -> None:
+    path = world.data_dir / "batch" / "manifest.json"
+    original = path.read_bytes()
+    day = str(world.built)
+    path.write_text(text)
+    try:
+        before = world.written()
+        results = {command[0]: world.lambdaflow(*command) for command in (
+            ["query", "--from", day, "--to", day], ["status"], ["reconcile", "--date", day],
+            ["batch", "--date", day], ["batch", "--late"])}
+        after = world.written()
+    finally:
+        path.write_bytes(original)
+    expected = (f"lambdaflow: error: {path} cannot be read ({reason}): move it aside, then rebuild the built days "
+                "with `lambdaflow batch --date D` or a backfill of lambda_batch")
+    assert {command: one_line(result) for command, result in results.items()} == dict.fromkeys(results, expected)
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"topic": "ev', "Unterminated string starting at: line 1 column 11 (char 10)"),
+        ('{"topic": "{topic}", "partition": 1, "next_offset": 5, "offset": 9}',
+         "Manifest.__init__() got an unexpected keyword argument 'offset'"),
+        ('{"topic": "other", "partition": 1, "next_offset": 5}', "it names other[1] at offset 5"),
+    ],
+    ids=["cut-short", "other-keys", "other-topic"],
+)
+def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, text: str, reason: str) -> None:
+    """The manifest says which raw files count: the archiver neither guesses nor deletes files it
+    does not cover, and the batch and `status` refuse too."""
+    path = world.data_dir / "archiver" / world.topic / "partition-1.json"
+    original = path.read_bytes()
+    stored = {**digests(world.data_dir / "raw"), **digests(world.data_dir / "dead_letter")}
+    path.write_text(text.replace("{topic}", world.topic))
+    try:
+        archived = world.lambdaflow("archive", "--until-idle")
+        others = [world.lambdaflow(*command) for command in
+                  (["archive", "--verify"], ["status"], ["batch", "--date", str(world.unbuilt)])]
+    finally:
+        path.write_bytes(original)
+    expected = (f"lambdaflow: error: {path} cannot be read ({reason}): restore it from a backup: it is what says "
+                "which raw files count and where the partition resumes, and the archiver will not guess")
+    assert refused_after_logs(archived) == expected
+    for result in others:
+        assert one_line(result) == expected
+    assert {**digests(world.data_dir / "raw"), **digests(world.data_dir / "dead_letter")} == stored
+
+
+def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(kafka_cli, kafka_bootstrap, data_dir,
+                                                                     topic) -> None:
+    """Realtime counts do not wait for the batch layer's repair: the worker says so once and keeps
+    the last boundary it read; moved aside, the manifest is no longer in the way of queries."""
+    midnight = datetime.combine(datetime.now(timezone.utc).date(), datetime.min.time(), timezone.utc)
+    yesterday = str((midnight - timedelta(days=1)).date())
+    sent = produce(kafka_bootstrap, topic, 3, synthetic.Options(days=1, events_per_day=300, seed=17, until=midnight))
+    manifest = data_dir / "batch" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{")
+    counted = kafka_cli("stream", "--until-idle")
+    assert counted.exit_code == 0, counted.stderr[-3000:]
+    warnings = [line for line in counted.stderr.splitlines() if f"{manifest} cannot be read" in line]
+    assert len(warnings) == 1, counted.stderr[-3000:]
+    assert warnings[0].endswith("counting goes on at the last boundary read (None) and no day is dropped")
+    assert one_line(kafka_cli("query", "--from", yesterday, "--to", yesterday)).startswith(
+        f"lambdaflow: error: {manifest} cannot be read (")
+    manifest.rename(manifest.with_suffix(".damaged"))
+    answered = kafka_cli("query", "--from", yesterday, "--to", yesterday)
+    assert answered.exit_code == 0, answered.stderr[-3000:]
+    assert json.loads(answered.stdout)["events"] == sent.events_per_date[yesterday] == sent.events

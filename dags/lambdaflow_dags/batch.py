@@ -23,11 +23,11 @@ from typing import Iterator
 import polars as pl
 
 from stream_worker import days, late, metrics
-from stream_worker.boundary import manifest_path
+from stream_worker.boundary import manifest_path, read_manifest
 from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
 from stream_worker.errors import InputError, LambdaflowError
-from stream_worker.files import fsync_file, read_json, replace_json, temp_path_for
+from stream_worker.files import PROGRESS_ONLY, fsync_file, read_json, replace_json, temp_path_for
 from stream_worker.raw_store import RawStore
 from stream_worker.warehouse import warehouse_lock
 
@@ -102,7 +102,7 @@ def completeness(settings: Settings, partitions: int | None = None) -> Completen
     reported: dict[int, str] = {}
     horizons = []
     for partition in expected:
-        status = read_json(store.status_path(partition))
+        status = read_json(store.status_path(partition), PROGRESS_ONLY)
         if status is None:
             reported[partition] = "not archived yet"
             continue
@@ -137,12 +137,14 @@ def complete_hours_of(settings: Settings, day: date) -> datetime:
 
 
 def check_inputs(settings: Settings, day: date) -> tuple[list[Path], dict[str, str]]:
-    """Refuse bad input before anything is written: the metrics definition, and the day's raw files
-    (each a whole Parquet file; none that the day's last build read missing or changed).
+    """Refuse bad input before anything is written: the metrics definition, the batch manifest the
+    build will extend, and the day's raw files (each a whole Parquet file; none that the day's last
+    build read missing or changed).
 
     Returns the day's covered raw files and their SHA-256 by name. Writes nothing.
     """
     metrics.defined()
+    read_manifest(settings.data_dir)
     files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
     return files, late.require_as_built(settings, day, files)
 
@@ -231,7 +233,7 @@ def publish(settings: Settings, day: date, until: datetime, variables: dict) -> 
     fsync_file(temp)
     os.replace(temp, final)
 
-    manifest = read_json(manifest_path(settings.data_dir)) or {"days": {}}
+    manifest = read_manifest(settings.data_dir) or {"days": {}}
     days = dict(manifest.get("days", {}))
     replaced = days.get(day.isoformat())
     days[day.isoformat()] = {
