@@ -2,7 +2,8 @@
 
 The session's broker is the embedded Tansu on a free 127.0.0.1 port, started
 here and stopped here by its PID; with KAFKA_BOOTSTRAP set, the tests use that
-broker instead. Every test that touches Kafka gets a topic of its own.
+broker instead. Every test that touches Kafka gets a topic of its own; a test
+that stops or restarts its broker gets a broker of its own (`own_broker`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from stream_worker.broker import EmbeddedBroker
 from stream_worker.clients import ensure_topic
+from worker_helpers import RestartableBroker
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +82,12 @@ def cli(data_dir: Path) -> Cli:
 def kafka_cli(cli: Cli, kafka_bootstrap: str, topic: str) -> Cli:
     """The CLI pointed at the session's broker and a fresh topic."""
     return Cli({**cli.env, "KAFKA_BOOTSTRAP": kafka_bootstrap, "LAMBDAFLOW_TOPIC": topic})
+
+
+@pytest.fixture
+def own_broker(kafka_cli: Cli, tmp_path: Path) -> RestartableBroker:
+    """Points the CLI at a broker of the test's own, which the test may stop and restart."""
+    broker = RestartableBroker(tmp_path, kafka_cli.env["LAMBDAFLOW_TOPIC"])
+    kafka_cli.env["KAFKA_BOOTSTRAP"] = broker.bootstrap
+    yield broker
+    broker.stop()

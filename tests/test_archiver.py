@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 import pytest
 
 from worker_helpers import (
-    RestartableBroker,
     WorkerProcess,
     archived_rows,
     assert_nothing_half_written,
@@ -150,15 +149,6 @@ def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     two.terminate()
 
     assert_exactly_once(data_dir, topic, log_truth(kafka_bootstrap, topic, total))
-
-
-@pytest.fixture
-def own_broker(kafka_cli, tmp_path):
-    """Points the CLI at a broker the test may restart."""
-    broker = RestartableBroker(tmp_path, kafka_cli.env["LAMBDAFLOW_TOPIC"])
-    kafka_cli.env["KAFKA_BOOTSTRAP"] = broker.bootstrap
-    yield broker
-    broker.stop()
 
 
 def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker, data_dir, archivers) -> None:

@@ -15,13 +15,12 @@ import time
 from datetime import datetime, timezone
 
 import duckdb
-import pytest
 
 from stream_worker import synthetic
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.produce import produce
 from stream_worker.raw_store import RawStore
-from worker_helpers import RestartableBroker, WorkerProcess, wait_for
+from worker_helpers import WorkerProcess, wait_for
 
 AWAY_SECONDS = 12
 
@@ -54,34 +53,28 @@ def lines_between(log_text: str, first: str, last: str) -> list[str]:
     return lines[start + 1:end]
 
 
-@pytest.fixture
-def broker(kafka_cli, tmp_path):
-    broker = RestartableBroker(tmp_path, kafka_cli.env["LAMBDAFLOW_TOPIC"])
-    kafka_cli.env["KAFKA_BOOTSTRAP"] = broker.bootstrap
-    yield broker
-    broker.stop()
-
-
-def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(broker, kafka_cli, data_dir, tmp_path):
-    before = produce(broker.bootstrap, broker.topic, 3, today_so_far(seed=61, per_day=8_000))
+def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(
+    own_broker, kafka_cli, data_dir, tmp_path
+):
+    before = produce(own_broker.bootstrap, own_broker.topic, 3, today_so_far(seed=61, per_day=8_000))
     # The default roll (300 s): what the archiver has read is still buffered when the broker leaves.
     workers = [WorkerProcess(command, kafka_cli.env, tmp_path / f"{command}.log") for command in ("archive", "stream")]
     try:
-        store = RawStore(data_dir, broker.topic)
+        store = RawStore(data_dir, own_broker.topic)
         wait_for(lambda: len(offsets := read_offsets(store)) == 3
                  and all(read is not None and read == end for read, end in offsets.values())
                  and sum(end for _, end in offsets.values()) == before.messages, 90, "the archiver to read the log")
         wait_for(lambda: query_today(kafka_cli)["events"] == before.events, 90, "the speed layer to count the log")
 
-        broker.go_away()
+        own_broker.go_away()
         wait_for(lambda: raw_events(data_dir)[0] == before.events, 30, "the archiver to publish what it read")
         published = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in store.events_dir.glob("*/*.parquet")}
         for _ in range(AWAY_SECONDS):
             time.sleep(1)
             assert all(worker.process.poll() is None for worker in workers), "a worker exited while the broker was away"
 
-        broker.come_back(paused=[worker.pid for worker in workers])
-        after = produce(broker.bootstrap, broker.topic, 3, today_so_far(seed=62, per_day=4_000))
+        own_broker.come_back(paused=[worker.pid for worker in workers])
+        after = produce(own_broker.bootstrap, own_broker.topic, 3, today_so_far(seed=62, per_day=4_000))
         wait_for(lambda: query_today(kafka_cli)["events"] == before.events + after.events, 120,
                  "the speed layer to count the new log")
         wait_for(lambda: sum(end for read, end in read_offsets(store).values() if read == end) == after.messages,
