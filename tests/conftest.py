@@ -9,14 +9,12 @@ that stops or restarts its broker gets a broker of its own (`own_broker`).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import Cli
 from stream_worker.broker import EmbeddedBroker
 from stream_worker.clients import ensure_topic
 from worker_helpers import RestartableBroker
@@ -42,27 +40,6 @@ def topic(kafka_bootstrap: str) -> str:
     name = f"events-{uuid.uuid4().hex[:12]}"
     ensure_topic(kafka_bootstrap, name, partitions=3)
     return name
-
-
-@dataclass
-class CliResult:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
-@dataclass
-class Cli:
-    """Runs the installed `lambdaflow` command with its own environment."""
-
-    env: dict[str, str]
-
-    def __call__(self, *args: str, timeout: float = 300) -> CliResult:
-        done = subprocess.run(
-            [sys.executable, "-m", "stream_worker", *args],
-            env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
 
 
 @pytest.fixture

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import uuid
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cli_helpers import CliResult, TopicWorld
 from stream_worker import synthetic
 from stream_worker.clients import ensure_topic
 from stream_worker.produce import produce
@@ -32,36 +30,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 METRICS = ["events", "new_users", "active_users", "orders", "revenue_cents", "page_views"]
 
 
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
-class World:
+class World(TopicWorld):
     """One archived and counted topic with yesterday built, and the CLI pointed at it."""
 
     def __init__(self, bootstrap: str, root: Path) -> None:
-        self.root = root
-        self.topic = f"events-{uuid.uuid4().hex[:12]}"
-        self.data_dir = root / "data"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW"))}
-        self.env.update({
-            "KAFKA_BOOTSTRAP": bootstrap,
-            "LAMBDAFLOW_TOPIC": self.topic,
-            "LAMBDAFLOW_DATA_DIR": str(self.data_dir),
-            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
-        })
-        self.today = datetime.now(timezone.utc).date()
+        super().__init__(bootstrap, root)
         self.built = self.today - timedelta(days=1)
         self.unbuilt = self.today - timedelta(days=2)
-
-    def lambdaflow(self, *args: str, cwd: Path | None = None, env: dict | None = None,
-                   timeout: float = 600) -> Result:
-        done = subprocess.run([sys.executable, "-m", "stream_worker", *args], cwd=cwd, env=env or self.env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-        return Result(done.returncode, done.stdout, done.stderr)
 
     def python(self, script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", script, *args], env=self.env, stdin=subprocess.DEVNULL,
@@ -98,7 +73,7 @@ def world(kafka_bootstrap, tmp_path_factory) -> World:
     return world
 
 
-def one_line(result: Result, exit_code: int = 1) -> str:
+def one_line(result: CliResult, exit_code: int = 1) -> str:
     """A refused command: the exit code, nothing on stdout, no traceback, and exactly one line on stderr."""
     assert result.exit_code == exit_code, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -473,7 +448,7 @@ def test_the_stream_worker_refuses_a_damaged_state_naming_the_replay(kafka_cli, 
 # 7. a damaged manifest or report: each reader names the file and the way back, the workers write nothing
 
 
-def refused_after_logs(result: Result) -> str:
+def refused_after_logs(result: CliResult) -> str:
     """A worker that stopped on bad input: exit 1, nothing on stdout, no traceback, one error line, last."""
     assert result.exit_code == 1, result.stderr[-3000:]
     assert result.stdout == "" and "Traceback" not in result.stderr

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from unittest.mock import ANY
@@ -18,42 +17,25 @@ import duckdb
 import polars as pl
 import pytest
 
+from cli_helpers import TopicWorld
 from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from worker_helpers import WorkerProcess
 from stream_worker import clients, synthetic
 from stream_worker.clients import ensure_topic
 from stream_worker import metrics as metric_definitions
-from stream_worker.config import Settings
 from stream_worker.serving import Question, answer
 from stream_worker.speed_state import PartitionState
 from stream_worker.stream import SpeedPaths
 from stream_worker.produce import produce
 
 
-class BatchWorld:
+class BatchWorld(TopicWorld):
     """One archived topic and one Airflow home, shared by the tests of this module."""
 
     def __init__(self, bootstrap: str, root: Path) -> None:
-        self.bootstrap = bootstrap
-        self.topic = f"events-{uuid.uuid4().hex[:12]}"
-        self.data_dir = root / "data"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW"))}
-        self.env.update({
-            "KAFKA_BOOTSTRAP": bootstrap,
-            "LAMBDAFLOW_TOPIC": self.topic,
-            "LAMBDAFLOW_DATA_DIR": str(self.data_dir),
-            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
-        })
-        self.today = datetime.now(timezone.utc).date()
+        super().__init__(bootstrap, root)
         self.closed_days = [self.today - timedelta(days=n) for n in (3, 2, 1)]
-
-    def lambdaflow(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "stream_worker", *args], env=self.env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env)
 
     def answer_for(self, day: date) -> dict:
         """The served daily row for ``day``, answered in this process."""
@@ -94,9 +76,9 @@ def world(kafka_bootstrap, tmp_path_factory) -> BatchWorld:
     ))
     world.messages = history.messages + today.messages
     archived = world.lambdaflow("archive", "--until-idle")
-    assert archived.returncode == 0, archived.stderr[-3000:]
+    assert archived.exit_code == 0, archived.stderr[-3000:]
     counted = world.lambdaflow("stream", "--until-idle")
-    assert counted.returncode == 0, counted.stderr[-3000:]
+    assert counted.exit_code == 0, counted.stderr[-3000:]
     world.malformed = history.malformed + today.malformed
     world.truth = hourly_metrics(read_all(kafka_bootstrap, world.topic, world.messages))
     return world
@@ -109,7 +91,7 @@ def truth_for(world: BatchWorld, day: date, before_hour: int = 24) -> dict:
 def test_each_closed_day_equals_an_independent_computation_hour_by_hour(world) -> None:
     for day in world.closed_days:
         result = world.lambdaflow("batch", "--date", day.isoformat())
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.exit_code == 0, result.stderr[-3000:]
         assert json.loads(result.stdout)["days"][day.isoformat()]["built_until"] == (
             datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc).isoformat()
         )
@@ -124,7 +106,7 @@ def test_building_a_day_twice_gives_the_same_table(world) -> None:
     first = world.warehouse_checksum(day)
     published_before = world.published(day)
     result = world.lambdaflow("batch", "--date", day.isoformat())
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     assert world.warehouse_checksum(day) == first
     assert world.published(day) == published_before
 
@@ -136,10 +118,10 @@ def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) ->
     result = world.lambdaflow("batch", "--today")
     now = datetime.now(timezone.utc)
     if now.hour == 0:  # no hour of today is over yet
-        assert result.returncode == 1
+        assert result.exit_code == 1
         assert "no hour of" in result.stderr
         return
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     manifest = json.loads(result.stdout)
     built_until = datetime.fromisoformat(manifest["days"][world.today.isoformat()]["built_until"])
     assert built_until.minute == 0 and built_until.date() == world.today and built_until.hour >= 1
@@ -162,7 +144,7 @@ def test_an_invalid_date_fails_clearly_and_writes_nothing(world, value: str, mes
     watched = [world.data_dir / "batch" / "manifest.json", world.data_dir / "warehouse" / "lambdaflow.duckdb"]
     before = {path: path.stat().st_mtime_ns for path in watched if path.exists()}
     result = world.lambdaflow("batch", "--date", value)
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith("lambdaflow: error: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -171,7 +153,7 @@ def test_an_invalid_date_fails_clearly_and_writes_nothing(world, value: str, mes
 
 def test_a_day_that_is_not_complete_fails_fast(world) -> None:
     result = world.lambdaflow("batch", "--date", world.today.isoformat(), timeout=120)
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert f"day {world.today} is not complete yet" in result.stderr
 
 
@@ -225,7 +207,7 @@ def daily_truth(world: BatchWorld, day: date, country: str | None = None) -> dic
 def test_query_answers_each_day_from_its_layer_and_exactly(world) -> None:
     first = world.closed_days[0]
     result = world.lambdaflow("query", "--from", first.isoformat(), "--to", world.today.isoformat())
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["event_date"] for row in rows] == [d.isoformat() for d in [*world.closed_days, world.today]]
     boundary = datetime.fromisoformat(world.manifest()["boundary"])
@@ -243,7 +225,7 @@ def test_query_hourly_for_one_country_never_serves_an_hour_twice(world) -> None:
     day = world.closed_days[-1]
     result = world.lambdaflow("query", "--from", day.isoformat(), "--to", world.today.isoformat(),
                               "--hourly", "--country", "DE")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     keys = [(row["event_date"], row["hour"]) for row in rows]
     assert len(keys) == len(set(keys))
@@ -270,7 +252,7 @@ def test_query_hourly_for_one_country_never_serves_an_hour_twice(world) -> None:
 )
 def test_bad_query_input_gets_one_clear_line(world, args, message) -> None:
     result = world.lambdaflow("query", *args)
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("lambdaflow: error: ") and message in lines[-1]
@@ -278,7 +260,7 @@ def test_bad_query_input_gets_one_clear_line(world, args, message) -> None:
 
 def test_status_shows_both_layers_caught_up_the_boundary_and_the_dead_letter(world) -> None:
     result = world.lambdaflow("status")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["boundary"] == world.manifest()["boundary"]
     assert [p["partition"] for p in report["partitions"]] == [0, 1, 2]
@@ -287,13 +269,13 @@ def test_status_shows_both_layers_caught_up_the_boundary_and_the_dead_letter(wor
         assert entry["stream"]["lag"] == 0
     assert report["dead_letter"]["messages"] == world.malformed
     table = world.lambdaflow("status", "--format", "table")
-    assert table.returncode == 0 and "archive_lag" in table.stdout
+    assert table.exit_code == 0 and "archive_lag" in table.stdout
 
 
 def test_reconcile_finds_no_difference_between_the_layers(world) -> None:
     day = world.closed_days[0]
     result = world.lambdaflow("reconcile", "--date", day.isoformat())
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["metric"] for row in rows] == list(METRICS)
     truth = daily_truth(world, day)
@@ -304,7 +286,7 @@ def test_reconcile_finds_no_difference_between_the_layers(world) -> None:
         {**row, "reconciled_at": ANY} for row in rows
     ]
     unbuilt = world.lambdaflow("reconcile", "--date", (day - timedelta(days=30)).isoformat())
-    assert unbuilt.returncode == 1 and "has not been built by the batch layer yet" in unbuilt.stderr
+    assert unbuilt.exit_code == 1 and "has not been built by the batch layer yet" in unbuilt.stderr
 
 
 def test_an_unexplained_difference_fails_reconciliation_naming_the_metric_and_hour(world) -> None:
@@ -319,7 +301,7 @@ def test_an_unexplained_difference_fails_reconciliation_naming_the_metric_and_ho
         result = world.lambdaflow("reconcile", "--date", day.isoformat())
     finally:
         published.write_bytes(original)
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"lambdaflow: error: {day}: the layers differ beyond what late events and the speed layer's lag "
         "explain (threshold 0): orders by +1 (hours [7])"
@@ -346,13 +328,13 @@ def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> N
     world.messages += 300
     for command in ("archive", "stream"):
         caught_up = world.lambdaflow(command, "--until-idle")
-        assert caught_up.returncode == 0, caught_up.stderr[-3000:]
+        assert caught_up.exit_code == 0, caught_up.stderr[-3000:]
     world.truth = hourly_metrics(read_all(world.bootstrap, world.topic, world.messages))
 
     status = json.loads(world.lambdaflow("status").stdout)
     assert status["late_days"] == {day.isoformat(): 3}  # one late file per partition
     report = world.lambdaflow("reconcile", "--date", day.isoformat())
-    assert report.returncode == 0, report.stderr[-3000:]
+    assert report.exit_code == 0, report.stderr[-3000:]
     rows = {row["metric"]: row for row in map(json.loads, report.stdout.splitlines())}
     truth = daily_truth(world, day)
     assert rows["events"]["late_events"] == 300
@@ -363,7 +345,7 @@ def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> N
     assert rows["events"]["difference"] == 300
 
     rebuilt = world.lambdaflow("batch", "--late")
-    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert rebuilt.exit_code == 0, rebuilt.stderr[-3000:]
     assert json.loads(rebuilt.stdout)["rebuilt"] == [day.isoformat()]
     assert world.published(day) == truth_for(world, day)
     assert {m: world.answer_for(day)[m] for m in METRICS} == truth
@@ -443,7 +425,7 @@ def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(wo
     assert today_events == sorted(today_events) and today_events[-1] > today_events[0]
 
     counted = world.lambdaflow("stream", "--until-idle")
-    assert counted.returncode == 0, counted.stderr[-3000:]
+    assert counted.exit_code == 0, counted.stderr[-3000:]
     truth = hourly_metrics(read_all(world.bootstrap, world.topic, world.messages + sent[0]))
     today = {m: sum(v[m] for k, v in truth.items() if k[0] == world.today) for m in METRICS}
     assert {m: world.answer_for(world.today)[m] for m in METRICS} == today
@@ -465,7 +447,7 @@ def test_a_rebuild_after_the_speed_layer_dropped_the_day_is_not_compared_again(w
 
     result = world.lambdaflow("batch", "--date", day.isoformat())
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.stderr[-3000:]
     report = json.loads((world.data_dir / "batch" / "reconcile" / f"{day}.json").read_text())
     assert {row["metric"]: row["batch"] for row in report} == daily_truth(world, day)
     for row in report:
