@@ -43,7 +43,7 @@ from stream_worker.files import (
     temp_path_for,
     write_parquet_durably,
 )
-from stream_worker.group import AssignmentClock
+from stream_worker.group import AssignmentClock, NoPartitionAssigned
 from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.raw_store import BatchRange, Manifest, RawStore
 
@@ -119,6 +119,7 @@ class Archiver(ConsumerRebalanceListener):
         self.roll = roll
         self.totals = Totals()
         self.owned: dict[int, OwnedPartition] = {}
+        self._group_id = group_id
         self._fatal: LambdaflowError | None = None
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
@@ -155,13 +156,12 @@ class Archiver(ConsumerRebalanceListener):
                     log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
                     break
                 if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
-                    log.warning("%s: no partition assigned in %.0f s; stopping", self.topic, idle_timeout)
-                    break
+                    raise NoPartitionAssigned(self.topic, self._group_id, idle_timeout)
             for partition in list(self.owned):
                 self._publish(partition)
                 self._write_status(partition, force=True)
         finally:
-            self._consumer.close()
+            clients.close_consumer(self._consumer)
             self._probe.close()
             self._classifier.close()
             self._watch.close()

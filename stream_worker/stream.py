@@ -33,7 +33,7 @@ from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
 from stream_worker.files import DamagedFile, remove_stale_temps, replace_json
-from stream_worker.group import AssignmentClock
+from stream_worker.group import AssignmentClock, NoPartitionAssigned
 from stream_worker.log_identity import LogProbe, fingerprint
 from stream_worker.reconcile import report_path
 from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
@@ -121,6 +121,7 @@ class StreamWorker(ConsumerRebalanceListener):
         self.retention_grace = retention_grace
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
+        self._group_id = group_id
         self._fatal: LambdaflowError | None = None
         self._boundary: datetime | None = None  # as last read from the batch manifest
         self._manifest_damaged = False
@@ -157,13 +158,12 @@ class StreamWorker(ConsumerRebalanceListener):
                     log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
                     break
                 if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
-                    log.warning("%s: no partition assigned in %.0f s; stopping", self.topic, idle_timeout)
-                    break
+                    raise NoPartitionAssigned(self.topic, self._group_id, idle_timeout)
         finally:
             for partition in list(self.owned):
                 self._write_status(partition, force=True)
                 self._close(partition)
-            self._consumer.close()
+            clients.close_consumer(self._consumer)
             self._probe.close()
             self._classifier.close()
             self._watch.close()

@@ -376,12 +376,7 @@ def _catch_up(env: dict[str, str], logs: Path, tally: Tally) -> None:
             worker.ensure_stopped()
             tally.failures.append(f"{command} --until-idle failed: {error}")
             continue
-        if "no partition assigned" in worker.log_path.read_text():
-            # Seen with the embedded broker after many kills: the group held the new member out for
-            # its whole idle timeout. The running workers had counted to the end before they stopped.
-            log.warning("%s --until-idle got no partition from its group; the checks below tell", command)
-        else:
-            log.info("%s caught up: %s", command, summary)
+        log.info("%s caught up: %s", command, summary)
 
 
 def tally_offsets(valid: set, rejected: set, archived: list, dead: list) -> tuple[int, int, list[str]]:
