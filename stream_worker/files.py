@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from stream_worker.errors import InputError
+from stream_worker.errors import InputError, first_line
 
 
 def fsync_dir(path: Path) -> None:
@@ -78,8 +78,8 @@ PROGRESS_ONLY = "it only reports progress: delete it, and the partition's worker
 class DamagedFile(InputError):
     """A file lambdaflow wrote is no longer what it wrote; the message names it and how to recover."""
 
-    def __init__(self, path: Path, reason: str, remedy: str = "restore it from a backup or move it aside") -> None:
-        super().__init__(f"{path} cannot be read ({reason}): {remedy}")
+    def __init__(self, path: Path, reason: str, remedy: str | None = None) -> None:
+        super().__init__(f"{path} cannot be read ({reason}): {remedy or 'restore it from a backup or move it aside'}")
         self.path = path
 
 
@@ -91,5 +91,4 @@ def read_json(path: Path, remedy: str | None = None) -> Any | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise DamagedFile(path, reason, *([remedy] if remedy else [])) from None
+        raise DamagedFile(path, first_line(error), remedy) from None

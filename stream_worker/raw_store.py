@@ -26,7 +26,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from stream_worker.errors import InputError
+from stream_worker.errors import InputError, first_line
 from stream_worker.files import DamagedFile, read_json, replace_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def require_readable(path: Path) -> None:
     except FileNotFoundError:
         raise RawFileDamaged(f"raw file {path} is missing: {RESTORE}") from None
     except (OSError, pl.exceptions.PolarsError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise RawFileDamaged(f"raw file {path} is not a readable Parquet file ({reason}): {RESTORE}") from None
     missing = [name for name in EVENT_SCHEMA if name != "event_date" and name not in columns]
     if missing:

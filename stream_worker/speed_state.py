@@ -24,7 +24,7 @@ import polars as pl
 
 from stream_worker import aggregate
 from stream_worker import metrics as metric_definitions
-from stream_worker.errors import LambdaflowError
+from stream_worker.errors import LambdaflowError, first_line
 from stream_worker.metrics import Metric
 from stream_worker.files import fsync_file, temp_path_for
 
@@ -132,8 +132,7 @@ class StateUnreadable(LambdaflowError):
     """The state file is damaged: the log can rebuild it."""
 
     def __init__(self, path: Path, error: Exception) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        super().__init__(f"the speed state {path} cannot be read ({reason}): "
+        super().__init__(f"the speed state {path} cannot be read ({first_line(error)}): "
                          "rebuild it from the log with `lambdaflow stream --replay`")
 
 

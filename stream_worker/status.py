@@ -26,7 +26,7 @@ def status(settings: Settings) -> dict:
         })
     manifest = read_manifest(settings.data_dir)
     days = manifest.get("days", {})
-    last_built = max(days.items(), key=lambda item: item[1]["built_at"], default=None)
+    last_built = max(days.items(), key=lambda item: item[1].get("built_at") or "", default=None)
     return {
         "topic": settings.topic,
         "boundary": manifest.get("boundary"),
