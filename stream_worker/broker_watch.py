@@ -11,7 +11,9 @@ the client's own connection errors are dropped, unless the command runs with
 The watch probes with a TCP connect: refused at once by a host whose broker
 died, answered by a live one. It probes when the client logs a warning or an
 error, and while the broker is away, on the same doubling schedule as the client
-(1 s, 2 s, ... up to 5 s).
+(1 s, 2 s, ... up to 5 s). It also probes at once when the client shows it got
+through (a rebalance callback runs), so that "answers again" comes before the
+lines the rejoin brings.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class BrokerWatch:
         """From the worker's loop: while the broker is away, probe when the schedule says so."""
         with self._lock:
             if self.away_since is not None and self._clock() >= self._next_probe:
+                self._probe()
+
+    def client_got_through(self) -> None:
+        """The client has just heard from the broker (a rebalance callback runs): if the broker was away,
+        say it answers again now, before the callback's own lines, not at the next scheduled probe."""
+        with self._lock:
+            if self.away_since is not None:
                 self._probe()
 
     def client_complained(self) -> bool:

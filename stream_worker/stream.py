@@ -239,6 +239,7 @@ class StreamWorker(ConsumerRebalanceListener):
         return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
 
     def on_partitions_revoked(self, revoked) -> None:
+        self._watch.client_got_through()
         self._assignment.changed()
         for tp in revoked:
             if tp.partition in self.owned:
@@ -247,6 +248,7 @@ class StreamWorker(ConsumerRebalanceListener):
                 log.info("%s[%d] revoked", self.topic, tp.partition)
 
     def on_partitions_assigned(self, assigned) -> None:
+        self._watch.client_got_through()
         self._assignment.changed()
         for tp in assigned:
             self.owned[tp.partition] = Owned()

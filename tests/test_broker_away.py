@@ -144,3 +144,23 @@ def test_the_watch_says_it_once_reports_every_30_s_and_backs_off(caplog) -> None
     gaps = [b - a for a, b in zip(away, away[1:])]
     assert gaps[:4] == [1, 2, 4, 5] and max(gaps) <= 5  # doubling, capped at the client's backoff
     assert watch.departures == 1
+
+
+def test_the_watch_says_the_broker_answers_again_before_the_rejoin_does(caplog) -> None:
+    clock, answers = FakeClock(), [False]
+    watch = BrokerWatch("127.0.0.1:1", "worker", clock=clock, reachable=lambda: answers[0])
+    caplog.set_level("INFO", logger="stream_worker.broker_watch")
+    watch.client_got_through()  # the broker answers: nothing to say
+    assert not caplog.records
+    assert watch.client_complained() is True  # the broker goes away
+    for _ in range(4):
+        clock.now += 1
+        watch.check()  # probes back off: at 1, 3 and 7 s
+    answers[0] = True
+    clock.now += 0.5
+    watch.check()
+    assert watch.away_since is not None  # not yet due
+    watch.client_got_through()
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("does not answer" in m for m in messages) == 1
+    assert "answers again" in messages[-1] and watch.away_since is None
