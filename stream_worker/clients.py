@@ -74,6 +74,28 @@ def close_consumer(consumer: KafkaConsumer) -> None:
     consumer.close()
 
 
+class NewConnections:
+    """Has a consumer connected to its broker anew since it was last asked?
+
+    A broker that comes back without its log (the memory-only embedded broker) reuses offsets. A
+    consumer that reconnects fetches on at its old position, in another log, which may by then have
+    grown past it. Every record of the new log arrives over a connection made after the broker came
+    back, so a worker that checks the log once after each new connection never counts such records
+    as the old log's. kafka-python has no public hook for this; the check reads its connection table
+    (kafka-python 3.0 internals, pinned in requirements.txt).
+    """
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+        self._seen: list[object] = []
+
+    def since_last_asked(self) -> bool:
+        current = list(self._consumer._manager._conns.values())
+        new = any(all(conn is not seen for seen in self._seen) for conn in current)
+        self._seen = current  # held, so that no new connection can reuse a seen one's id
+        return new
+
+
 def commit_for_lag_tools(consumer: KafkaConsumer, topic: str, partition: int, offset: int) -> None:
     """Commit an offset to Kafka for lag tools only: lambdaflow resumes from its own files, so a
     failed commit (say, during a rebalance) is logged and ignored, and one waits at most a second:

@@ -11,6 +11,12 @@ On assignment the worker opens the partition's state file (retrying while a
 previous owner still holds it), seeks to the stored offset and publishes a
 fresh snapshot. On revocation it closes the file: nothing is held outside a
 commit, so nothing needs saving.
+
+A broker that comes back without its log reuses offsets. The worker checks that
+the last record counted is still in the log on assignment, when the consumer
+goes back to an earlier offset, and before counting the first records after the
+client connected anew. If it is not, the partition's new log is counted from its
+beginning (a new epoch).
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ class Owned:
     last_commit: float | None = None
     next_open_attempt: float = 0.0
     status_written: float = 0.0
+    check_log: bool = False  # connected anew since the last commit: is the log still the one counted?
 
 
 @dataclass
@@ -136,6 +143,7 @@ class StreamWorker(ConsumerRebalanceListener):
             heartbeat_interval_ms=max(500, session_timeout_ms // 4),
             max_poll_records=MAX_BATCH_MESSAGES,
         )
+        self._connections = clients.NewConnections(self._consumer)
 
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
         started = time.monotonic()
@@ -172,6 +180,9 @@ class StreamWorker(ConsumerRebalanceListener):
     # counting
 
     def _count(self, polled: dict) -> None:
+        if self._connections.since_last_asked():
+            for owned in self.owned.values():
+                owned.check_log = True
         batches = {}
         for tp, records in polled.items():
             owned = self.owned.get(tp.partition)
@@ -179,6 +190,8 @@ class StreamWorker(ConsumerRebalanceListener):
                 continue
             if records[0].offset < owned.position:
                 self._on_rewind(tp, owned, records[0].offset)
+                continue
+            if owned.check_log and not self._still_the_log_counted(tp, owned):
                 continue
             batches[tp.partition] = records
         if not batches:
@@ -214,9 +227,25 @@ class StreamWorker(ConsumerRebalanceListener):
         self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
 
-    def _on_rewind(self, tp: TopicPartition, owned: Owned, offset: int) -> None:
+    def _holds_last_counted(self, tp: TopicPartition, owned: Owned) -> bool | None:
+        """Does the broker's log hold the last record counted? None when the broker does not answer."""
         consumed = owned.state.consumed()
-        same = self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) if consumed.last_record else True
+        return self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) if consumed.last_record else True
+
+    def _still_the_log_counted(self, tp: TopicPartition, owned: Owned) -> bool:
+        """After a new connection, before counting what it brought: a broker that came back without its
+        log may have filled a new one past this position. If so, count the new log from its beginning."""
+        same = self._holds_last_counted(tp, owned)
+        if same is None:
+            self._consumer.seek(tp, owned.position)  # fetch again and ask again
+            return False
+        owned.check_log = False
+        if same is False:
+            self._restart_log(tp.partition, f"the record at offset {owned.position - 1} is not the one counted")
+        return same
+
+    def _on_rewind(self, tp: TopicPartition, owned: Owned, offset: int) -> None:
+        same = self._holds_last_counted(tp, owned)
         if same is False:
             self._restart_log(tp.partition, f"offset {offset} arrived after offset {owned.position - 1}")
         else:
@@ -276,7 +305,7 @@ class StreamWorker(ConsumerRebalanceListener):
             self._prune(owned.state)
             consumed = owned.state.consumed()
             tp = TopicPartition(self.topic, partition)
-            if consumed.last_record and self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) is False:
+            if self._holds_last_counted(tp, owned) is False:
                 self._restart_log(partition, f"the record at offset {consumed.next_offset - 1} is not the one counted")
             else:
                 self._seek_to_stored(partition)

@@ -10,13 +10,16 @@ keeps running, and does not flood its log.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
+import signal
 import time
 from datetime import datetime, timezone
 
 import duckdb
 
-from stream_worker import synthetic
+from stream_worker import clients, synthetic
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.produce import produce
 from stream_worker.raw_store import RawStore
@@ -98,6 +101,40 @@ def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(
         assert not [line for line in quiet if " kafka." in line], "\n".join(quiet)
         assert len(quiet) <= 6, "\n".join(quiet)
         assert "Traceback" not in log_text
+
+
+def send_to_partition_0(bootstrap: str, topic: str, count: int, seed: int) -> None:
+    """``count`` valid events stamped now, all into partition 0."""
+    clients.ensure_topic(bootstrap, topic, 3)
+    producer = clients.producer(bootstrap)
+    try:
+        for message in itertools.islice(synthetic.live(seed, events_per_day=10_000), count):
+            producer.send(topic, key=message.key, value=message.value, partition=0).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def test_the_speed_layer_counts_a_new_log_that_outgrew_its_position(own_broker, kafka_cli, tmp_path):
+    """The broker comes back empty and its new log grows past where the worker stood before the worker
+    fetches again: what the worker fetches at its old position belongs to another log, and the records
+    before it must be counted too."""
+    send_to_partition_0(own_broker.bootstrap, own_broker.topic, 3, seed=71)
+    worker = WorkerProcess("stream", kafka_cli.env, tmp_path / "stream.log")
+    try:
+        wait_for(lambda: query_today(kafka_cli)["events"] == 3, 90, "the speed layer to count the log")
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            own_broker.restart()
+            send_to_partition_0(own_broker.bootstrap, own_broker.topic, 8, seed=72)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        wait_for(lambda: query_today(kafka_cli)["events"] == 11, 90, "the speed layer to count the new log")
+        time.sleep(3)  # a worker that went on at its old position would count more by now, or never reach 11
+        assert query_today(kafka_cli)["events"] == 11
+        summary = worker.terminate()
+    finally:
+        worker.ensure_stopped()
+    assert summary["log_restarts"] == 1, worker.log_path.read_text()[-3000:]
 
 
 def query_today(cli) -> dict:
