@@ -144,26 +144,28 @@ def _create_backfill(env: dict, logs: Path, days: list[date], base: str, token: 
     SQLite takes one writer at a time: with the scheduler writing, the command
     failed with "database is locked", and once the scheduler itself exited on
     it. Until the backfill exists the scheduler has nothing of it to do, so
-    pausing it (SIGSTOP) costs the measurement nothing.
+    pausing it (SIGSTOP) costs the measurement nothing. A scheduler paused in
+    the middle of a write keeps the lock, though, so it runs between attempts
+    and finishes that write.
     """
     args = [str(Path(sys.executable).parent / "airflow"), "backfill", "create", "--dag-id", DAG_ID,
             "--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat(), "--reprocess-behavior", "completed"]
     started = time.monotonic()
-    scheduler.signal_group(signal.SIGSTOP)
-    try:
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
-            name = f"airflow-backfill-create-{attempt}"
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        name = f"airflow-backfill-create-{attempt}"
+        scheduler.signal_group(signal.SIGSTOP)
+        try:
             done = Child(name, args, env, logs).start().wait(600)
-            if done.returncode == 0:
-                return time.monotonic() - started, attempt
-            status, body = _http_json("GET", f"{base}/api/v2/backfills?dag_id={DAG_ID}", token=token)
-            locked = "database is locked" in tail(logs / f"{name}.log", 5)
-            if not locked or status != 200 or body.get("total_entries"):
-                break
-            log.warning("backfill: `airflow backfill create` found SQLite locked; trying again")
-            time.sleep(2.0)
-    finally:
-        scheduler.signal_group(signal.SIGCONT)
+        finally:
+            scheduler.signal_group(signal.SIGCONT)
+        if done.returncode == 0:
+            return time.monotonic() - started, attempt
+        status, body = _http_json("GET", f"{base}/api/v2/backfills?dag_id={DAG_ID}", token=token)
+        locked = "database is locked" in tail(logs / f"{name}.log", 5)
+        if not locked or status != 200 or body.get("total_entries"):
+            break
+        log.warning("backfill: `airflow backfill create` found SQLite locked; trying again")
+        time.sleep(2.0)  # the scheduler runs meanwhile
     raise RuntimeError(f"airflow backfill create failed:\n{tail(logs / f'{name}.log')}")
 
 
