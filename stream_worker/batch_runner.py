@@ -17,6 +17,19 @@ from stream_worker.errors import LambdaflowError
 log = logging.getLogger(__name__)
 
 
+def _logs_to_stderr(run):
+    """Once imported, Airflow logs to stdout; a process that runs several batches (the demo, a
+    test's long-lived CLI) keeps every batch's log on stderr, where the CLI's logs go."""
+
+    @functools.wraps(run)
+    def logging_to_stderr(*args, **kwargs):
+        with _stdout_to_stderr():
+            return run(*args, **kwargs)
+
+    return logging_to_stderr
+
+
+@_logs_to_stderr
 def run_batch(settings: Settings, day: str | None) -> dict:
     """Run lambda_batch for ``day``, or lambda_batch_today when ``day`` is None; return the manifest."""
     airflow_home.prepare(settings)
@@ -45,6 +58,7 @@ def run_batch(settings: Settings, day: str | None) -> dict:
     return read_manifest(settings.data_dir)
 
 
+@_logs_to_stderr
 def run_late(settings: Settings) -> dict:
     """Run lambda_batch_late: rebuild the whole built days that have late raw files; return the manifest."""
     from stream_worker.boundary import read_manifest
@@ -66,11 +80,10 @@ def _test_dag(dag_id: str, run: dict) -> None:
     """One real run of the DAG in this process (dag.test), its tasks as the scheduler would run them."""
     from airflow.sdk.definitions.param import ParamValidationError
 
-    with _stdout_to_stderr():  # Airflow logs to stdout; ours is for results
-        try:
-            dag_run = _load_dag(dag_id).test(**run)
-        except ParamValidationError as error:  # refused before the run starts: nothing ran
-            raise LambdaflowError(f"{dag_id} refused the run: {str(error).strip().splitlines()[0]}") from None
+    try:
+        dag_run = _load_dag(dag_id).test(**run)
+    except ParamValidationError as error:  # refused before the run starts: nothing ran
+        raise LambdaflowError(f"{dag_id} refused the run: {str(error).strip().splitlines()[0]}") from None
     if str(dag_run.state) != "success":
         failed = [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"]
         raise LambdaflowError(f"{dag_id} failed ({', '.join(failed) or dag_run.state}); see the log above")

@@ -201,11 +201,23 @@ def _dbt(settings: Settings, *args: str) -> None:
 
     os.environ["LAMBDAFLOW_DATA_DIR"] = str(settings.data_dir)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    result = dbtRunner().invoke(
-        [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
-    )
+    try:
+        result = dbtRunner().invoke(
+            [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+        )
+    finally:
+        _release_warehouse()
     if not result.success:
         raise LambdaflowError(f"dbt {args[0]} failed: {_dbt_failure(result)}")
+
+
+def _release_warehouse() -> None:
+    """dbt-duckdb keeps the warehouse open for the rest of the process; a process that builds
+    again later (the demo, a long-lived runner) would hold DuckDB's file lock in between and shut
+    out every other reader and writer. Released after each invocation, as a dbt process exiting does."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    DuckDBConnectionManager.close_all_connections()
 
 
 def _dbt_failure(result) -> str:
