@@ -408,6 +408,7 @@ class Archiver(ConsumerRebalanceListener):
     def _take(self, tp: TopicPartition) -> None:
         with self.store.partition_lock(tp.partition):
             self.store.remove_uncovered(tp.partition)
+            remove_stale_temps(self.store.manifest_path(tp.partition))  # a kill -9 mid-replace leaves these
             remove_stale_temps(self.store.status_path(tp.partition))
             manifest = self.store.read_manifest(tp.partition)
         previous = self._previous_status(tp.partition)

@@ -101,13 +101,15 @@ def test_a_crashed_batch_is_ignored_by_readers_and_removed_on_assignment(
     temp.write_bytes(b"half a parquet file")
     status_temp = store.state_dir / f"{store.status_path(0).name}.0123456789ab.tmp"  # killed mid status write
     status_temp.write_text('{"partition": 0')
+    manifest_temp = store.state_dir / f"{store.manifest_path(0).name}.0123456789ab.tmp"  # ... mid manifest write
+    manifest_temp.write_text('{"topic": ')
 
     assert orphan not in store.files_for_date(day)  # readers ignore it...
     assert store.files_for_date(day) == published
 
     archivers("--until-idle").wait()
     assert not orphan.exists()  # ...and the next owner of the partition removes it
-    assert not temp.exists() and not status_temp.exists()
+    assert not temp.exists() and not status_temp.exists() and not manifest_temp.exists()
     truth = log_truth(kafka_bootstrap, topic, summary.messages)
     assert_exactly_once(data_dir, topic, truth)
 
