@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 DOCS_PORT ?= 8081
 
-.PHONY: install test demo bench chaos docs up down lock clean
+.PHONY: install test test-all demo bench chaos docs up down lock clean
 
 install: $(INSTALLED)
 
@@ -18,19 +18,28 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $@
 
+# Two tiers (README, "Tests"): `test` is the fast default, `test-all` adds the tests marked slow.
+# Both spread the test modules over worker processes (most tests wait on Kafka group joins and
+# child processes, so three keep two cores busy); a module's tests share one worker and its world.
+PYTEST_WORKERS ?= 3
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope
+
 test: install
-	$(BIN)/pytest
+	$(PYTEST) -m "not slow"
+
+test-all: install
+	$(PYTEST)
 
 demo: install
 	$(BIN)/python -m stream_worker.demo
 
 # Every layer against its ceiling or peer; results in bench/results/ (report.md, summary.json,
-# PNG plots). QUICK=1: small sizes, minutes instead of half an hour; `make test` runs it.
+# PNG plots). QUICK=1: small sizes, minutes instead of half an hour; `make test-all` runs it.
 bench: install
 	$(BIN)/python -m stream_worker.bench $(if $(QUICK),--quick)
 
 # A seeded, randomized fault run checked against the log: kill -9s, rebalances, a paused broker,
-# builds and a backfill while events flow. SEED=<n> replays a run; `make test` runs a short one.
+# builds and a backfill while events flow. SEED=<n> replays a run; `make test-all` runs a short one.
 chaos: install
 	$(BIN)/python tests/chaos.py $(if $(SEED),--seed $(SEED))
 

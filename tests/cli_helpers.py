@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +36,53 @@ class Cli:
         return CliResult(done.returncode, done.stdout, done.stderr)
 
 
+class LongLivedCli:
+    """`lambdaflow` commands run one after another by one process of its own (tests/cli_server.py),
+    which imports Airflow and dbt once. Started on first use and stopped by `close`, by its PID."""
+
+    def __init__(self, env: dict[str, str], scratch: Path) -> None:
+        self.env = env
+        self.scratch = scratch
+        self.process: subprocess.Popen | None = None
+
+    def __call__(self, *args: str, timeout: float = 600) -> CliResult:
+        if self.process is None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("cli_server.py"))], env=self.env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+        out = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".out", delete=False).name
+        err = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".err", delete=False).name
+        self.process.stdin.write(json.dumps({"args": list(args), "stdout": out, "stderr": err}) + "\n")
+        self.process.stdin.flush()
+        reply = self._reply(timeout)
+        return CliResult(reply["exit_code"], Path(out).read_text(), Path(err).read_text())
+
+    def _reply(self, timeout: float) -> dict:
+        import selectors
+
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                self.close()
+                raise TimeoutError(f"the long-lived lambdaflow gave no answer in {timeout:.0f} s")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the long-lived lambdaflow exited with code {self.process.wait()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
 class TopicWorld:
     """A topic and a data directory of their own, and the CLI pointed at both, for a module whose
     tests share one archived (and perhaps built) world. No Kafka, lambdaflow or Airflow variable
@@ -51,10 +100,19 @@ class TopicWorld:
             "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
         })
         self.today = datetime.now(timezone.utc).date()
+        self.long_lived = LongLivedCli(self.env, root / "cli-server")
 
     def lambdaflow(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
                    timeout: float = 600) -> CliResult:
+        """A `lambdaflow` process of its own, as a user runs it."""
         return Cli(env or self.env)(*args, timeout=timeout, cwd=cwd)
+
+    def batch(self, *args: str, timeout: float = 600) -> CliResult:
+        """`lambdaflow batch ARGS`, run by the world's long-lived process (Airflow and dbt imported once)."""
+        return self.long_lived("batch", *args, timeout=timeout)
+
+    def close(self) -> None:
+        self.long_lived.close()
 
     def settings(self) -> Settings:
         return Settings.from_env(self.env)

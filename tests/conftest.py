@@ -20,6 +20,20 @@ from stream_worker.clients import ensure_topic
 from worker_helpers import RestartableBroker
 
 
+# The modules that take longest (a shared world to build, kill loops, replays) are handed out
+# first under `pytest -n`, so that no worker starts one of them while the others sit idle.
+LONGEST_FIRST = ("test_bad_input.py", "test_batch.py", "test_replay.py", "test_archiver.py", "test_stream.py",
+                 "test_parity.py", "test_contract_kafka.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def weight(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=weight)  # stable: within a module, the written order
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
     real_kafka = os.environ.get("KAFKA_BOOTSTRAP")

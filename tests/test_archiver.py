@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from worker_helpers import (
+    Producer,
     WorkerProcess,
     archived_rows,
     assert_nothing_half_written,
@@ -58,22 +59,30 @@ def assert_exactly_once(data_dir, topic, truth) -> None:
     assert_nothing_half_written(data_dir, topic)
 
 
-def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, topic, data_dir, archivers) -> None:
-    plan = options(days=2, per_day=100_000, seed=21, duplicates=0.05, malformed=0.01)
-    sent: dict = {}
-    producer = threading.Thread(target=lambda: sent.update(summary=produce(kafka_bootstrap, topic, 3, plan)))
-    producer.start()
-
-    rng = random.Random(8)
-    kills = 0
-    while kills < 8:
-        archiver = archivers()
-        time.sleep(rng.uniform(2.0, 7.0))  # a group join takes about 3 s; kill before, during and after
-        archiver.kill_9()
-        kills += 1
-    producer.join()
-    summary = sent["summary"]
-    assert summary.messages >= 200_000
+@pytest.mark.parametrize(
+    ("kills", "per_day", "live", "pause"),
+    [
+        # The smoke: live events keep arriving, and each archiver is killed within a second of
+        # reporting its first partition, while it reads, buffers and publishes.
+        pytest.param(2, 2_500, True, (0.0, 1.0), id="2-kills-5k-messages"),
+        # The soak: a group join takes about 3 s; kill before, during and after it.
+        pytest.param(8, 100_000, False, (2.0, 7.0), id="8-kills-200k-messages", marks=pytest.mark.slow),
+    ],
+)
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
+    kafka_bootstrap, topic, data_dir, archivers, kills: int, per_day: int, live: bool, pause: tuple[float, float],
+) -> None:
+    history = options(days=2, per_day=per_day, seed=21, duplicates=0.05, malformed=0.01)
+    with Producer(kafka_bootstrap, topic, history, live_rate=200 if live else None) as producer:
+        rng = random.Random(8)
+        for _ in range(kills):
+            archiver = archivers()
+            if live:
+                wait_for(lambda: archiver.pid in status_pids(data_dir, topic).values(), 60, "the archiver to report")
+            time.sleep(rng.uniform(*pause))
+            archiver.kill_9()
+    summary = producer.summary
+    assert summary.messages >= 2 * per_day
 
     archivers("--until-idle").wait()
     truth = log_truth(kafka_bootstrap, topic, summary.messages)
@@ -153,6 +162,7 @@ def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     assert_exactly_once(data_dir, topic, log_truth(kafka_bootstrap, topic, total))
 
 
+@pytest.mark.slow
 def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker, data_dir, archivers) -> None:
     topic = own_broker.topic
     before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=41))
@@ -180,6 +190,7 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
     assert {(r.partition, r.offset) for r in new_log} <= set(rows)
 
 
+@pytest.mark.slow
 def test_a_log_that_restarted_longer_is_recognised_by_its_last_record(own_broker, data_dir, archivers) -> None:
     topic = own_broker.topic
     before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=3_000, seed=51))

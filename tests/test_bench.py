@@ -54,6 +54,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     return done, out, scratch
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_every_row_with_figure_ratio_and_target(quick_run) -> None:
     done, out, _ = quick_run
     assert done.returncode == 0, done.stderr[-5000:]
@@ -70,6 +71,7 @@ def test_quick_bench_writes_every_row_with_figure_ratio_and_target(quick_run) ->
     assert summary["machine"]["cores"] and summary["versions"]["duckdb"] and summary["date"]
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_the_report_with_its_plots(quick_run) -> None:
     done, out, _ = quick_run
     assert done.returncode == 0, done.stderr[-5000:]
@@ -85,6 +87,7 @@ def test_quick_bench_writes_the_report_with_its_plots(quick_run) -> None:
     assert "ratio" in done.stdout and "summary.json" in done.stdout  # the short table went to stdout
 
 
+@pytest.mark.slow
 def test_quick_bench_leaves_no_process_and_no_scratch_behind(quick_run) -> None:
     done, _, scratch = quick_run
     assert done.returncode == 0, done.stderr[-5000:]

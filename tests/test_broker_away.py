@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timezone
 
 import duckdb
+import pytest
 
 from stream_worker import clients, synthetic
 from stream_worker.broker_watch import BrokerWatch
@@ -56,6 +57,7 @@ def lines_between(log_text: str, first: str, last: str) -> list[str]:
     return lines[start + 1:end]
 
 
+@pytest.mark.slow
 def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(
     own_broker, kafka_cli, data_dir, tmp_path
 ):
@@ -114,6 +116,7 @@ def send_to_partition_0(bootstrap: str, topic: str, count: int, seed: int) -> No
         producer.close()
 
 
+@pytest.mark.slow
 def test_the_speed_layer_counts_a_new_log_that_outgrew_its_position(own_broker, kafka_cli, tmp_path):
     """The broker comes back empty and its new log grows past where the worker stood before the worker
     fetches again: what the worker fetches at its old position belongs to another log, and the records

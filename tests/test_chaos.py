@@ -13,12 +13,15 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from chaos import METRICS, Scenario, tally_offsets, tally_served
 
 CHAOS = Path(__file__).with_name("chaos.py")
 LAST_LINE = re.compile(r"chaos: (\d+) kills, (\d+) events, (\d+) lost, (\d+) duplicated")
 
 
+@pytest.mark.slow
 def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, str(CHAOS), "--seed", "20261127", "--duration", "60", "--kills", "3",

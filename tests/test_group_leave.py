@@ -27,6 +27,7 @@ def revocations(worker: WorkerProcess) -> int:
     return worker.log_path.read_text().count(" revoked")
 
 
+@pytest.mark.slow
 def test_archivers_stopped_during_a_rebalance_leave_a_group_that_still_assigns(
     kafka_cli, kafka_bootstrap, topic, data_dir, tmp_path
 ) -> None:
@@ -82,6 +83,7 @@ class Member(threading.Thread, ConsumerRebalanceListener):
         self.consumer.close()  # with LeaveGroup
 
 
+@pytest.mark.slow
 def test_a_worker_held_out_of_its_group_stops_until_idle_with_an_error(kafka_bootstrap, topic, data_dir) -> None:
     """The group wedged on purpose, with members that leave during a rebalance: `--until-idle`
     cannot be caught up on nothing, so it says so instead of reporting success."""

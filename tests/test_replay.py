@@ -12,11 +12,7 @@ from stream_worker import synthetic
 from stream_worker.config import Settings
 from stream_worker.produce import produce
 from stream_worker.serving import Question, answer
-from worker_helpers import WorkerProcess, wait_for
-
-
-def owners(live) -> set[int]:
-    return {json.loads(path.read_text())["pid"] for path in live.glob("status-*.json")}
+from worker_helpers import WorkerProcess, speed_status_pids, wait_for
 
 
 def daily(kafka_cli, days) -> list[dict]:
@@ -44,7 +40,7 @@ def test_a_replay_rebuilds_a_damaged_state_while_queries_keep_their_answers(
     # A running worker holds the state: no replay under it.
     worker = WorkerProcess("stream", kafka_cli.env, tmp_path / "worker.log")
     try:
-        wait_for(lambda: owners(live) == {worker.pid}, 60, "the worker to own every partition")
+        wait_for(lambda: set(speed_status_pids(data_dir, topic).values()) == {worker.pid}, 60, "the worker to own every partition")
         refused = kafka_cli("stream", "--replay", "--until-idle")
         assert refused.exit_code == 1
         assert "a stream worker holds" in refused.stderr and "Traceback" not in refused.stderr

@@ -94,6 +94,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         assert down.returncode == 0, down.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_up_serves_everything_and_down_stops_exactly_what_up_started(stack: Stack) -> None:
     report = stack.report
     day = datetime.now(timezone.utc).date() - timedelta(days=1)

@@ -14,7 +14,7 @@ from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from stream_worker import synthetic
 from stream_worker.produce import produce
-from worker_helpers import WorkerProcess, wait_for
+from worker_helpers import Producer, WorkerProcess, speed_status_pids, wait_for
 
 
 def served_by_speed_layer(data_dir, topic) -> dict:
@@ -32,12 +32,14 @@ def served_by_speed_layer(data_dir, topic) -> dict:
     }
 
 
-def produce_two_days(bootstrap, topic, seed: int, per_day: int = 50_000):
+def two_days(seed: int, per_day: int) -> synthetic.Options:
     until = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return produce(bootstrap, topic, 3, synthetic.Options(
-        days=2, events_per_day=per_day, seed=seed, until=until,
-        duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.01,
-    ))
+    return synthetic.Options(days=2, events_per_day=per_day, seed=seed, until=until,
+                             duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.01)
+
+
+def produce_two_days(bootstrap, topic, seed: int, per_day: int = 50_000):
+    return produce(bootstrap, topic, 3, two_days(seed, per_day))
 
 
 @pytest.fixture
@@ -53,18 +55,29 @@ def stream_workers(kafka_cli, tmp_path):
         worker.ensure_stopped()
 
 
-def test_kill_9_at_random_moments_keeps_every_hour_exact(kafka_bootstrap, topic, data_dir, stream_workers) -> None:
-    sent: dict = {}
-    producer = threading.Thread(target=lambda: sent.update(summary=produce_two_days(kafka_bootstrap, topic, 61)))
-    producer.start()
-    rng = random.Random(10)
-    for _ in range(10):
-        worker = stream_workers()
-        time.sleep(rng.uniform(1.5, 6.0))
-        worker.kill_9()
-    producer.join()
-    summary = sent["summary"]
-    assert summary.events == 100_000
+@pytest.mark.parametrize(
+    ("kills", "per_day", "live", "pause"),
+    [
+        # The smoke: live events keep arriving, and each worker is killed within a second of
+        # reporting its first partition, while it reads, counts and commits.
+        pytest.param(2, 2_500, True, (0.0, 1.0), id="2-kills-5k-events"),
+        pytest.param(10, 50_000, False, (1.5, 6.0), id="10-kills-100k-events", marks=pytest.mark.slow),
+    ],
+)
+def test_kill_9_at_random_moments_keeps_every_hour_exact(
+    kafka_bootstrap, topic, data_dir, stream_workers, kills: int, per_day: int, live: bool,
+    pause: tuple[float, float],
+) -> None:
+    with Producer(kafka_bootstrap, topic, two_days(61, per_day), live_rate=200 if live else None) as producer:
+        rng = random.Random(10)
+        for _ in range(kills):
+            worker = stream_workers()
+            if live:
+                wait_for(lambda: worker.pid in speed_status_pids(data_dir, topic).values(), 60, "the worker to report")
+            time.sleep(rng.uniform(*pause))
+            worker.kill_9()
+    summary = producer.summary
+    assert summary.events == 2 * per_day + producer.live_events
     # What a kill in the middle of replacing a status file or a snapshot leaves behind:
     speed = data_dir / "speed" / topic
     planted = [speed / "status-1.json.0123456789ab.tmp", data_dir / "tmp" / "speed" / "partition-1.parquet.0123456789ab.tmp"]

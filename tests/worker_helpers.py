@@ -7,8 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -16,7 +17,9 @@ import duckdb
 from kafka_helpers import read_all
 from stream_worker.broker import EmbeddedBroker
 from stream_worker.clients import ensure_topic
+from stream_worker import synthetic
 from stream_worker.contract import classify, records_frame
+from stream_worker.produce import Summary, produce, produce_live
 from stream_worker.raw_store import RawStore
 
 
@@ -55,6 +58,46 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class Producer:
+    """Sends ``history`` in a thread of its own, then, with ``live_rate``, live events (stamped now)
+    until the block ends: the workers a test kills inside the block always have new events to read."""
+
+    def __init__(self, bootstrap: str, topic: str, history: synthetic.Options, live_rate: float | None = None) -> None:
+        self._stop = threading.Event()
+        self._sent: dict[str, Summary] = {}
+        self._failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                self._sent["history"] = produce(bootstrap, topic, 3, history)
+                if live_rate is not None:
+                    self._sent["live"] = produce_live(bootstrap, topic, 3, history.seed + 1, live_rate, self._stop)
+            except BaseException as error:
+                self._failure.append(error)
+
+        self._thread = threading.Thread(target=send)
+
+    def __enter__(self) -> Producer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+
+    @property
+    def live_events(self) -> int:
+        return self._sent["live"].events if "live" in self._sent else 0
+
+    @property
+    def summary(self) -> Summary:
+        """Everything sent: the history's counts plus the live events."""
+        history = self._sent["history"]
+        return replace(history, messages=history.messages + self.live_events, events=history.events + self.live_events)
 
 
 @dataclass
@@ -102,9 +145,18 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.2) -> None:
 
 
 def status_pids(data_dir: Path, topic: str) -> dict[int, int]:
-    store = RawStore(data_dir, topic)
+    """The PID of the archiver that last reported each partition."""
+    return _reporters(RawStore(data_dir, topic).state_dir)
+
+
+def speed_status_pids(data_dir: Path, topic: str) -> dict[int, int]:
+    """The PID of the stream worker that last reported each partition."""
+    return _reporters(data_dir / "speed" / topic)
+
+
+def _reporters(folder: Path) -> dict[int, int]:
     found = {}
-    for path in store.state_dir.glob("status-*.json"):
+    for path in folder.glob("status-*.json"):
         status = json.loads(path.read_text())
         found[status["partition"]] = status["pid"]
     return found
