@@ -9,6 +9,7 @@ one machine with no setup: the embedded broker and files under ``data/``.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from stream_worker.errors import ConfigError
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _BOOTSTRAP = re.compile(r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*")
+_DIGITS = re.compile(r"[0-9]+")
+MAX_LATENESS_MINUTES = 7 * 24 * 60
+"""A week: an allowed lateness beyond it would hold every day's build back for longer than any
+late event is worth waiting for."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,12 @@ class Settings:
             kafka_bootstrap=bootstrap,
             topic=topic,
             data_dir=data_dir.expanduser().absolute(),
-            partitions=int(_positive(environ, "LAMBDAFLOW_PARTITIONS", default=3, whole=True)),
-            archive_roll_bytes=int(_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64) * 1024 * 1024),
-            archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300),
-            allowed_lateness=timedelta(minutes=_minutes(environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10)),
+            partitions=int(_positive(environ, "LAMBDAFLOW_PARTITIONS", default=3, at_most=10_000, whole=True)),
+            archive_roll_bytes=int(
+                _positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64, at_most=4096) * 1024 * 1024),
+            archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300, at_most=86_400),
+            allowed_lateness=timedelta(minutes=_minutes(environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10,
+                                                        at_most=MAX_LATENESS_MINUTES)),
             reconcile_threshold=_whole(environ, "LAMBDAFLOW_RECONCILE_THRESHOLD", default=0),
         )
 
@@ -72,31 +79,25 @@ class Settings:
         return self.data_dir / "broker" / "broker.json"
 
 
-def _positive(environ: Mapping[str, str], name: str, default: float, whole: bool = False) -> float:
+def _positive(environ: Mapping[str, str], name: str, default: float, at_most: float, whole: bool = False) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        value = 0
-    if whole and value < 1:
-        raise ConfigError(f"{name}={raw!r} must be a whole number of at least 1")
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r} must be a number above 0")
+    value = _number(raw, whole)
+    if whole and not (value is not None and 1 <= value <= at_most):
+        raise ConfigError(f"{name}={raw!r} must be a whole number from 1 to {at_most:g}")
+    if not (value is not None and 0 < value <= at_most):
+        raise ConfigError(f"{name}={raw!r} must be a number above 0 and at most {at_most:g}")
     return value
 
 
-def _minutes(environ: Mapping[str, str], name: str, default: float) -> float:
+def _minutes(environ: Mapping[str, str], name: str, default: float, at_most: float) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must be a number of minutes, 0 or more")
+    value = _number(raw, whole=False)
+    if not (value is not None and 0 <= value <= at_most):
+        raise ConfigError(f"{name}={raw!r} must be a number of minutes from 0 to {at_most:g}")
     return value
 
 
@@ -104,9 +105,20 @@ def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
+    if not _DIGITS.fullmatch(raw):
         raise ConfigError(f"{name}={raw!r} must be a whole number, 0 or more")
     return int(raw)
+
+
+def _number(raw: str, whole: bool) -> float | None:
+    """A finite number in ASCII digits (not inf, nan, ² or ５), or None."""
+    if not raw.isascii():
+        return None
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 @functools.cache

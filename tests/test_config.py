@@ -40,7 +40,11 @@ def test_settings_are_frozen() -> None:
     "environ",
     [{"LAMBDAFLOW_TOPIC": "../etc"}, {"LAMBDAFLOW_TOPIC": "x" * 250}, {"KAFKA_BOOTSTRAP": "127.0.0.1"},
      {"LAMBDAFLOW_PARTITIONS": "three"}, {"LAMBDAFLOW_PARTITIONS": "-1"},
-     {"LAMBDAFLOW_RECONCILE_THRESHOLD": "-1"}, {"LAMBDAFLOW_RECONCILE_THRESHOLD": "0.5"}],
+     {"LAMBDAFLOW_RECONCILE_THRESHOLD": "-1"}, {"LAMBDAFLOW_RECONCILE_THRESHOLD": "0.5"},
+     {"LAMBDAFLOW_RECONCILE_THRESHOLD": "²"}, {"LAMBDAFLOW_PARTITIONS": "３"},
+     {"LAMBDAFLOW_ARCHIVE_ROLL_MB": "inf"}, {"LAMBDAFLOW_ARCHIVE_ROLL_MB": "1e400"},
+     {"LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "nan"}, {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "nan"},
+     {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "1e12"}, {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "-0.5"}],
 )
 def test_unusable_values_are_refused(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
