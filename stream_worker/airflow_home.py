@@ -31,7 +31,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        # SQLite takes one writer at a time; its busy timeout (5 s by default) is how long the others wait
+        # before they fail with "database is locked": under load, a scheduler, a DAG processor and a
+        # CLI command writing at once took longer than that, and the DAG processor exited on it.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=60",
         "AIRFLOW__SCHEDULER__CREATE_CRON_DATA_INTERVALS": "True",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "LAMBDAFLOW_DATA_DIR": str(settings.data_dir),
