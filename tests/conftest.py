@@ -20,10 +20,11 @@ from stream_worker.clients import ensure_topic
 from worker_helpers import RestartableBroker
 
 
-# The modules that take longest (a shared world to build, kill loops, replays) are handed out
-# first under `pytest -n`, so that no worker starts one of them while the others sit idle.
-LONGEST_FIRST = ("test_bad_input.py", "test_batch.py", "test_replay.py", "test_archiver.py", "test_stream.py",
-                 "test_parity.py", "test_contract_kafka.py")
+# The modules that take longest (the chaos and bench runs and the stack in the slow tier, a shared
+# world to build, kill loops, replays) are handed out first under `pytest -n`, so that no worker
+# starts one of them while the others sit idle.
+LONGEST_FIRST = ("test_chaos.py", "test_bench.py", "test_stack.py", "test_bad_input.py", "test_batch.py",
+                 "test_replay.py", "test_archiver.py", "test_stream.py", "test_parity.py", "test_contract_kafka.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
