@@ -309,7 +309,7 @@ class Archiver(ConsumerRebalanceListener):
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
         if events.height:
-            latest = events["occurred_at"].max().isoformat()
+            latest = _arrived_by(events["occurred_at"].max(), ingested_at)
             owned.watermark = max(owned.watermark or latest, latest)
         clients.commit_for_lag_tools(self._consumer, self.topic, partition, manifest.next_offset)
         self.totals.messages += buffer.messages
@@ -416,7 +416,7 @@ class Archiver(ConsumerRebalanceListener):
             manifest=manifest,
             buffer=Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic()),
             position=manifest.next_offset,
-            watermark=previous.get("watermark"),
+            watermark=_arrived_by(previous.get("watermark"), datetime.now(timezone.utc)),
             caught_up_at=previous.get("caught_up_at"),
         )
         self.owned[tp.partition] = owned
@@ -439,6 +439,17 @@ class Archiver(ConsumerRebalanceListener):
             log.warning("%s; writing it anew", error)
             return {}
         return status if isinstance(status, dict) and status.get("epoch") is not None else {}
+
+
+def _arrived_by(event_time: datetime | str | None, arrival: datetime) -> str | None:
+    """A watermark never runs ahead of when its data arrived (invariant 6): a message stamped in the
+    future (its occurred_at and Kafka timestamp both) moves it to the time of arrival, no further,
+    so it can neither complete a day early nor switch realtime off for the days after."""
+    if event_time is None:
+        return None
+    if isinstance(event_time, str):
+        event_time = datetime.fromisoformat(event_time)
+    return min(event_time, arrival).astimezone(timezone.utc).isoformat()
 
 
 def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:

@@ -87,10 +87,12 @@ def expected_reason(key: bytes | None, value: bytes | None, timestamp_ms: int) -
             return "missing_amount_cents"
         if not isinstance(amount, int) or isinstance(amount, bool):
             return f"amount_cents_is_{_kind(amount)}"
-        if amount >= 2**63:
+        if not -2**63 <= amount < 2**63:
             return "amount_cents_out_of_range"
         if amount < 0:
             return "negative_amount_cents"
+        if amount > 1_000_000_000_000:  # DESIGN.md invariant 11: a stated range that both layers sum exactly
+            return "amount_cents_out_of_range"
     return None
 
 

@@ -75,17 +75,39 @@ def world(kafka_bootstrap, tmp_path_factory) -> Iterator[BatchWorld]:
     today = produce(kafka_bootstrap, world.topic, 3, synthetic.Options(
         days=0, events_per_day=6_000, seed=82, until=datetime.now(timezone.utc), duplicates=0.05,
     ))
-    world.messages = history.messages + today.messages
+    poisoned = send_poisoned_messages(kafka_bootstrap, world.topic, world.closed_days[1])
+    world.messages = history.messages + today.messages + poisoned
     archived = world.lambdaflow("archive", "--until-idle")
     assert archived.exit_code == 0, archived.stderr[-3000:]
     counted = world.lambdaflow("stream", "--until-idle")
     assert counted.exit_code == 0, counted.stderr[-3000:]
-    world.malformed = history.malformed + today.malformed
+    world.malformed = history.malformed + today.malformed + 2  # the two orders of 2**63 - 1
     world.truth = hourly_metrics(read_all(kafka_bootstrap, world.topic, world.messages))
     try:
         yield world
     finally:
         world.close()  # the long-lived process its builds ran in
+
+
+def send_poisoned_messages(bootstrap: str, topic: str, day: date) -> int:
+    """What no single message may do to a layer (invariants 6 and 11): two orders of 2**63 - 1 cents,
+    on ``day`` and today, would wrap a 64-bit sum; an event stamped in 2030, its occurred_at and its
+    Kafka timestamp both, would move a watermark past every day to come. Returns how many were sent."""
+    producer = clients.producer(bootstrap)
+    future = datetime(2030, 6, 1, 12, tzinfo=timezone.utc)
+    moments = [datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9),
+               datetime.now(timezone.utc) - timedelta(minutes=5)]
+    for n, moment in enumerate(moments):
+        order = {"event_id": f"poison-{n}", "event_type": "order", "user_id": "poison", "country": "US",
+                 "occurred_at": moment.isoformat(), "amount_cents": 2**63 - 1}
+        producer.send(topic, key=b"poison", value=json.dumps(order).encode())
+    signup = {"event_id": "from-2030", "event_type": "signup", "user_id": "time-traveller",
+              "occurred_at": future.isoformat()}
+    producer.send(topic, key=b"time-traveller", value=json.dumps(signup).encode(),
+                  timestamp_ms=int(future.timestamp() * 1000))
+    producer.flush()
+    producer.close()
+    return len(moments) + 1
 
 
 def truth_for(world: BatchWorld, day: date, before_hour: int = 24) -> dict:
@@ -129,6 +151,7 @@ def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) ->
     manifest = json.loads(result.stdout)
     built_until = datetime.fromisoformat(manifest["days"][world.today.isoformat()]["built_until"])
     assert built_until.minute == 0 and built_until.date() == world.today and built_until.hour >= 1
+    assert built_until <= now  # only hours that are over: the event stamped in 2030 completes nothing
     assert manifest["boundary"] == built_until.isoformat() > before
     assert world.published(world.today) == truth_for(world, world.today, before_hour=built_until.hour)
     # The same numbers, now partly from the batch layer.

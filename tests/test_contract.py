@@ -59,6 +59,7 @@ BAD_INPUTS = {
     "amount_cents as a boolean": (event(amount_cents=True), "amount_cents_is_boolean"),
     "unknown event_type": (event(event_type="logout"), "unknown_event_type"),
     "negative amount": (event(amount_cents=-1), "negative_amount_cents"),
+    "amount above the largest": (event(amount_cents=10**12 + 1), "amount_cents_out_of_range"),
     "missing amount on an order": (event(amount_cents=DROP), "missing_amount_cents"),
     "empty user_id": (event(user_id=""), "empty_user_id"),
     "key different from user_id": ((b"u-2", event()[1]), "user_id_not_key"),
@@ -80,6 +81,14 @@ def test_bad_input_is_rejected_with_its_reason(case: str) -> None:
     assert decoded.events.height == 0
     assert decoded.rejects["reason"].to_list() == [reason]
     assert expected_reason(*message, KAFKA_MS) == reason  # the oracle agrees
+
+
+@pytest.mark.parametrize("amount", [10**12 + 1, 2**63 - 1, 2**63, 2**64, -2**63 - 1])
+def test_an_amount_no_64_bit_sum_holds_exactly_is_out_of_range(amount: int) -> None:
+    """Two orders of 2**63 - 1 would wrap a 64-bit sum: an order above 10**12 is refused instead."""
+    message = event(amount_cents=amount)
+    assert classify(records(message)).rejects["reason"].to_list() == ["amount_cents_out_of_range"]
+    assert expected_reason(*message, KAFKA_MS) == "amount_cents_out_of_range"
 
 
 def test_every_bad_input_has_a_distinct_reason() -> None:
@@ -152,9 +161,10 @@ def test_limits_are_inclusive() -> None:
     decoded = classify(records(
         (b"u-1", exactly_64_kib.encode()),  # also exactly one hour after the Kafka timestamp
         event(event_id="e-2", amount_cents=0),
+        event(event_id="e-3", amount_cents=10**12),
     ))
     assert decoded.rejects.height == 0
-    assert decoded.events.height == 2
+    assert decoded.events.height == 3
 
 
 def test_every_record_lands_in_exactly_one_frame() -> None:

@@ -107,6 +107,8 @@ def completeness(settings: Settings, partitions: int | None = None) -> Completen
             reported[partition] = "not archived yet"
             continue
         marks = [datetime.fromisoformat(v) for v in (status.get("watermark"), status.get("caught_up_at")) if v]
+        if status.get("updated_at"):  # no mark runs ahead of the report that holds it (invariant 6)
+            marks = [min(mark, datetime.fromisoformat(status["updated_at"])) for mark in marks]
         if not marks:
             reported[partition] = "no event time seen, never caught up"
             continue
