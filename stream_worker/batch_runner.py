@@ -31,8 +31,8 @@ def _logs_to_stderr(run):
 
 @_logs_to_stderr
 def run_batch(settings: Settings, day: str | None) -> dict:
-    """Run lambda_batch for ``day``, or lambda_batch_today when ``day`` is None; return the manifest."""
-    airflow_home.prepare(settings)
+    """Run lambda_batch for ``day``, or lambda_batch_today when ``day`` is None; return the manifest.
+    A day that is not complete, or bad input, fails before Airflow's database is touched."""
     sys.path.insert(0, str(airflow_home.DAGS_FOLDER))
     from lambdaflow_dags import batch
 
@@ -47,12 +47,13 @@ def run_batch(settings: Settings, day: str | None) -> dict:
         dag_id, run = "lambda_batch", {"logical_date": None, "run_conf": {"ds": parsed.isoformat()}}
     else:
         batch.check_inputs(settings, now.date())
-        until = batch.complete_hours_of(settings, now.date())
+        until = batch.hours_to_build(settings, now.date())
         if until <= batch._start_of(now.date()):
             explained = batch.completeness(settings).explain(now.date(), settings.allowed_lateness)
             raise batch.DayNotComplete(f"no hour of {now.date()} is complete yet; {explained}")
         dag_id, run = "lambda_batch_today", {"logical_date": None, "run_conf": {"ds": None}}
 
+    airflow_home.prepare(settings)
     log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
     _test_dag(dag_id, run)
     return read_manifest(settings.data_dir)

@@ -125,6 +125,13 @@ def test_each_closed_day_equals_an_independent_computation_hour_by_hour(world) -
         assert world.published(day) == truth_for(world, day)
     midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
     assert world.manifest()["boundary"] == midnight.isoformat()
+    # A day built long before the others neither moves the boundary back nor holds it (see the next
+    # build of today): the boundary grows from where it stands, not from the earliest built day.
+    old = world.today - timedelta(days=20)
+    result = world.batch("--date", old.isoformat())
+    assert result.exit_code == 0, result.stderr[-3000:]
+    assert world.manifest()["boundary"] == midnight.isoformat()
+    assert world.published(old) == {}  # a day with no raw files is an empty day
 
 
 def test_building_a_day_twice_gives_the_same_table(world) -> None:
@@ -156,6 +163,20 @@ def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) ->
     assert world.published(world.today) == truth_for(world, world.today, before_hour=built_until.hour)
     # The same numbers, now partly from the batch layer.
     assert world.answer_for(world.today) == {**served_before, "source": "mixed"}
+
+
+def test_a_rebuild_of_today_with_more_lateness_still_covers_every_hour_before_the_boundary(world) -> None:
+    boundary = datetime.fromisoformat(world.manifest()["boundary"])
+    if boundary.date() != world.today or boundary.hour < 2:
+        pytest.skip("today's batch built fewer than 2 hours: there is no earlier hour to fall back to")
+    served_before = world.answer_for(world.today)
+    # With an hour more of allowed lateness, the complete hours end an hour or two before the boundary.
+    result = world.lambdaflow("batch", "--today", env={**world.env, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "61"})
+    assert result.exit_code == 0, result.stderr[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["boundary"] == boundary.isoformat()  # never back
+    assert manifest["days"][world.today.isoformat()]["built_until"] == boundary.isoformat()
+    assert world.answer_for(world.today) == served_before  # no hour left to neither layer
 
 
 @pytest.mark.parametrize(

@@ -255,10 +255,8 @@ def publish(settings: Settings, day: date, until: datetime, variables: dict) -> 
         "built_until": until.isoformat(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    boundary = _contiguous_end(days)
     previous = manifest.get("boundary")
-    if previous and datetime.fromisoformat(previous) > boundary:
-        boundary = datetime.fromisoformat(previous)  # never moves back
+    boundary = _contiguous_end(days, since=datetime.fromisoformat(previous) if previous else None)
     document = {"boundary": boundary.isoformat(), "days": dict(sorted(days.items())),
                 "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     replace_json(manifest_path(settings.data_dir), document)
@@ -268,16 +266,18 @@ def publish(settings: Settings, day: date, until: datetime, variables: dict) -> 
     return document
 
 
-def _contiguous_end(days: dict[str, dict]) -> datetime:
-    """The end of the run of built hours that starts at the earliest built day."""
-    end = None
+def _contiguous_end(days: dict[str, dict], since: datetime | None) -> datetime:
+    """The end of the run of built hours that reaches ``since`` (the boundary so far), or that starts
+    at the earliest built day when there is none yet. It never moves back, and a day built far
+    before the boundary, or rebuilt with fewer hours, does not hold it where it is."""
+    end = since
     for key in sorted(days):
         start = _start_of(date.fromisoformat(key))
-        if end is not None and start != end:
+        if end is None:
+            end = start
+        if start > end:  # a day not built (or built only in part) lies in between
             break
-        end = datetime.fromisoformat(days[key]["built_until"])
-        if end < start + DAY:
-            break
+        end = max(end, datetime.fromisoformat(days[key]["built_until"]))
     return end
 
 
@@ -309,11 +309,22 @@ def _yaml(variables: dict) -> str:
     return json.dumps(variables)  # JSON is YAML
 
 
+def hours_to_build(settings: Settings, day: date) -> datetime:
+    """Where a manual run for ``day`` builds to: the end of its complete hours, and never short of the
+    boundary. Hours before the boundary are served by the batch alone, so a rebuild with a larger
+    allowed lateness (or a clock that went back) must still cover them, or no layer would serve them."""
+    until = complete_hours_of(settings, day)
+    boundary = read_manifest(settings.data_dir).get("boundary")
+    if boundary:
+        until = max(until, min(datetime.fromisoformat(boundary), _start_of(day) + DAY))
+    return until
+
+
 def build_today(settings: Settings, ds: object = None, now: datetime | None = None) -> dict:
     """The manual run: the complete hours of ``ds`` (None: today), boundary moved to the last of them."""
     now = now or datetime.now(timezone.utc)
     day = now.date() if ds is None else parse_day(ds, latest=now.date(), what="ds")
-    until = complete_hours_of(settings, day)
+    until = hours_to_build(settings, day)
     if until <= _start_of(day):
         raise DayNotComplete(
             f"no hour of {day} is complete yet; " + completeness(settings).explain(day, settings.allowed_lateness)
