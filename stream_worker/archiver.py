@@ -370,6 +370,7 @@ class Archiver(ConsumerRebalanceListener):
         replace_json(self.store.status_path(partition), {
             "topic": self.topic,
             "partition": partition,
+            "topic_partitions": len(self._consumer.partitions_for_topic(self.topic) or ()) or None,
             "epoch": owned.manifest.epoch,
             "next_offset": owned.manifest.next_offset,
             "published_offset": owned.manifest.next_offset - 1,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from stream_worker.errors import InputError, first_line
-from stream_worker.files import DamagedFile, read_json, replace_json
+from stream_worker.files import PROGRESS_ONLY, DamagedFile, read_json, replace_json
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,19 @@ class RawStore:
 
     def status_path(self, partition: int) -> Path:
         return self.state_dir / f"status-{partition}.json"
+
+    def partitions(self, fallback: int) -> range:
+        """The topic's partitions, as the broker reported them to the archivers: each status records
+        the count its archiver saw, and a partition that has reported counts too. ``fallback`` (the
+        setting) only while no archiver has said."""
+        seen, counts = [], []
+        for path in self.state_dir.glob("status-*.json"):
+            status = read_json(path, PROGRESS_ONLY) or {}
+            if isinstance(status.get("partition"), int):
+                seen.append(status["partition"] + 1)
+            if isinstance(status.get("topic_partitions"), int):
+                counts.append(status["topic_partitions"])
+        return range(max(counts + seen) if counts else max(seen + [fallback]))
 
     # manifests
 

@@ -16,7 +16,7 @@ def status(settings: Settings) -> dict:
     store = RawStore(settings.data_dir, settings.topic)
     speed_dir = settings.data_dir / "speed" / settings.topic
     partitions = []
-    for partition in range(settings.partitions):
+    for partition in store.partitions(fallback=settings.partitions):
         archiver = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
         stream = read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {}
         partitions.append({

@@ -90,15 +90,16 @@ class Completeness:
         )
 
 
-def completeness(settings: Settings, partitions: int | None = None) -> Completeness:
+def completeness(settings: Settings) -> Completeness:
     """How far the raw store is complete, from the archiver's status files.
 
     A partition is complete up to its event-time watermark less the allowed
     lateness, or up to the wall-clock time it last caught up with the log's end
-    less the allowed lateness, whichever is later.
+    less the allowed lateness, whichever is later. Every partition of the topic
+    counts, as the broker reported them to the archivers, not a configured number.
     """
     store = RawStore(settings.data_dir, settings.topic)
-    expected = range(partitions or settings.partitions)
+    expected = store.partitions(fallback=settings.partitions)
     reported: dict[int, str] = {}
     horizons = []
     for partition in expected:
