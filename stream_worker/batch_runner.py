@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Iterator
 
 from stream_worker import airflow_home
@@ -43,15 +43,14 @@ def run_batch(settings: Settings, day: str | None) -> dict:
         parsed = batch.parse_day(day, latest=now.date(), what="--date")
         batch.require_complete(settings, parsed)  # fail fast instead of waiting in the sensor
         batch.check_inputs(settings, parsed)  # the definition and raw files, before the DAG writes anything
-        # No logical date: a manual run must not take the one the scheduled run for D needs.
-        dag_id, run = "lambda_batch", {"logical_date": None, "run_conf": {"ds": parsed.isoformat()}}
+        dag_id, run = "lambda_batch", {"run_conf": {"ds": parsed.isoformat()}}
     else:
         batch.check_inputs(settings, now.date())
         until = batch.hours_to_build(settings, now.date())
         if until <= batch._start_of(now.date()):
             explained = batch.completeness(settings).explain(now.date(), settings.allowed_lateness)
             raise batch.DayNotComplete(f"no hour of {now.date()} is complete yet; {explained}")
-        dag_id, run = "lambda_batch_today", {"logical_date": None, "run_conf": {"ds": None}}
+        dag_id, run = "lambda_batch_today", {"run_conf": {"ds": None}}
 
     airflow_home.prepare(settings)
     log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
@@ -73,7 +72,7 @@ def run_late(settings: Settings) -> dict:
     for day in late:
         batch.check_inputs(settings, date.fromisoformat(day))
     log.info("running lambda_batch_late: %s", f"days with late raw files: {', '.join(late)}" if late else "no late day")
-    _test_dag("lambda_batch_late", {"logical_date": None})
+    _test_dag("lambda_batch_late", {})
     return {"rebuilt": late, **read_manifest(settings.data_dir)}
 
 
@@ -82,12 +81,22 @@ def _test_dag(dag_id: str, run: dict) -> None:
     from airflow.sdk.definitions.param import ParamValidationError
 
     try:
-        dag_run = _load_dag(dag_id).test(**run)
+        dag_run = _load_dag(dag_id).test(logical_date=_moment_of_its_own(), **run)
     except ParamValidationError as error:  # refused before the run starts: nothing ran
         raise LambdaflowError(f"{dag_id} refused the run: {str(error).strip().splitlines()[0]}") from None
     if str(dag_run.state) != "success":
         failed = [ti.task_id for ti in dag_run.get_task_instances() if str(ti.state) != "success"]
         raise LambdaflowError(f"{dag_id} failed ({', '.join(failed) or dag_run.state}); see the log above")
+
+
+def _moment_of_its_own() -> datetime:
+    """The logical date of an in-process run. dag.test() first deletes the DAG's run with the same
+    logical date: with none, that was any run triggered without one (the way the UI triggers a
+    manual run, and another `lambdaflow batch` running at the same time, which then failed on the
+    deleted run). A moment of its own, to the microsecond, replaces no other run, and a daily DAG's
+    scheduled runs (at midnight) never fall on it."""
+    now = datetime.now(timezone.utc)
+    return now if now.time() != time.min else now + timedelta(microseconds=1)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from cli_helpers import TopicWorld
 from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from worker_helpers import WorkerProcess
-from stream_worker import clients, synthetic
+from stream_worker import airflow_home, clients, synthetic
 from stream_worker.clients import ensure_topic
 from stream_worker import metrics as metric_definitions
 from stream_worker.serving import Question, answer
@@ -177,6 +177,37 @@ def test_a_rebuild_of_today_with_more_lateness_still_covers_every_hour_before_th
     assert manifest["boundary"] == boundary.isoformat()  # never back
     assert manifest["days"][world.today.isoformat()]["built_until"] == boundary.isoformat()
     assert world.answer_for(world.today) == served_before  # no hour left to neither layer
+
+
+@pytest.mark.slow  # four Airflow CLI processes and two concurrent builds: a minute
+def test_two_batches_at_once_both_finish_and_delete_no_run_triggered_in_the_ui(world, tmp_path) -> None:
+    if datetime.now(timezone.utc).hour == 0:
+        pytest.skip("no hour of today is complete yet")
+    airflow_env = {**world.env, **airflow_home.airflow_env(world.settings())}
+
+    def airflow(*args: str) -> str:
+        """Airflow's CLI; its last line of output (it logs to stdout before its result)."""
+        done = subprocess.run([sys.executable, "-m", "airflow", *args], env=airflow_env, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    # The README's way to trigger the manual batch in the UI: no logical date. No scheduler runs here,
+    # so the run stays queued; what matters is that it stays.
+    airflow("dags", "trigger", "lambda_batch_today")
+    (queued,) = [run["run_id"] for run in json.loads(airflow("dags", "list-runs", "lambda_batch_today", "-o", "json"))
+                 if run["state"] == "queued"]
+    batches = [subprocess.Popen([sys.executable, "-m", "stream_worker", "batch", "--today"], env=world.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=(tmp_path / f"batch-{n}.log").open("w"), text=True) for n in range(2)]
+    for n, batch in enumerate(batches):
+        out, _ = batch.communicate(timeout=600)
+        assert batch.returncode == 0, (tmp_path / f"batch-{n}.log").read_text()[-3000:]
+        assert json.loads(out)["boundary"] == world.manifest()["boundary"]
+    runs = {run["run_id"]: run["state"] for run in json.loads(airflow("dags", "list-runs", "lambda_batch_today",
+                                                                         "-o", "json"))}
+    assert runs[queued] == "queued"
+    assert list(runs.values()).count("success") >= 2
 
 
 @pytest.mark.parametrize(
