@@ -90,24 +90,27 @@ def world(kafka_bootstrap, tmp_path_factory) -> Iterator[BatchWorld]:
 
 
 def send_poisoned_messages(bootstrap: str, topic: str, day: date) -> int:
-    """What no single message may do to a layer (invariants 6 and 11): two orders of 2**63 - 1 cents,
-    on ``day`` and today, would wrap a 64-bit sum; an event stamped in 2030, its occurred_at and its
-    Kafka timestamp both, would move a watermark past every day to come. Returns how many were sent."""
+    """What no message may do to a layer (invariants 6 and 11): two orders of 2**63 - 1 cents in one
+    hour of ``day`` would wrap a 64-bit sum; events stamped in 2030 on every partition, their
+    occurred_at and Kafka timestamp both, would move the watermarks past every day to come, so that
+    today would count as complete. Returns how many were sent."""
     producer = clients.producer(bootstrap)
     future = datetime(2030, 6, 1, 12, tzinfo=timezone.utc)
-    moments = [datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9),
-               datetime.now(timezone.utc) - timedelta(minutes=5)]
+    nine = datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9)
+    moments = [nine, nine + timedelta(minutes=30)]  # one hour, one country: summed, they would wrap
     for n, moment in enumerate(moments):
         order = {"event_id": f"poison-{n}", "event_type": "order", "user_id": "poison", "country": "US",
                  "occurred_at": moment.isoformat(), "amount_cents": 2**63 - 1}
         producer.send(topic, key=b"poison", value=json.dumps(order).encode())
-    signup = {"event_id": "from-2030", "event_type": "signup", "user_id": "time-traveller",
-              "occurred_at": future.isoformat()}
-    producer.send(topic, key=b"time-traveller", value=json.dumps(signup).encode(),
-                  timestamp_ms=int(future.timestamp() * 1000))
+    travellers = [f"time-traveller-{n}" for n in range(12)]  # every partition gets some
+    for user in travellers:
+        signup = {"event_id": f"from-2030-{user}", "event_type": "signup", "user_id": user,
+                  "occurred_at": future.isoformat()}
+        producer.send(topic, key=user.encode(), value=json.dumps(signup).encode(),
+                      timestamp_ms=int(future.timestamp() * 1000))
     producer.flush()
     producer.close()
-    return len(moments) + 1
+    return len(moments) + len(travellers)
 
 
 def truth_for(world: BatchWorld, day: date, before_hour: int = 24) -> dict:
