@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import random
 import shutil
-import threading
-import time
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -16,6 +13,7 @@ from worker_helpers import (
     WorkerProcess,
     archived_rows,
     assert_nothing_half_written,
+    kill_9_one_after_another,
     log_truth,
     status_pids,
     wait_for,
@@ -74,13 +72,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
 ) -> None:
     history = options(days=2, per_day=per_day, seed=21, duplicates=0.05, malformed=0.01)
     with Producer(kafka_bootstrap, topic, history, live_rate=200 if live else None) as producer:
-        rng = random.Random(8)
-        for _ in range(kills):
-            archiver = archivers()
-            if live:
-                wait_for(lambda: archiver.pid in status_pids(data_dir, topic).values(), 60, "the archiver to report")
-            time.sleep(rng.uniform(*pause))
-            archiver.kill_9()
+        kill_9_one_after_another(archivers, kills, pause, seed=8,
+                                 reported=(lambda: status_pids(data_dir, topic)) if live else None)
     summary = producer.summary
     assert summary.messages >= 2 * per_day
 

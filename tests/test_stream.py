@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import threading
-import time
 from datetime import datetime, timezone
 
 import duckdb
@@ -14,7 +11,7 @@ from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from stream_worker import synthetic
 from stream_worker.produce import produce
-from worker_helpers import Producer, WorkerProcess, speed_status_pids, wait_for
+from worker_helpers import Producer, WorkerProcess, kill_9_one_after_another, speed_status_pids, wait_for
 
 
 def served_by_speed_layer(data_dir, topic) -> dict:
@@ -69,13 +66,8 @@ def test_kill_9_at_random_moments_keeps_every_hour_exact(
     pause: tuple[float, float],
 ) -> None:
     with Producer(kafka_bootstrap, topic, two_days(61, per_day), live_rate=200 if live else None) as producer:
-        rng = random.Random(10)
-        for _ in range(kills):
-            worker = stream_workers()
-            if live:
-                wait_for(lambda: worker.pid in speed_status_pids(data_dir, topic).values(), 60, "the worker to report")
-            time.sleep(rng.uniform(*pause))
-            worker.kill_9()
+        kill_9_one_after_another(stream_workers, kills, pause, seed=10,
+                                 reported=(lambda: speed_status_pids(data_dir, topic)) if live else None)
     summary = producer.summary
     assert summary.events == 2 * per_day + producer.live_events
     # What a kill in the middle of replacing a status file or a snapshot leaves behind:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -134,6 +135,19 @@ def assert_nothing_half_written(data_dir: Path, topic: str) -> None:
     assert sorted(store.dead_letter_dir.glob("*/*.parquet")) == sorted(store.dead_letter_files())
     leftovers = [p for p in data_dir.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert leftovers == [], f"temporary files left behind: {leftovers[:5]}"
+
+
+def kill_9_one_after_another(start, kills: int, pause: tuple[float, float], seed: int, reported=None) -> None:
+    """Starts a worker with ``start()`` and kills it with SIGKILL after a pause drawn from ``pause``
+    (seconds), ``kills`` times. With ``reported`` (a function giving {partition: pid}), each pause
+    begins once the worker has reported a partition, so that the kill lands while it works."""
+    rng = random.Random(seed)
+    for _ in range(kills):
+        worker = start()
+        if reported is not None:
+            wait_for(lambda: worker.pid in reported().values(), 60, "the worker to report a partition")
+        time.sleep(rng.uniform(*pause))
+        worker.kill_9()
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 0.2) -> None:
