@@ -44,13 +44,13 @@ chaos: install
 	$(BIN)/python tests/chaos.py $(if $(SEED),--seed $(SEED))
 
 # The dbt docs site on 127.0.0.1:$(DOCS_PORT). Generating it opens the warehouse, so it
-# takes the warehouse lock that every batch build holds.
-docs: export LAMBDAFLOW_DATA_DIR ?= $(CURDIR)/data
+# takes the warehouse lock that every batch build holds. The data directory is made absolute
+# first, as lambdaflow does (dbt runs inside dbt_project/), and quoted: it may hold spaces.
 docs: install
-	mkdir -p $(LAMBDAFLOW_DATA_DIR)/warehouse
-	cd dbt_project && flock $(LAMBDAFLOW_DATA_DIR)/warehouse/write.lock \
-		../$(BIN)/dbt docs generate --profiles-dir . --quiet
-	cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
+	@set -e; data="$$(realpath -ms -- "$${LAMBDAFLOW_DATA_DIR:-data}")"; \
+	mkdir -p "$$data/warehouse"; cd dbt_project; export LAMBDAFLOW_DATA_DIR="$$data"; \
+	flock "$$data/warehouse/write.lock" ../$(BIN)/dbt docs generate --profiles-dir . --quiet; \
+	exec ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
 
 # The stack as long-running services on 127.0.0.1 (broker, archiver, stream worker, a live
 # producer, Airflow on 8080, the dbt docs on $(DOCS_PORT)); `up` returns once all are ready

@@ -239,7 +239,7 @@ def test_a_day_that_is_not_complete_fails_fast(world) -> None:
     assert f"day {world.today} is not complete yet" in result.stderr
 
 
-def test_make_docs_builds_and_serves_the_dbt_docs_site(world) -> None:
+def test_make_docs_builds_and_serves_the_dbt_docs_site(world, tmp_path) -> None:
     import signal
     import time
     import urllib.request
@@ -248,8 +248,12 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world) -> None:
 
     port = free_port()
     project = Path(__file__).resolve().parents[1]
+    # The world's data directory as a user may name it: relative to the checkout, with spaces.
+    spaced = tmp_path / "data dir with spaces"
+    spaced.symlink_to(world.data_dir)
+    env = {**world.env, "LAMBDAFLOW_DATA_DIR": os.path.relpath(spaced, project)}
     server = subprocess.Popen(
-        ["make", "--no-print-directory", "docs", f"DOCS_PORT={port}"], cwd=project, env=world.env,
+        ["make", "--no-print-directory", "docs", f"DOCS_PORT={port}"], cwd=project, env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
