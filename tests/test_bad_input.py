@@ -522,6 +522,25 @@ def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, t
     assert {**digests(world.data_dir / "raw"), **digests(world.data_dir / "dead_letter")} == stored
 
 
+@pytest.mark.parametrize("text", ['[{"file": "batch/publ', '[{"file": "../outside", "retired_at": "2026-01-01T00:00:00+00:00"}]'],
+                         ids=["cut-short", "outside-the-data"])
+def test_a_damaged_list_of_retired_files_fails_no_build(world, text: str) -> None:
+    """The list only schedules deletions, and it is read after the day is published: the build
+    finishes, records what it read, and writes the list anew; nothing outside it is deleted."""
+    retired = world.data_dir / "batch" / "retired.json"
+    record = world.data_dir / "batch" / "builds" / f"{world.built}.json"
+    outside = world.data_dir.parent / "outside"
+    outside.write_text("not lambdaflow's")
+    built_at = json.loads(record.read_text())["built_at"]
+    replaced = json.loads((world.data_dir / "batch" / "manifest.json").read_text())["days"][str(world.built)]["file"]
+    retired.write_text(text)
+    result = world.lambdaflow("batch", "--date", str(world.built))
+    assert result.exit_code == 0, result.stderr[-3000:]
+    assert json.loads(record.read_text())["built_at"] > built_at  # the build recorded what it read
+    assert [entry["file"] for entry in json.loads(retired.read_text())] == [replaced]
+    assert outside.read_text() == "not lambdaflow's"
+
+
 def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(kafka_cli, kafka_bootstrap, data_dir,
                                                                      topic) -> None:
     """Realtime counts do not wait for the batch layer's repair: the worker says so once and keeps

@@ -27,7 +27,7 @@ from stream_worker.boundary import manifest_path, read_manifest
 from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
 from stream_worker.errors import InputError, LambdaflowError
-from stream_worker.files import PROGRESS_ONLY, fsync_file, read_json, replace_json, temp_path_for
+from stream_worker.files import PROGRESS_ONLY, DamagedFile, fsync_file, read_json, replace_json, temp_path_for
 from stream_worker.raw_store import RawStore
 from stream_worker.warehouse import warehouse_lock
 
@@ -285,7 +285,7 @@ def _contiguous_end(days: dict[str, dict], since: datetime | None) -> datetime:
 def _remove_later(settings: Settings, relative: str) -> None:
     """A replaced file may still be read by a query that began before the swap: keep it a while."""
     retired = settings.data_dir / "batch" / "retired.json"
-    entries = read_json(retired) or []
+    entries = _retired_entries(retired)
     now = datetime.now(timezone.utc)
     keep = []
     for entry in entries + [{"file": relative, "retired_at": now.isoformat()}]:
@@ -294,6 +294,30 @@ def _remove_later(settings: Settings, relative: str) -> None:
         else:
             keep.append(entry)
     replace_json(retired, keep)
+
+
+def _retired_entries(path: Path) -> list[dict]:
+    """The replaced files still kept, from ``path``. It only schedules deletions, and it is read after
+    the day is published: a damaged list, or an entry that names no published file, is logged and
+    dropped (its file stays on disk) instead of failing a build that has already published."""
+    try:
+        document = read_json(path)
+    except DamagedFile as error:
+        log.warning("%s; writing it anew (the files it listed stay on disk)", error)
+        return []
+    kept = []
+    for entry in document if isinstance(document, list) else [document] if document is not None else []:
+        try:
+            file = Path(entry["file"])
+            aware = datetime.fromisoformat(entry["retired_at"]).tzinfo is not None
+            valid = aware and file.parts[:2] == ("batch", "published") and ".." not in file.parts
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if valid:
+            kept.append(entry)
+        else:
+            log.warning("%s: dropping %r, which names no replaced published file", path, entry)
+    return kept
 
 
 def _start_of(day: date) -> datetime:
