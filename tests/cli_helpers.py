@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -60,8 +61,6 @@ class LongLivedCli:
         return CliResult(reply["exit_code"], Path(out).read_text(), Path(err).read_text())
 
     def _reply(self, timeout: float) -> dict:
-        import selectors
-
         with selectors.DefaultSelector() as selector:
             selector.register(self.process.stdout, selectors.EVENT_READ)
             if not selector.select(timeout):
