@@ -7,6 +7,7 @@ boundary and the speed layer serves everything it has counted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -72,3 +73,52 @@ def boundary_of(manifest: dict | None) -> datetime | None:
     if boundary.tzinfo is not None:
         boundary = boundary.astimezone(timezone.utc).replace(tzinfo=None)
     return boundary
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+def _start_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day)
+
+
+@dataclass(frozen=True)
+class BatchHours:
+    """Which hours the batch layer serves: of each built day, the hours before both the boundary and
+    the day's ``built_until``. Every other hour, a day not built included, is the speed layer's
+    (invariant 5); times are naive UTC, like the boundary."""
+
+    boundary: datetime | None
+    served_until: dict[date, datetime]
+    """Per built day that serves at least one hour from the batch, the end of those hours."""
+    covered: dict[date, dict[str, dict[str, int]]]
+    """Per built day, what its build read of each partition: ``{"epoch", "offset"}`` (exclusive end)."""
+
+    @classmethod
+    def of(cls, manifest: dict | None) -> BatchHours:
+        boundary = boundary_of(manifest)
+        served_until, covered = {}, {}
+        for key, entry in (manifest or {}).get("days", {}).items():
+            day = date.fromisoformat(key)
+            covered[day] = entry.get("covered") or {}
+            if boundary is None:
+                continue
+            until = min(boundary, _naive_utc(datetime.fromisoformat(entry["built_until"])))
+            if until > _start_of(day):
+                served_until[day] = until
+        return cls(boundary, served_until, covered)
+
+    def until(self, day: date) -> datetime:
+        """The end of ``day``'s batch-served hours: its start when the batch serves none of them."""
+        return self.served_until.get(day, _start_of(day))
+
+    def serves(self, hour: datetime) -> bool:
+        """Does the batch serve the hour starting at ``hour``?"""
+        return hour < self.until(hour.date())
+
+    def covered_end(self, day: date, partition: int, epoch: int) -> int:
+        """The offsets of ``partition`` below this were read by ``day``'s build, in log epoch ``epoch``
+        (0 when the day is not built, or its build read another epoch of the log)."""
+        read = self.covered.get(day, {}).get(str(partition))
+        return read["offset"] if read and read.get("epoch") == epoch else 0

@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +28,7 @@ import duckdb
 import jinja2
 import polars as pl
 
-from stream_worker.boundary import boundary_of, read_manifest
+from stream_worker.boundary import BatchHours, boundary_of, read_manifest
 from stream_worker import metrics
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
@@ -76,6 +76,8 @@ class ServingInputs:
     speed_snapshots: list[Path]
     batch_dates: list[date] | None = None
     """The event date of each batch file (the manifest's key for it); None: not known, keep every file."""
+    served_until: dict[date, datetime] = field(default_factory=dict)
+    """Per built day that the batch serves, the end of its batch-served hours (see BatchHours)."""
 
     @classmethod
     def current(cls, settings: Settings) -> ServingInputs:
@@ -88,24 +90,30 @@ class ServingInputs:
                 (settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet")
             ),
             batch_dates=[date.fromisoformat(key) for key in days],
+            served_until=BatchHours.of(manifest).served_until,
         )
 
     def within(self, start: date, end: date) -> ServingInputs:
         """Only the files that can serve an hour of the days ``start`` to ``end``; the boundary stays as read.
 
         A published day's file holds that day's hours only, so other days' files go, and so does a day
-        starting at or after the boundary (the batch serves only hours before it). A snapshot holds every
-        day the speed layer keeps, so the snapshots stay unless the whole range ends by the boundary (the
-        speed layer serves only hours from it on). Leaving out a file drops only rows that the model's
-        boundary filters or the range would drop anyway: the answer is the same, from fewer files.
+        of which the batch serves no hour. A snapshot holds every day the speed layer keeps, so the
+        snapshots stay unless the batch serves every hour of the range. Leaving out a file drops only
+        rows that the model's filters or the range would drop anyway: the answer is the same, from
+        fewer files.
         """
         if self.batch_dates is None:
             return self
         kept = [(path, day) for path, day in zip(self.batch_files, self.batch_dates)
-                if start <= day <= end and (self.boundary is None or _start_of(day) < self.boundary)]
-        speed_serves = self.boundary is None or _start_of(end) + timedelta(hours=23) >= self.boundary
+                if start <= day <= end and day in self.served_until]
+        speed_serves = any(self._until(start + timedelta(days=n)) < _start_of(start + timedelta(days=n + 1))
+                           for n in range((end - start).days + 1))
         return replace(self, batch_files=[path for path, _ in kept], batch_dates=[day for _, day in kept],
+                       served_until={day: self.served_until[day] for _, day in kept},
                        speed_snapshots=self.speed_snapshots if speed_serves else [])
+
+    def _until(self, day: date) -> datetime:
+        return self.served_until.get(day, _start_of(day))
 
     @contextmanager
     def pinned(self) -> Iterator[ServingInputs]:
@@ -137,23 +145,31 @@ class ServingInputs:
             "batch_files": _sql_list(self.batch_files),
             "boundary": self.boundary.isoformat(sep=" ") if self.boundary else None,
             "speed_snapshots": _sql_list(self.speed_snapshots),
+            "batch_days": "[" + ", ".join(f"'{day.isoformat()}'" for day in sorted(self.served_until)) + "]",
+            "batch_until": "[" + ", ".join(f"'{self.served_until[day].isoformat(sep=' ')}'"
+                                           for day in sorted(self.served_until)) + "]",
             "metrics": metrics.defined(),
         }
 
-    def statement(self) -> tuple[str, dict[str, list[str]]]:
-        """The serving model's SQL with the file lists as the parameters ``$batch_files`` and
-        ``$speed_snapshots``, and the values to bind to them.
+    def statement(self) -> tuple[str, dict[str, list]]:
+        """The serving model's SQL with the file lists and the batch-served days as the parameters
+        ``$batch_files``, ``$speed_snapshots``, ``$batch_days`` and ``$batch_until``, and the values
+        to bind to them.
 
         The rendered SQL then depends only on the template, the metrics, the boundary and which
         lists are empty, so it is rendered once per such combination (see :func:`_rendered`), not
         once per answer, while each answer still reads the files it pinned.
         """
-        values = {name: [str(p) for p in paths]
-                  for name, paths in (("batch_files", self.batch_files), ("speed_snapshots", self.speed_snapshots))
-                  if paths}
+        values: dict[str, list] = {
+            name: [str(p) for p in paths]
+            for name, paths in (("batch_files", self.batch_files), ("speed_snapshots", self.speed_snapshots))
+            if paths}
+        if self.served_until:
+            values["batch_days"] = sorted(self.served_until)
+            values["batch_until"] = [self.served_until[day] for day in values["batch_days"]]
         sql = _rendered(SERVING_SQL.read_text(), metrics.defined(),
                         self.boundary.isoformat(sep=" ") if self.boundary else None,
-                        "batch_files" in values, "speed_snapshots" in values)
+                        "batch_files" in values, "speed_snapshots" in values, "batch_days" in values)
         return sql, values
 
 
@@ -171,12 +187,14 @@ def _template(source: str) -> jinja2.Template:
 
 @functools.lru_cache(maxsize=64)
 def _rendered(source: str, defined: tuple[metrics.Metric, ...], boundary: str | None,
-              has_batch: bool, has_speed: bool) -> str:
-    """The model rendered with parameters for its file lists; keyed on everything the text depends on."""
+              has_batch: bool, has_speed: bool, has_served: bool) -> str:
+    """The model rendered with parameters for its lists; keyed on everything the text depends on."""
     return render_serving_sql({
         "batch_files": "$batch_files" if has_batch else "[]",
         "boundary": boundary,
         "speed_snapshots": "$speed_snapshots" if has_speed else "[]",
+        "batch_days": "$batch_days" if has_served else "[]",
+        "batch_until": "$batch_until" if has_served else "[]",
         "metrics": defined,
     })
 
@@ -247,7 +265,7 @@ def answer(settings: Settings, question: Question) -> list[dict]:
             if question.hourly:
                 row["hour"] = hour
             row.update({m: (sums[m] if sums else 0) for m in metrics.names()})
-            row["source"] = _source(day, hour, inputs.boundary)
+            row["source"] = _source(day, hour, inputs.served_until.get(day))
             answers.append(row)
         day += timedelta(days=1)
     return answers
@@ -279,12 +297,14 @@ def _start_of(day: date) -> datetime:
     return datetime(day.year, day.month, day.day)
 
 
-def _source(day: date, hour: int | None, boundary: datetime | None) -> str:
+def _source(day: date, hour: int | None, served_until: datetime | None) -> str:
+    """Which layer serves the hour (or the day, when ``hour`` is None), given the end of the day's
+    batch-served hours (None: the batch serves none of them)."""
     start = _start_of(day) + timedelta(hours=hour or 0)
     end = start + (timedelta(hours=1) if hour is not None else timedelta(days=1))
-    if boundary is None or boundary <= start:
+    if served_until is None or served_until <= start:
         return "realtime"
-    if end <= boundary:
+    if end <= served_until:
         return "batch"
     return "mixed"
 

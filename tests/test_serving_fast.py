@@ -121,7 +121,7 @@ def reference(settings: Settings, question: Question) -> list[dict]:
             for m in NAMES:
                 values = cell[m] if cell else [0]
                 row[m] = None if None in values else sum(values)
-            row["source"] = serving._source(day, hour, inputs.boundary)
+            row["source"] = serving._source(day, hour, inputs.served_until.get(day))
             answers.append(row)
     return answers
 
@@ -191,7 +191,57 @@ def test_an_answer_opens_only_the_files_that_can_hold_its_days(tmp_path, monkeyp
     assert files_for(Question(DAYS[1], DAYS[2])) == batch(DAYS[1], DAYS[2])  # all before the boundary
     assert files_for(Question(DAYS[-1], TODAY)) == batch(DAYS[-1], TODAY) | snapshots
     assert files_for(Question(TODAY + timedelta(days=1), TODAY + timedelta(days=3))) == snapshots
-    assert files_for(Question(DAYS[0] - timedelta(days=9), DAYS[0] - timedelta(days=1))) == set()
+    # Days before the first built day are not built: the speed layer serves them, from its snapshots.
+    assert files_for(Question(DAYS[0] - timedelta(days=9), DAYS[0] - timedelta(days=1))) == snapshots
+
+
+def _speed_sums(data_dir: Path, day: date, hours: range) -> dict[str, int]:
+    """What the snapshots hold for ``hours`` of ``day``, summed over partitions and countries."""
+    frame = pl.read_parquet(sorted((data_dir / "speed" / "events" / "snapshots").glob("*.parquet")))
+    frame = frame.filter((pl.col("event_date") == day) & pl.col("hour").is_in(list(hours)))
+    return {m: int(frame[m].sum()) for m in NAMES}
+
+
+def test_a_day_the_batch_has_not_built_is_served_by_the_speed_layer_never_as_batch_zeros(tmp_path) -> None:
+    """Today built before the days behind it (their catch-up runs still waiting): the boundary is in
+    today, yet yesterday has no batch file. Yesterday must be the speed layer's, and its source says so."""
+    data_dir = tmp_path / "data"
+    settings = make_world(data_dir, seed=12, boundary_hour=None)  # snapshots only: yesterday and today
+    rng = random.Random(13)
+    boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 10)
+    publish_day(data_dir, TODAY, _cells(rng, TODAY, range(10), NAMES), boundary, boundary, "today-first")
+
+    (yesterday,) = answer(settings, Question(DAYS[-1], DAYS[-1]))
+    assert yesterday == {"event_date": DAYS[-1].isoformat(), **_speed_sums(data_dir, DAYS[-1], range(24)),
+                         "source": "realtime"}
+    assert yesterday["events"] > 0
+    hourly = answer(settings, Question(DAYS[-1], TODAY, hourly=True))
+    assert {row["source"] for row in hourly if row["event_date"] == DAYS[-1].isoformat()} == {"realtime"}
+    assert [row["source"] for row in hourly if row["event_date"] == TODAY.isoformat()] == \
+        ["batch"] * 10 + ["realtime"] * 14
+    for question in (Question(DAYS[-1], TODAY), Question(DAYS[-1], TODAY, hourly=True, country="FR")):
+        assert answer(settings, question) == reference(settings, question)
+
+
+def test_the_hours_after_a_days_built_until_are_the_speed_layers_even_before_the_boundary(tmp_path) -> None:
+    """Yesterday built only until 06:00 (a manual run), then today from a later boundary: yesterday's
+    hours from 06:00 on were never built, so the speed layer serves them, not the batch's empty hours."""
+    data_dir = tmp_path / "data"
+    settings = make_world(data_dir, seed=14, boundary_hour=None)
+    rng = random.Random(15)
+    day = DAYS[-1]
+    six = datetime(day.year, day.month, day.day, 6)
+    publish_day(data_dir, day, _cells(rng, day, range(6), NAMES), six, six, "partial")
+    boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 3)
+    publish_day(data_dir, TODAY, _cells(rng, TODAY, range(3), NAMES), boundary, boundary, "later")
+
+    hourly = answer(settings, Question(day, day, hourly=True))
+    assert [row["source"] for row in hourly] == ["batch"] * 6 + ["realtime"] * 18
+    later = [row for row in hourly if row["hour"] >= 6]
+    assert sum(row["events"] for row in later) == _speed_sums(data_dir, day, range(6, 24))["events"] > 0
+    (whole,) = answer(settings, Question(day, day))
+    assert whole["source"] == "mixed"
+    assert whole == reference(settings, Question(day, day))[0]
 
 
 def test_the_serving_sql_is_rendered_once_per_template_metrics_and_boundary(tmp_path) -> None:

@@ -1,8 +1,10 @@
 -- The one serving definition. It reads published files only (the batch layer's
 -- exported hours and the speed layer's per-partition snapshots), so
 -- `lambdaflow query` renders and runs this same SQL in process without opening
--- the warehouse. Batch rows serve the hours before the boundary, realtime rows
--- the hours from it on (invariant 5): no hour is served from both.
+-- the warehouse. Batch rows serve the hours before the boundary of the days the
+-- batch has built (up to each day's built_until), realtime rows every other hour:
+-- the hours from the boundary on, and the days not built (invariant 5). No hour is
+-- served by both layers, none by neither.
 
 {% set metrics = var('metrics') %}
 {% set served_columns -%}
@@ -36,14 +38,23 @@ batch as (
 
 ),
 
+-- Per built day, the end of the hours the batch serves: the earlier of the boundary
+-- and the day's built_until. A day not listed is served by the speed layer alone.
+batch_served_days as (
+
+    select
+        unnest({{ var('batch_days') }}::date[]) as event_date,
+        unnest({{ var('batch_until') }}::timestamp[]) as served_until
+
+),
+
 realtime_partitions as (
 
     {% if var('speed_snapshots') != '[]' %}
     select {{ served_columns }}
     from read_parquet({{ var('speed_snapshots') }}, union_by_name = true)
-    {% if var('boundary') %}
-    where cast(event_date as timestamp) + to_hours(hour) >= cast('{{ var("boundary") }}' as timestamp)
-    {% endif %}
+    left join batch_served_days using (event_date)
+    where cast(event_date as timestamp) + to_hours(hour) >= coalesce(served_until, cast(event_date as timestamp))
     {% else %}
     {{ no_rows }}
     {% endif %}
