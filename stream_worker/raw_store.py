@@ -89,6 +89,23 @@ class BatchRange:
         )
 
 
+def read_ends(files: list[Path]) -> dict[str, dict[str, int]]:
+    """What ``files`` hold of each partition: its latest log epoch among them and the offset after the
+    last one they hold in it, ``{"<partition>": {"epoch": E, "offset": O}}``. A day's covered files
+    hold every event of the day below that offset: the archiver publishes all of a batch's dates
+    before its manifest moves past them."""
+    ends: dict[str, dict[str, int]] = {}
+    for path in files:
+        batch = BatchRange.parse(path.name)
+        if batch is None:
+            continue
+        key = str(batch.partition)
+        latest = ends.get(key, {"epoch": -1, "offset": 0})
+        if (batch.epoch, batch.last + 1) > (latest["epoch"], latest["offset"]):
+            ends[key] = {"epoch": batch.epoch, "offset": batch.last + 1}
+    return dict(sorted(ends.items(), key=lambda item: int(item[0])))
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Per partition: the log epoch, and the offset the next batch must start at."""

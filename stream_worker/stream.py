@@ -34,7 +34,7 @@ import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients
-from stream_worker.boundary import SPEED_RETENTION_GRACE, boundary_of, read_manifest
+from stream_worker.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
@@ -131,6 +131,7 @@ class StreamWorker(ConsumerRebalanceListener):
         self._group_id = group_id
         self._fatal: LambdaflowError | None = None
         self._boundary: datetime | None = None  # as last read from the batch manifest
+        self._batch_hours = BatchHours.of(None)  # the same reading: which hours the batch serves
         self._manifest_damaged = False
         self._classifier = Classifier()
         self._probe = LogProbe(bootstrap)
@@ -157,6 +158,7 @@ class StreamWorker(ConsumerRebalanceListener):
                     raise self._fatal
                 polled = self._consumer.poll(timeout_ms=MAX_BATCH_WAIT_MS, max_records=MAX_BATCH_MESSAGES)
                 self._count(polled)
+                self._follow_batch()
                 self._read_end_offsets()
                 for partition in self.owned:
                     self._write_status(partition)
@@ -204,15 +206,15 @@ class StreamWorker(ConsumerRebalanceListener):
         self.totals.rejects += decoded.rejects.height
         self._batch_manifest()
         for partition, partition_records in batches.items():
-            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._boundary)
+            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._batch_hours)
 
-    def _commit(self, partition: int, records: list, events, boundary: datetime | None) -> None:
+    def _commit(self, partition: int, records: list, events, batch: BatchHours) -> None:
         owned = self.owned[partition]
         start, end = owned.position, records[-1].offset + 1
         if events is None:
             events = pl.DataFrame(schema=EVENT_SCHEMA)
         try:
-            new = owned.state.apply(events, start, end, fingerprint(records[-1]), boundary)
+            new = owned.state.apply(events, start, end, fingerprint(records[-1]), batch)
         except StaleBatch as error:
             self.totals.stale_batches += 1
             log.warning("%s[%d] batch %d..%d not counted: %s; re-seeking", self.topic, partition, start, end - 1, error)
@@ -226,6 +228,16 @@ class StreamWorker(ConsumerRebalanceListener):
         clients.commit_for_lag_tools(self._consumer, self.topic, partition, end)
         self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
+
+    def _follow_batch(self) -> None:
+        """A new build may have read events the speed layer held back (rank 2, see speed_state): hand
+        their user-days to the batch now, not at the next message, which may be long in coming."""
+        hours = self._batch_hours
+        if self._batch_manifest() is None or self._batch_hours == hours:
+            return
+        for partition, owned in self.owned.items():
+            if owned.state is not None and owned.state.follow(self._batch_hours):
+                owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _holds_last_counted(self, tp: TopicPartition, owned: Owned) -> bool | None:
         """Does the broker's log hold the last record counted? None when the broker does not answer."""
@@ -335,17 +347,19 @@ class StreamWorker(ConsumerRebalanceListener):
                 owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _prune(self, state: PartitionState) -> None:
-        """Drop days behind the boundary (less the grace), but never one not yet reconciled."""
+        """Drop the days behind the boundary (less the grace) that the batch serves whole and that have
+        been reconciled; never a day the batch has not built, which the speed layer alone serves."""
         manifest = self._batch_manifest()
         if manifest is None or self._boundary is None:
             return
+        hours = BatchHours.of(manifest)
         first_kept = (self._boundary - self.retention_grace).date()
-        built = manifest.get("days", {})
-        for key in sorted(built):
-            day = date.fromisoformat(key)
-            if day < first_kept and not report_path(self.data_dir, day).exists():
+        day = state.first_day()
+        while day is not None and day < first_kept:
+            if hours.until(day) < _start_of(day + timedelta(days=1)) or not report_path(self.data_dir, day).exists():
                 first_kept = day
                 break
+            day += timedelta(days=1)
         state.drop_days_before(first_kept)
 
     def _batch_manifest(self) -> dict | None:
@@ -363,6 +377,7 @@ class StreamWorker(ConsumerRebalanceListener):
             log.info("the batch manifest is readable again")
         self._manifest_damaged = False
         self._boundary = boundary_of(manifest)
+        self._batch_hours = BatchHours.of(manifest)
         return manifest
 
     # progress
@@ -408,3 +423,7 @@ class StreamWorker(ConsumerRebalanceListener):
                  f"{now - last_commit:.1f} s ago" if last_commit else "none yet")
         progress.last_report = now
         progress.messages_at_last_report = self.totals.messages
+
+
+def _start_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day)

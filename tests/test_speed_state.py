@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from stream_worker import metrics
+from stream_worker.boundary import BatchHours
 from stream_worker.metrics import Metric
 from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy, StateMetricsDiffer, StateUnreadable
 from test_aggregate import events
@@ -52,14 +53,56 @@ def test_an_earlier_event_arriving_later_moves_the_attribution(state) -> None:
     assert totals(state)["active_users"] == 1
 
 
-def test_an_attribution_never_moves_into_hours_the_batch_serves(state) -> None:
+def built(until_hour: int, read_below: int, epoch: int = 0) -> BatchHours:
+    """2026-11-26 built until ``until_hour`` (the boundary), its build having read partition 0 below ``read_below``."""
+    return BatchHours.of({
+        "boundary": f"2026-11-26T{until_hour:02d}:00:00+00:00",
+        "days": {"2026-11-26": {"file": "batch/published/x.parquet", "built_until": f"2026-11-26T{until_hour:02d}:00:00+00:00",
+                                "covered": {"0": {"epoch": epoch, "offset": read_below}}}},
+    })
+
+
+def served_users(state: PartitionState, batch: BatchHours) -> list[tuple[int, str, int]]:
+    """(hour, country, active_users) of the rows the speed layer serves: the hours the batch does not."""
+    snapshot = state.snapshot().filter(pl.col("active_users") > 0)
+    return [(hour, country, users) for day, hour, country, users
+            in snapshot.select("event_date", "hour", "country", "active_users").rows()
+            if not batch.serves(datetime(day.year, day.month, day.day, hour))]
+
+
+def test_a_late_event_the_batch_did_not_read_leaves_the_user_in_the_speed_layers_hour(state) -> None:
     state.apply(events(("e2", "login", "u1", "2026-11-26T12:00:00Z", "US", None, 0)), 0, 1, LAST)
-    boundary = datetime(2026, 11, 26, 11)  # the batch has built every hour before 11:00
-    state.apply(events(("e1", "login", "u1", "2026-11-26T09:00:00Z", "DE", None, 1)), 1, 2, LAST, boundary)
-    rows = state.snapshot().filter(pl.col("active_users") > 0).select("hour", "country").rows()
-    assert rows == [(12, "US")]  # still served by the speed layer
-    late = state._run("select event_hour, country, kind, users from late_attributions")
-    assert late == [(datetime(2026, 11, 26, 9), "DE", "active_users", 1)]
+    batch = built(until_hour=11, read_below=1)  # the batch has built every hour before 11:00
+    state.apply(events(("e1", "login", "u1", "2026-11-26T09:00:00Z", "DE", None, 1)), 1, 2, LAST, batch)
+    assert served_users(state, batch) == [(12, "US", 1)]  # the batch never read e1: the speed layer counts u1
+    # A rebuild reads e1 (offset 1): the batch now counts u1 at 09:00, so the speed layer lets go of it.
+    rebuilt = built(until_hour=11, read_below=2)
+    state.apply(events(), 2, 2, LAST, rebuilt)
+    assert served_users(state, rebuilt) == []
+    assert state.snapshot().filter(pl.col("active_users") > 0).select("hour", "country").rows() == [(9, "DE")]
+
+
+def test_a_user_the_batch_counted_leaves_the_realtime_hour_once_the_lagging_speed_layer_reads_it(state) -> None:
+    """The speed layer lags: it has counted u1's 14:00 event, not yet the 09:10 one that arrived later.
+    `batch --today` reads both and counts u1 at 09:00; when the speed layer reads e1, u1 leaves 14:00."""
+    state.apply(events(("e2", "login", "u1", "2026-11-26T14:00:00Z", "US", None, 0)), 0, 1, LAST)
+    batch = built(until_hour=13, read_below=2)
+    assert served_users(state, batch) == [(14, "US", 1)]
+    state.apply(events(("e1", "login", "u1", "2026-11-26T09:10:00Z", "DE", None, 1)), 1, 2, LAST, batch)
+    assert served_users(state, batch) == []
+    assert totals(state)["active_users"] == 1
+
+
+def test_a_user_day_first_seen_late_is_counted_at_its_first_event_the_speed_layer_serves(state) -> None:
+    batch = built(until_hour=11, read_below=0)
+    state.apply(events(("e1", "login", "u1", "2026-11-26T09:00:00Z", "DE", None, 0)), 0, 1, LAST, batch)
+    assert served_users(state, batch) == []  # late for the batch: nobody counts it until a rebuild
+    state.apply(events(("e2", "login", "u1", "2026-11-26T12:00:00Z", "US", None, 1)), 1, 2, LAST, batch)
+    assert served_users(state, batch) == [(12, "US", 1)]
+    # The build read another log epoch than the one counted: its offsets say nothing of this log.
+    other_epoch = built(until_hour=11, read_below=5, epoch=1)
+    state.apply(events(), 2, 2, LAST, other_epoch)
+    assert served_users(state, other_epoch) == [(12, "US", 1)]
 
 
 def test_the_state_survives_a_reopen(tmp_path) -> None:

@@ -28,7 +28,7 @@ from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
 from stream_worker.errors import InputError, LambdaflowError
 from stream_worker.files import PROGRESS_ONLY, DamagedFile, fsync_file, read_json, replace_json, temp_path_for
-from stream_worker.raw_store import RawStore
+from stream_worker.raw_store import RawStore, read_ends
 from stream_worker.warehouse import warehouse_lock
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
     with warehouse_lock(settings):
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         _dbt(settings, "build", "--vars", _yaml(variables))
-        published = publish(settings, day, until, variables)
+        published = publish(settings, day, until, variables, read_ends(covered))
         late.record_build(settings, day, covered, digests)
     return published
 
@@ -237,8 +237,10 @@ def _dbt_failure(result) -> str:
 # publishing (invariant 5)
 
 
-def publish(settings: Settings, day: date, until: datetime, variables: dict) -> dict:
-    """Export the day's built hours and swap the batch manifest to include them."""
+def publish(settings: Settings, day: date, until: datetime, variables: dict,
+            covered: dict[str, dict[str, int]] | None = None) -> dict:
+    """Export the day's built hours and swap the batch manifest to include them, with what the build
+    read of each partition (``covered``): the speed layer tells by it which users the batch counted."""
     batch_dir = settings.data_dir / "batch"
     final = batch_dir / "published" / f"event_date={day.isoformat()}" / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +257,7 @@ def publish(settings: Settings, day: date, until: datetime, variables: dict) -> 
         "file": str(final.relative_to(settings.data_dir)),
         "built_until": until.isoformat(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "covered": covered or {},
     }
     previous = manifest.get("boundary")
     boundary = _contiguous_end(days, since=datetime.fromisoformat(previous) if previous else None)
