@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from stream_worker import aggregate
+from stream_worker import aggregate, attribution
 from stream_worker.boundary import BatchHours
 from stream_worker import metrics as metric_definitions
 from stream_worker.errors import LambdaflowError, first_line
@@ -31,7 +31,7 @@ from stream_worker.files import fsync_file, temp_path_for
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
+_SCHEMA = attribution.SCHEMA + """
 create table if not exists consumed (
     kafka_partition integer primary key,
     next_offset bigint not null,
@@ -44,16 +44,6 @@ create table if not exists seen_events (
     event_id varchar not null
 );
 create table if not exists first_seen (
-    event_date date not null,
-    user_id varchar not null,
-    kind varchar not null,
-    occurred_at timestamptz not null,
-    kafka_offset bigint not null,
-    event_hour timestamp not null,
-    country varchar not null,
-    primary key (event_date, user_id, kind)
-);
-create table if not exists held (
     event_date date not null,
     user_id varchar not null,
     kind varchar not null,
@@ -97,7 +87,7 @@ def _snapshot_sql(metrics: tuple[Metric, ...]) -> str:
     return f"""
 with users as (
     select event_hour, country{user_counts}
-    from first_seen
+    from ({attribution.USERS_SQL}) as counted
     group by all
 ),
 
@@ -213,9 +203,8 @@ class PartitionState:
             if consumed.next_offset != start:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
             fresh = self._fresh(aggregate.with_event_hour(aggregate.first_copies(events)))
-            candidates = aggregate.first_seen(fresh, self.metrics)
-            self._register_batch_days(candidates, batch or BatchHours.of(None), consumed.epoch)
-            self._promote_held()
+            days = self._register_batch_days(batch, consumed.epoch, set(fresh["event_date"].unique().to_list()))
+            attribution.follow(con)
             if fresh.height:
                 con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
                 updates = ", ".join(f"{m.name} = {m.name} + excluded.{m.name}" for m in aggregate.counted(self.metrics))
@@ -223,7 +212,7 @@ class PartitionState:
                     insert into hourly by name (select * from batch_hourly)
                     on conflict (event_hour, country) do {f"update set {updates}" if updates else "nothing"}
                 """)
-                self._attribute(candidates)
+                self._attribute(fresh, days)
             self._run("""
                 insert or replace into consumed values (?, ?, ?, ?, now())
             """, [self.partition, end, consumed.epoch, json.dumps(last_record)])
@@ -237,19 +226,20 @@ class PartitionState:
         return fresh.height
 
     def follow(self, batch: BatchHours) -> bool:
-        """Hand to the batch the held user-days that ``batch``'s builds have since read. True if any moved."""
+        """Hand to the batch the user-days that ``batch``'s builds have since read (see attribution).
+        True if any changed."""
         con = self._con
         con.begin()
         try:
-            self._register_batch_days(aggregate.FIRST_SEEN_SCHEMA.to_frame(), batch, self.consumed().epoch)
-            moved = self._promote_held()
+            self._register_batch_days(batch, self.consumed().epoch, set())
+            changed = attribution.follow(con)
             con.commit()
         except BaseException:
             con.rollback()
             raise
         finally:
             con.unregister("batch_days")
-        return moved > 0
+        return changed > 0
 
     def _fresh(self, events: pl.DataFrame) -> pl.DataFrame:
         """The events of the batch not counted before, their keys recorded as seen."""
@@ -265,100 +255,27 @@ class PartitionState:
         self._run("insert into seen_events select event_hour, event_id from batch_events")
         return fresh
 
-    # Attribution (invariant 10). The batch counts a user-day when its build read one of the user's
-    # events in an hour the batch serves; the speed layer counts every other user-day at its first
-    # event in an hour the speed layer serves. Each event of a user-day is ranked by what the batch
-    # made of it:
-    #   0  in a batch-served hour, read by the day's build: the batch counts the user-day;
-    #   1  in an hour the speed layer serves;
-    #   2  in a batch-served hour, not read by the build (late): nobody counts it until a rebuild does.
-    # A user-day keeps its best event by (rank, occurred_at, offset), so it is served in a realtime
-    # hour exactly when the batch did not count it. A rank-2 event passed over for a rank-1 one is
-    # held: when a rebuild reads it (it turns rank 0), the user-day moves to the batch.
+    def _register_batch_days(self, batch: BatchHours | None, epoch: int, days: set) -> pl.DataFrame:
+        frame = attribution.batch_days(self._con, batch or BatchHours.of(None), self.partition, epoch, days)
+        self._con.register("batch_days", frame)
+        return frame
 
-    _RANK = """case
-        when {x}.event_hour >= coalesce(d.served_until, cast({x}.event_date as timestamp)) then 1
-        when {x}.kafka_offset < coalesce(d.covered_end, 0) then 0
-        else 2
-    end"""
-
-    def _register_batch_days(self, candidates: pl.DataFrame, batch: BatchHours, epoch: int) -> None:
-        """``batch_days``: per day of the candidates or the held events, the end of its batch-served
-        hours and the offset below which the day's build read this partition."""
-        held_days = {day for (day,) in self._run("select distinct event_date from held")}
-        days = sorted(set(candidates["event_date"].unique().to_list()) | held_days)
-        self._con.register("batch_days", pl.DataFrame({
-            "event_date": days,
-            "served_until": [batch.until(day) for day in days],
-            "covered_end": [batch.covered_end(day, self.partition, epoch) for day in days],
-        }, schema={"event_date": pl.Date, "served_until": pl.Datetime("us"), "covered_end": pl.Int64}))
-
-    def _promote_held(self) -> int:
-        """Held events a rebuild has since read: their user-days are now the batch's. Returns how many."""
-        rank = self._RANK.format(x="h")
-        moved = self._run(f"""
-            insert or replace into first_seen by name (
-                select h.* from held as h join batch_days as d using (event_date) where {rank} = 0
-            )
-        """)
-        self._run(f"""
-            delete from held as h using batch_days as d
-            where h.event_date = d.event_date and {rank} = 0
-        """)[0][0]
-        return moved
-
-    def _attribute(self, candidates: pl.DataFrame) -> None:
-        """Each candidate (a user-day's first event in the micro-batch) against the user-day's kept event."""
-        self._con.register("batch_first_seen", candidates)
-        columns = ", ".join(aggregate.FIRST_SEEN_SCHEMA.names())
-        c_rank, f_rank = self._RANK.format(x="c"), self._RANK.format(x="f")
-        self._run(f"""
-            create or replace temp table decided as
-            with ranked as (
-                select
-                    c.*,
-                    {c_rank} as c_rank,
-                    f.user_id is not null as kept,
-                    {f_rank} as f_rank,
-                    f.occurred_at as f_occurred_at, f.kafka_offset as f_kafka_offset,
-                    f.event_hour as f_event_hour, f.country as f_country
-                from batch_first_seen as c
-                left join first_seen as f using (event_date, user_id, kind)
-                left join batch_days as d using (event_date)
-            )
-            select
-                *,
-                not kept
-                    or c_rank < f_rank
-                    or (c_rank = f_rank and (occurred_at < f_occurred_at
-                                             or (occurred_at = f_occurred_at and kafka_offset < f_kafka_offset)))
-                    as wins
-            from ranked
-        """)
-        held_rows = f"""
-            select event_date, user_id, kind, occurred_at, kafka_offset, event_hour, country
-            from decided where not wins and c_rank = 2 and f_rank = 1
-            union all
-            select event_date, user_id, kind, f_occurred_at, f_kafka_offset, f_event_hour, f_country
-            from decided where wins and kept and c_rank = 1 and f_rank = 2
-        """
-        self._run(f"""
-            insert into held by position ({held_rows})
-            on conflict (event_date, user_id, kind) do update set
-                occurred_at = excluded.occurred_at, kafka_offset = excluded.kafka_offset,
-                event_hour = excluded.event_hour, country = excluded.country
-            where excluded.occurred_at < held.occurred_at
-               or (excluded.occurred_at = held.occurred_at and excluded.kafka_offset < held.kafka_offset)
-        """)
+    def _attribute(self, fresh: pl.DataFrame, days: pl.DataFrame) -> None:
+        """Keep each user-day's first event, and what the speed layer counts beside it (see attribution)."""
+        firsts, realtime_firsts = attribution.split(fresh, days, self.metrics)
+        attribution.before_firsts_change(self._con, firsts, days)
+        self._con.register("batch_first_seen", firsts)
         self._run("""
-            delete from held as h using decided as x
-            where x.wins and x.c_rank = 0
-              and h.event_date = x.event_date and h.user_id = x.user_id and h.kind = x.kind
+            insert into first_seen by name (select * from batch_first_seen)
+            on conflict (event_date, user_id, kind) do update set
+                occurred_at = excluded.occurred_at,
+                kafka_offset = excluded.kafka_offset,
+                event_hour = excluded.event_hour,
+                country = excluded.country
+            where excluded.occurred_at < first_seen.occurred_at
+               or (excluded.occurred_at = first_seen.occurred_at and excluded.kafka_offset < first_seen.kafka_offset)
         """)
-        self._run(f"""
-            insert or replace into first_seen by name (select {columns} from decided where wins)
-        """)
-        self._run("drop table decided")
+        attribution.after_realtime_events(self._con, realtime_firsts)
 
     def restart_log(self, epoch: int) -> None:
         """The partition's log restarted: consume the new log from its beginning."""
@@ -386,7 +303,7 @@ class PartitionState:
         self._run("delete from seen_events where event_hour < ?", [first_kept])
         self._run("delete from hourly where event_hour < ?", [first_kept])
         self._run("delete from first_seen where event_date < ?", [first_kept])
-        self._run("delete from held where event_date < ?", [first_kept])
+        self._run("delete from late_firsts where event_date < ?", [first_kept])
         con.commit()
 
     def close(self) -> None:

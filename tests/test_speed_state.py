@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import random
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -156,3 +157,60 @@ def test_a_damaged_state_file_is_refused_with_the_way_out(tmp_path) -> None:
     path.write_bytes(b"\x00garbage" * 512)
     with pytest.raises(StateUnreadable, match="cannot be read .*lambdaflow stream --replay"):
         PartitionState(path, 0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_each_user_day_is_served_once_across_both_layers_whatever_the_order(tmp_path, seed) -> None:
+    """One partition, a day of events arriving out of order, counted in random micro-batches while
+    the batch builds ever more of the day (the boundary moving on, rebuilds reading late events).
+    Each build reads what the speed layer has counted by then, as when it has caught up. After every
+    step, the users the speed layer serves must be exactly those the batch did not count, each at
+    its first counted event in a realtime hour."""
+    rng = random.Random(seed)
+    day = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    rows = [(f"e{n}", "login", f"u{rng.randrange(12)}", day + timedelta(minutes=rng.randrange(24 * 60)))
+            for n in range(150)]
+    rng.shuffle(rows)  # arrival order: offsets
+    state = PartitionState(tmp_path / "p.duckdb", 0)
+    consumed, boundary_hour, read_below = 0, 0, 0
+    batch = None
+    while consumed < len(rows):
+        step = rng.randrange(1, 25)
+        chunk = rows[consumed:consumed + step]
+        frame = events(*((eid, kind, user, at.isoformat(), "DE", None, consumed + i)
+                         for i, (eid, kind, user, at) in enumerate(chunk)))
+        state.apply(frame, consumed, consumed + len(chunk), LAST, batch)
+        consumed += len(chunk)
+        if rng.random() < 0.3:  # a build: the boundary moves on (or stays), reading what has arrived
+            boundary_hour = min(24, boundary_hour + rng.randrange(0, 6))
+            read_below = consumed
+            batch = built(until_hour=boundary_hour, read_below=read_below) if boundary_hour < 24 else \
+                built_whole_day(read_below)
+            state.follow(batch)
+        expected = _served_once(rows[:consumed], boundary_hour, read_below)
+        assert served_users(state, batch or BatchHours.of(None)) == expected, (seed, consumed)
+    state.close()
+
+
+def built_whole_day(read_below: int) -> BatchHours:
+    return BatchHours.of({
+        "boundary": "2026-11-27T00:00:00+00:00",
+        "days": {"2026-11-26": {"file": "batch/published/x.parquet", "built_until": "2026-11-27T00:00:00+00:00",
+                                "covered": {"0": {"epoch": 0, "offset": read_below}}}},
+    })
+
+
+def _served_once(arrived: list[tuple], boundary_hour: int, read_below: int) -> list[tuple[int, str, int]]:
+    """The truth: a user the batch read in a batch-served hour is the batch's; any other user is
+    served at its first event (by time, then offset) in an hour from the boundary on."""
+    per_user: dict[str, list[tuple]] = {}
+    for offset, (_, _, user, at) in enumerate(arrived):
+        per_user.setdefault(user, []).append((at, offset))
+    hours: dict[int, int] = {}
+    for found in per_user.values():
+        if any(at.hour < boundary_hour and offset < read_below for at, offset in found):
+            continue
+        later = sorted(item for item in found if item[0].hour >= boundary_hour)
+        if later:
+            hours[later[0][0].hour] = hours.get(later[0][0].hour, 0) + 1
+    return [(hour, "DE", users) for hour, users in sorted(hours.items())]
