@@ -46,8 +46,11 @@ def with_event_hour(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def first_copies(events: pl.DataFrame) -> pl.DataFrame:
-    """One row per event_id: the copy first by (partition, offset)."""
-    return events.sort("kafka_partition", "kafka_offset").unique("event_id", keep="first", maintain_order=True)
+    """One row per event: the copy first by (partition, offset). Copies of an event share its key (so
+    its partition) and its occurred_at (so its hour); an event_id reused with another key or in another
+    hour is another event, as the dedupe per partition and hour would count it. Needs ``event_hour``."""
+    return (events.sort("kafka_partition", "kafka_offset")
+            .unique(["event_id", "kafka_partition", "event_hour"], keep="first", maintain_order=True))
 
 
 def hourly_counts(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) -> pl.DataFrame:
@@ -85,7 +88,7 @@ def hourly_metrics(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = No
     one pass: used to explain differences between the layers.
     """
     metrics = metrics or metric_definitions.defined()
-    distinct = with_event_hour(first_copies(events))
+    distinct = first_copies(with_event_hour(events))
     keys = ["event_hour", "country"]
     table = hourly_counts(distinct, metrics)
     users = first_seen(distinct, metrics)

@@ -202,7 +202,7 @@ class PartitionState:
             consumed = self.consumed()
             if consumed.next_offset != start:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
-            fresh = self._fresh(aggregate.with_event_hour(aggregate.first_copies(events)))
+            fresh = self._fresh(aggregate.first_copies(aggregate.with_event_hour(events)))
             days = self._register_batch_days(batch, consumed.epoch, set(fresh["event_date"].unique().to_list()))
             attribution.follow(con)
             if fresh.height:

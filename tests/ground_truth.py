@@ -21,11 +21,15 @@ def hourly_metrics(records) -> dict[tuple[date, int, str], dict[str, int]]:
         if expected_reason(record.key, record.value, record.timestamp) is None:
             valid.append((record, expected_event(record.key, record.value)))
 
-    seen: set[str] = set()
+    # Copies of an event share its key (so its partition) and occurred_at (so its hour): an event_id
+    # reused with another key or in another hour is another event.
+    seen: set[tuple] = set()
     distinct = []
     for record, event in valid:
-        if event["event_id"] not in seen:
-            seen.add(event["event_id"])
+        at = event["occurred_at"]
+        identity = (event["event_id"], record.partition, at.date(), at.hour)
+        if identity not in seen:
+            seen.add(identity)
             distinct.append((record, event))
 
     table: dict = defaultdict(lambda: dict.fromkeys(METRICS, 0))

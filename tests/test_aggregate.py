@@ -38,7 +38,7 @@ def test_the_first_copy_by_offset_wins() -> None:
         ("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 3),
         ("e2", "login", "u1", "2026-11-26T10:05:00Z", "DE", None, 5),
     )
-    assert sorted(aggregate.first_copies(batch).select("event_id", "kafka_offset").rows()) == [("e1", 3), ("e2", 5)]
+    assert sorted(aggregate.first_copies(aggregate.with_event_hour(batch)).select("event_id", "kafka_offset").rows()) == [("e1", 3), ("e2", 5)]
 
 
 def test_hourly_counts_sum_orders_revenue_and_page_views() -> None:

@@ -25,8 +25,13 @@ renamed as (
         kafka_offset
 
     from source
-    -- The first copy of an event by (partition, offset) counts; copies share the day.
-    qualify row_number() over (partition by event_id order by kafka_partition, kafka_offset) = 1
+    -- The first copy of an event by (partition, offset) counts. Copies share the key (so the
+    -- partition) and occurred_at (so the hour): an event_id reused with another user's key or in
+    -- another hour is another event, in both layers (the speed layer dedupes per partition and hour).
+    qualify row_number() over (
+        partition by event_id, kafka_partition, date_trunc('hour', occurred_at)
+        order by kafka_offset
+    ) = 1
 
 )
 
