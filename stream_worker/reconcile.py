@@ -30,7 +30,7 @@ from stream_worker import aggregate
 from stream_worker.boundary import boundary_of, read_manifest, speed_may_drop_before
 from stream_worker.config import Settings
 from stream_worker.errors import InputError, LambdaflowError
-from stream_worker.files import read_json, replace_json
+from stream_worker.files import DamagedFile, read_json, replace_json
 from stream_worker.late import read_build_record, require_as_built
 from stream_worker.metrics import Metric, defined
 from stream_worker.raw_store import BatchRange, RawStore
@@ -107,8 +107,30 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
             "reconciled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "note": None,
         })
+    rows = judged(rows, settings.reconcile_threshold)
     replace_json(report_path(settings.data_dir, day), rows)
     return rows
+
+
+def judged(rows: list[dict], threshold: int) -> list[dict]:
+    """The rows, each with ``within_threshold``: is its unexplained part within the threshold? The report
+    keeps the verdict, so that a failed reconciliation stays failed for whoever reads it later (the
+    speed layer keeps a day until it has passed)."""
+    return [{**row, "within_threshold": abs(row["unexplained"]) <= threshold
+             and not (threshold == 0 and row["hours_unexplained"])} for row in rows]
+
+
+def passed(data_dir: Path, day: date) -> bool:
+    """Has ``day`` been reconciled, with every metric within the threshold? A report written before
+    reports kept the verdict passes when nothing was unexplained."""
+    try:
+        rows = read_json(report_path(data_dir, day))
+    except DamagedFile:
+        return False
+    return bool(rows) and isinstance(rows, list) and all(
+        isinstance(row, dict) and row.get("within_threshold", row.get("unexplained") == 0
+                                           and not row.get("hours_unexplained"))
+        for row in rows)
 
 
 def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
@@ -157,8 +179,7 @@ def report_path(data_dir: Path, day: date) -> Path:
 
 def require_within_threshold(rows: list[dict], threshold: int) -> None:
     """Fail, naming each metric and hour, when an unexplained difference is above the threshold."""
-    wrong = [row for row in rows if abs(row["unexplained"]) > threshold or
-             (threshold == 0 and row["hours_unexplained"])]
+    wrong = [row for row in judged(rows, threshold) if not row["within_threshold"]]
     if wrong:
         detail = "; ".join(f"{row['metric']} by {row['unexplained']:+d} (hours {_listed(row['hours_unexplained'])})"
                            for row in wrong)

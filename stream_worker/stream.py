@@ -33,7 +33,7 @@ from pathlib import Path
 import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
-from stream_worker import clients
+from stream_worker import clients, reconcile
 from stream_worker.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
@@ -41,7 +41,6 @@ from stream_worker.errors import LambdaflowError
 from stream_worker.files import DamagedFile, remove_stale_temps, replace_json
 from stream_worker.group import AssignmentClock, NoPartitionAssigned
 from stream_worker.log_identity import LogProbe, fingerprint
-from stream_worker.reconcile import report_path
 from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy
 
 log = logging.getLogger(__name__)
@@ -347,20 +346,12 @@ class StreamWorker(ConsumerRebalanceListener):
                 owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _prune(self, state: PartitionState) -> None:
-        """Drop the days behind the boundary (less the grace) that the batch serves whole and that have
-        been reconciled; never a day the batch has not built, which the speed layer alone serves."""
+        """Drop the days the speed layer no longer needs (see first_day_kept)."""
         manifest = self._batch_manifest()
-        if manifest is None or self._boundary is None:
-            return
-        hours = BatchHours.of(manifest)
-        first_kept = (self._boundary - self.retention_grace).date()
-        day = state.first_day()
-        while day is not None and day < first_kept:
-            if hours.until(day) < _start_of(day + timedelta(days=1)) or not report_path(self.data_dir, day).exists():
-                first_kept = day
-                break
-            day += timedelta(days=1)
-        state.drop_days_before(first_kept)
+        kept = None if manifest is None else first_day_kept(self.data_dir, manifest, state.first_day(),
+                                                             self.retention_grace)
+        if kept is not None:
+            state.drop_days_before(kept)
 
     def _batch_manifest(self) -> dict | None:
         """Read the batch manifest and its boundary. While it is damaged, say so once and return None:
@@ -427,3 +418,19 @@ class StreamWorker(ConsumerRebalanceListener):
 
 def _start_of(day: date) -> datetime:
     return datetime(day.year, day.month, day.day)
+
+
+def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
+    """The first day the speed layer keeps (None: keep all): it drops the days before the boundary (less
+    the grace) that the batch serves whole and whose reconciliation passed, never a day the batch has
+    not built (the speed layer alone serves it) or one whose reconciliation failed or has not run."""
+    hours = BatchHours.of(manifest)
+    if hours.boundary is None or earliest is None:
+        return None
+    first_kept = (hours.boundary - grace).date()
+    day = earliest
+    while day < first_kept:
+        if hours.until(day) < _start_of(day + timedelta(days=1)) or not reconcile.passed(data_dir, day):
+            return day
+        day += timedelta(days=1)
+    return first_kept

@@ -1,0 +1,63 @@
+"""Which days the speed layer may drop: only what the batch serves whole and has reconciled."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from stream_worker.errors import LambdaflowError
+from stream_worker.files import replace_json
+from stream_worker.reconcile import judged, report_path, require_within_threshold
+from stream_worker.stream import first_day_kept
+
+FIRST = date(2026, 11, 20)
+GRACE = timedelta(days=1)
+
+
+def manifest(built: list[date], boundary: date) -> dict:
+    return {"boundary": f"{boundary.isoformat()}T00:00:00+00:00",
+            "days": {day.isoformat(): {"file": f"batch/published/{day}.parquet",
+                                       "built_until": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00"}
+                     for day in built}}
+
+
+def report(data_dir, day: date, unexplained: int, threshold: int = 0) -> list[dict]:
+    rows = judged([{"event_date": day.isoformat(), "metric": "events", "unexplained": unexplained,
+                    "hours_unexplained": [3] if unexplained else []}], threshold)
+    replace_json(report_path(data_dir, day), rows)
+    return rows
+
+
+def test_a_failed_reconciliation_keeps_its_day_in_the_speed_layer(tmp_path) -> None:
+    """The report is written before the threshold check fails the task; a day whose report only exists
+    was dropped all the same, and the difference could never be looked into again."""
+    days = [FIRST + timedelta(days=n) for n in range(5)]
+    built = manifest(days, boundary=days[-1] + timedelta(days=1))
+    report(tmp_path, days[0], 0)
+    failed = report(tmp_path, days[1], 7)
+    with pytest.raises(LambdaflowError, match="events by \\+7"):
+        require_within_threshold(failed, 0)
+    assert first_day_kept(tmp_path, built, days[0], GRACE) == days[1]
+    # Once the day passes (rebuilt, reconciled again), the days after it go too, up to the grace.
+    report(tmp_path, days[1], 0)
+    for day in days[2:4]:
+        report(tmp_path, day, 2, threshold=5)  # within a threshold of 5: passed
+    assert first_day_kept(tmp_path, built, days[0], GRACE) == days[4]
+
+
+def test_a_day_not_built_is_never_dropped(tmp_path) -> None:
+    days = [FIRST + timedelta(days=n) for n in range(5)]
+    for day in days:
+        report(tmp_path, day, 0)
+    built = manifest([d for d in days if d != days[2]], boundary=days[-1] + timedelta(days=1))
+    assert first_day_kept(tmp_path, built, days[0], GRACE) == days[2]
+    assert first_day_kept(tmp_path, {}, days[0], GRACE) is None  # nothing built: keep all
+
+
+def test_a_damaged_report_counts_as_not_reconciled(tmp_path) -> None:
+    days = [FIRST + timedelta(days=n) for n in range(3)]
+    report(tmp_path, days[0], 0)
+    report_path(tmp_path, days[1]).write_text("{not json")
+    built = manifest(days, boundary=days[-1] + timedelta(days=1))
+    assert first_day_kept(tmp_path, built, days[0], GRACE) == days[1]
