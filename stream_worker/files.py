@@ -29,6 +29,18 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def mkdir_durably(path: Path) -> None:
+    """Create the folder ``path`` and its missing parents, each new one's entry fsynced into its parent:
+    a file published into a new folder, and a manifest naming it, then survive a crash together."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
+
+
 def temp_path_for(final: Path, temp_dir: Path) -> Path:
     """A unique temporary name in ``temp_dir``, which sits on the same file system as ``final``."""
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -53,15 +65,23 @@ def publish_new(temp: Path, final: Path) -> None:
     A hard link fails atomically when the name is taken, so a published file is
     never replaced, not even by a racing writer.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
+    mkdir_durably(final.parent)
     os.link(temp, final)  # FileExistsError when the name is taken
     os.unlink(temp)
     fsync_dir(final.parent)
 
 
+def publish_replacing(temp: Path, final: Path) -> None:
+    """Give a finished, fsynced temporary file its final name, replacing any file of that name, and
+    make the name durable before anything that refers to it is written."""
+    mkdir_durably(final.parent)
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+
+
 def replace_json(path: Path, document: Any, temp_dir: Path | None = None) -> None:
     """Atomically replace a small JSON file (write, fsync, rename, fsync the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mkdir_durably(path.parent)
     temp = temp_path_for(path, temp_dir or path.parent)
     with temp.open("w") as handle:
         json.dump(document, handle, indent=1, sort_keys=True, default=str)

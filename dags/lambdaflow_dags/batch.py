@@ -27,7 +27,8 @@ from stream_worker.boundary import manifest_path, read_manifest
 from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
 from stream_worker.errors import InputError, LambdaflowError
-from stream_worker.files import PROGRESS_ONLY, DamagedFile, fsync_file, read_json, replace_json, temp_path_for
+from stream_worker.files import (PROGRESS_ONLY, DamagedFile, fsync_file, publish_replacing, read_json, replace_json,
+                                 temp_path_for)
 from stream_worker.raw_store import RawStore, read_ends
 from stream_worker.warehouse import warehouse_lock
 
@@ -243,12 +244,11 @@ def publish(settings: Settings, day: date, until: datetime, variables: dict,
     read of each partition (``covered``): the speed layer tells by it which users the batch counted."""
     batch_dir = settings.data_dir / "batch"
     final = batch_dir / "published" / f"event_date={day.isoformat()}" / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
-    final.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(final, settings.data_dir / "tmp" / "batch")
     export_args = {"ds": day.isoformat(), "until": until.replace(tzinfo=None).isoformat(sep=" "), "path": str(temp)}
     _dbt(settings, "run-operation", "export_built_hours", "--args", _yaml(export_args), "--vars", _yaml(variables))
     fsync_file(temp)
-    os.replace(temp, final)
+    publish_replacing(temp, final)  # the file and its new folder are durable before the manifest names them
 
     manifest = read_manifest(settings.data_dir) or {"days": {}}
     days = dict(manifest.get("days", {}))
