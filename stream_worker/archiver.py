@@ -132,6 +132,7 @@ class Archiver(ConsumerRebalanceListener):
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(500, session_timeout_ms // 4),
         )
+        self._connections = clients.NewConnections(self._consumer)
 
     # the loop
 
@@ -147,6 +148,8 @@ class Archiver(ConsumerRebalanceListener):
                 if self._watch.departures > self._departures_seen:
                     self._publish_on_departure()
                 polled = self._consumer.poll(timeout_ms=500)
+                if self._connections.since_last_asked():
+                    self._publish_before_new_connection()
                 self._accept(polled)
                 self._read_end_offsets()
                 for partition in list(self.owned):
@@ -271,6 +274,18 @@ class Archiver(ConsumerRebalanceListener):
         buffered = sum(owned.buffer.messages for owned in self.owned.values())
         if buffered:
             log.info("%s: publishing the %d buffered messages while the broker is away", self.topic, buffered)
+        for partition in list(self.owned):
+            self._publish(partition, check_log=False)
+
+    def _publish_before_new_connection(self) -> None:
+        """The consumer connected anew: what it fetches now may come from a broker that restarted
+        without its log, too fast for the watch to see it leave. Every buffered record came over the
+        earlier connection, from the log it read, so the buffers are published as they are, before
+        any new record joins them; the next publish checks the log as always."""
+        buffered = sum(owned.buffer.messages for owned in self.owned.values())
+        if buffered:
+            log.info("%s: new connection to the broker: publishing the %d buffered messages first",
+                     self.topic, buffered)
         for partition in list(self.owned):
             self._publish(partition, check_log=False)
 

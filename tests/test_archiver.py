@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -181,6 +184,39 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
     rows = archived_rows(data_dir, "raw/events")
     assert len(rows) == before.events + after.events
     assert {(r.partition, r.offset) for r in new_log} <= set(rows)
+
+
+def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(own_broker, data_dir, kafka_cli,
+                                                                          tmp_path) -> None:
+    """The archiver holds the first log's messages in its buffers (a long roll) when the broker restarts
+    empty while the archiver is paused, so its watch never sees the broker leave. The new log then grows
+    past the old position. The buffered messages, read from the first log, must be archived in its
+    epoch, and the new log in the next one: nothing the speed layer may have counted is dropped."""
+    topic = own_broker.topic
+    env = {**kafka_cli.env, "LAMBDAFLOW_ARCHIVE_ROLL_MB": "256", "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "3600"}
+    archiver = WorkerProcess("archive", env, tmp_path / "archiver.log")
+    try:
+        before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=600, seed=61))
+        status = RawStore(data_dir, topic).state_dir
+        wait_for(lambda: sum(json.loads(p.read_text()).get("read_offset") or 0 for p in status.glob("status-*.json"))
+                 == before.messages, 60, "the first log to be read into the buffers")
+        assert archived_rows(data_dir, "raw/events") == []  # all of it buffered
+        os.kill(archiver.pid, signal.SIGSTOP)
+        try:
+            own_broker.restart()
+        finally:
+            os.kill(archiver.pid, signal.SIGCONT)
+        after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=1_800, seed=62))
+        wait_for(lambda: len(archived_rows(data_dir, "raw/events")) >= before.events, 60,
+                 "the buffered first log to be published")
+        archiver.terminate()
+    finally:
+        archiver.ensure_stopped()
+    WorkerProcess("archive", kafka_cli.env, tmp_path / "archiver-2.log", "--until-idle").wait()
+    store = RawStore(data_dir, topic)
+    epochs = Counter(BatchRange.parse(p.name).epoch for p in store.events_dir.glob("*/*.parquet"))
+    assert set(epochs) == {0, 1}
+    assert len(archived_rows(data_dir, "raw/events")) == before.events + after.events
 
 
 @pytest.mark.slow
