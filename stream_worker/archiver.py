@@ -319,7 +319,7 @@ class Archiver(ConsumerRebalanceListener):
                 self._resync(partition, manifest)
                 return
             files = self._write_files(batch, events, rejects, ingested_at)
-            manifest = manifest.advanced(batch, buffer.last_record)
+            manifest = manifest.advanced(batch, buffer.last_record, buffer.first_record)
             self.store.write_manifest(manifest)
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())

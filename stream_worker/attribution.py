@@ -52,15 +52,15 @@ _IS_READ = "({hour} < d.served_until and {offset} < d.covered_end)"
 _DAYS_SCHEMA = {"event_date": pl.Date, "served_until": pl.Datetime("us"), "covered_end": pl.Int64}
 
 
-def batch_days(con: duckdb.DuckDBPyConnection, batch: BatchHours, partition: int, epoch: int,
+def batch_days(con: duckdb.DuckDBPyConnection, batch: BatchHours, partition: int, epoch: int, log: str | None,
                days: set) -> pl.DataFrame:
     """Per day of ``days`` and of ``late_firsts``: the end of its batch-served hours and the offset
-    below which its build read the partition (in this log epoch)."""
+    below which its build read the partition, in the log counted (``log``, else its ``epoch``)."""
     days = sorted(set(days) | {day for (day,) in con.execute("select distinct event_date from late_firsts").fetchall()})
     return pl.DataFrame({
         "event_date": days,
         "served_until": [batch.until(day) for day in days],
-        "covered_end": [batch.covered_end(day, partition, epoch) for day in days],
+        "covered_end": [batch.covered_end(day, partition, epoch, log) for day in days],
     }, schema=_DAYS_SCHEMA)
 
 

@@ -75,6 +75,15 @@ def boundary_of(manifest: dict | None) -> datetime | None:
     return boundary
 
 
+def log_id(first_record: dict | None) -> str | None:
+    """A partition log's identity: its first record (offset 0), by timestamp and checksum. The archiver
+    and the stream worker number the logs they read apart (log epochs); a restarted memory-only broker
+    reuses offsets, so two workers tell whether they read the same log by this."""
+    if not first_record or first_record.get("offset") != 0:
+        return None
+    return f"{first_record.get('timestamp')}-{first_record.get('crc32')}"
+
+
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
@@ -92,8 +101,9 @@ class BatchHours:
     boundary: datetime | None
     served_until: dict[date, datetime]
     """Per built day that serves at least one hour from the batch, the end of those hours."""
-    covered: dict[date, dict[str, dict[str, int]]]
-    """Per built day, what its build read of each partition: ``{"epoch", "offset"}`` (exclusive end)."""
+    covered: dict[date, dict[str, dict]]
+    """Per built day, what its build read of each partition: ``{"epoch", "offset", "log"}`` (the
+    archiver's log epoch, the exclusive end offset, and the log's identity when known)."""
 
     @classmethod
     def of(cls, manifest: dict | None) -> BatchHours:
@@ -117,8 +127,12 @@ class BatchHours:
         """Does the batch serve the hour starting at ``hour``?"""
         return hour < self.until(hour.date())
 
-    def covered_end(self, day: date, partition: int, epoch: int) -> int:
-        """The offsets of ``partition`` below this were read by ``day``'s build, in log epoch ``epoch``
-        (0 when the day is not built, or its build read another epoch of the log)."""
+    def covered_end(self, day: date, partition: int, epoch: int, log: str | None = None) -> int:
+        """The offsets of ``partition`` below this were read by ``day``'s build from the log the caller
+        reads (identified by ``log``, else by its epoch ``epoch``); 0 when the day is not built, or its
+        build read another log."""
         read = self.covered.get(day, {}).get(str(partition))
-        return read["offset"] if read and read.get("epoch") == epoch else 0
+        if not read:
+            return 0
+        same = read["log"] == log if read.get("log") and log else read.get("epoch") == epoch
+        return read["offset"] if same else 0

@@ -26,6 +26,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from stream_worker.boundary import log_id
 from stream_worker.errors import InputError, first_line
 from stream_worker.files import PROGRESS_ONLY, DamagedFile, read_json, replace_json
 
@@ -89,12 +90,12 @@ class BatchRange:
         )
 
 
-def read_ends(files: list[Path]) -> dict[str, dict[str, int]]:
-    """What ``files`` hold of each partition: its latest log epoch among them and the offset after the
-    last one they hold in it, ``{"<partition>": {"epoch": E, "offset": O}}``. A day's covered files
-    hold every event of the day below that offset: the archiver publishes all of a batch's dates
-    before its manifest moves past them."""
-    ends: dict[str, dict[str, int]] = {}
+def read_ends(files: list[Path], manifests: dict[int, Manifest]) -> dict[str, dict]:
+    """What ``files`` hold of each partition: its latest log epoch among them, the offset after the last
+    one they hold in it, and that log's identity when known, ``{"<partition>": {"epoch", "offset",
+    "log"}}``. A day's covered files hold every event of the day below that offset: the archiver
+    publishes all of a batch's dates before its manifest moves past them."""
+    ends: dict[str, dict] = {}
     for path in files:
         batch = BatchRange.parse(path.name)
         if batch is None:
@@ -103,6 +104,11 @@ def read_ends(files: list[Path]) -> dict[str, dict[str, int]]:
         latest = ends.get(key, {"epoch": -1, "offset": 0})
         if (batch.epoch, batch.last + 1) > (latest["epoch"], latest["offset"]):
             ends[key] = {"epoch": batch.epoch, "offset": batch.last + 1}
+    for key, end in ends.items():
+        manifest = manifests.get(int(key))
+        known = manifest.log_ids.get(str(end["epoch"])) if manifest else None
+        if known:
+            end["log"] = known
     return dict(sorted(ends.items(), key=lambda item: int(item[0])))
 
 
@@ -118,6 +124,8 @@ class Manifest:
     last_record: dict | None = None
     # Earlier epochs and the offset each ended at (exclusive).
     closed_epochs: dict[str, int] = field(default_factory=dict)
+    # Per epoch, the identity of the log read in it (boundary.log_id), once its offset 0 is archived.
+    log_ids: dict[str, str] = field(default_factory=dict)
     updated_at: str | None = None
 
     def covers(self, batch: BatchRange) -> bool:
@@ -128,8 +136,11 @@ class Manifest:
         end = self.closed_epochs.get(str(batch.epoch))
         return end is not None and batch.last < end
 
-    def advanced(self, batch: BatchRange, last_record: dict) -> Manifest:
-        return replace(self, next_offset=batch.last + 1, last_record=last_record, updated_at=_now())
+    def advanced(self, batch: BatchRange, last_record: dict, first_record: dict | None = None) -> Manifest:
+        log_ids = self.log_ids
+        if batch.first == 0 and log_id(first_record):
+            log_ids = {**log_ids, str(batch.epoch): log_id(first_record)}
+        return replace(self, next_offset=batch.last + 1, last_record=last_record, log_ids=log_ids, updated_at=_now())
 
     def new_epoch(self) -> Manifest:
         closed = {**self.closed_epochs, str(self.epoch): self.next_offset}

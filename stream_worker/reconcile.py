@@ -33,7 +33,7 @@ from stream_worker.errors import InputError, LambdaflowError
 from stream_worker.files import DamagedFile, read_json, replace_json
 from stream_worker.late import read_build_record, require_as_built
 from stream_worker.metrics import Metric, defined
-from stream_worker.raw_store import BatchRange, RawStore
+from stream_worker.raw_store import BatchRange, Manifest, RawStore
 from stream_worker.serving import ServingInputs
 
 KEYS = ["hour"]
@@ -41,14 +41,21 @@ KEYS = ["hour"]
 
 @dataclass(frozen=True)
 class SpeedPosition:
-    """How far the speed layer had counted a partition: its log epoch and next offset."""
+    """How far the speed layer had counted a partition: its log epoch, next offset and log identity."""
 
     epoch: int
     next_offset: int
+    log_id: str | None = None
 
-    def has_seen(self, batch: BatchRange) -> pl.Expr | bool:
-        if batch.epoch != self.epoch:
-            return batch.epoch < self.epoch
+    def has_seen(self, batch: BatchRange, archived: Manifest | None) -> pl.Expr | bool:
+        """Which rows of an archived batch the speed layer has counted. The two workers number the logs
+        they read apart (a replay starts at epoch 0 again); where the archiver knows the identity of
+        the log the speed layer counts, its epoch for that log stands in for the speed layer's."""
+        epoch = self.epoch
+        if self.log_id and archived is not None:
+            epoch = next((int(e) for e, log in archived.log_ids.items() if log == self.log_id), epoch)
+        if batch.epoch != epoch:
+            return batch.epoch < epoch
         return pl.col("kafka_offset") < self.next_offset
 
 
@@ -77,7 +84,8 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     # A build from before build records existed: what it read is unknown, so nothing counts as late.
     built = set(record["raw_files"]) if record else {f.name for f in files}
     late = [f for f in files if f.name not in built]
-    read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None)  # noqa: E731
+    archived = RawStore(settings.data_dir, settings.topic).manifests()
+    read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None, archived)  # noqa: E731
     as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
     with_late = _metrics_by_hour(_concat([read([f for f in files if f.name in built], False),
                                           read(late, True)]), metrics)
@@ -198,11 +206,12 @@ def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
     for frame in snapshots:
         if frame.height:
             row = frame.row(0, named=True)
-            positions[row["kafka_partition"]] = SpeedPosition(row["epoch"], row["next_offset"])
+            positions[row["kafka_partition"]] = SpeedPosition(row["epoch"], row["next_offset"], row.get("log_id"))
     return positions
 
 
-def _events(files: list[Path], positions: dict[int, SpeedPosition] | None) -> pl.DataFrame:
+def _events(files: list[Path], positions: dict[int, SpeedPosition] | None,
+            archived: dict[int, Manifest] | None = None) -> pl.DataFrame:
     """The valid events in ``files``; with ``positions``, only those the speed layer has counted."""
     frames = []
     for path in files:
@@ -212,7 +221,7 @@ def _events(files: list[Path], positions: dict[int, SpeedPosition] | None) -> pl
             position = positions.get(batch.partition) if batch else None
             if position is None:
                 continue
-            seen = position.has_seen(batch)
+            seen = position.has_seen(batch, (archived or {}).get(batch.partition))
             frame = frame.filter(seen) if isinstance(seen, pl.Expr) else (frame if seen else frame.clear())
         frames.append(frame)
     return _concat(frames)

@@ -23,7 +23,7 @@ import duckdb
 import polars as pl
 
 from stream_worker import aggregate, attribution
-from stream_worker.boundary import BatchHours
+from stream_worker.boundary import BatchHours, log_id
 from stream_worker import metrics as metric_definitions
 from stream_worker.errors import LambdaflowError, first_line
 from stream_worker.metrics import Metric
@@ -39,6 +39,7 @@ create table if not exists consumed (
     last_record varchar,
     committed_at timestamptz not null
 );
+alter table consumed add column if not exists log_id varchar;
 create table if not exists seen_events (
     event_hour timestamp not null,
     event_id varchar not null
@@ -73,7 +74,7 @@ def snapshot_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
     return pl.Schema({
         "event_date": pl.Date, "hour": pl.Int32, "country": pl.String,
         **{m.name: pl.Int64 for m in metrics},
-        "kafka_partition": pl.Int32, "next_offset": pl.Int64, "epoch": pl.Int32,
+        "kafka_partition": pl.Int32, "next_offset": pl.Int64, "epoch": pl.Int32, "log_id": pl.String,
     })
 
 
@@ -108,7 +109,8 @@ select
     {", ".join(m.name for m in metrics)},
     c.kafka_partition,
     c.next_offset,
-    c.epoch
+    c.epoch,
+    c.log_id
 from merged
 cross join consumed as c
 order by event_date, hour, country
@@ -140,6 +142,8 @@ class Consumed:
     next_offset: int
     epoch: int
     last_record: dict | None
+    log_id: str | None = None
+    """The identity of the log counted in this epoch (boundary.log_id), once its offset 0 is counted."""
 
 
 class PartitionState:
@@ -181,19 +185,21 @@ class PartitionState:
 
     def consumed(self) -> Consumed:
         rows = self._run(
-            "select next_offset, epoch, last_record from consumed where kafka_partition = ?", [self.partition]
+            "select next_offset, epoch, last_record, log_id from consumed where kafka_partition = ?", [self.partition]
         )
         if not rows:
             return Consumed(0, 0, None)
-        next_offset, epoch, last_record = rows[0]
-        return Consumed(next_offset, epoch, json.loads(last_record) if last_record else None)
+        next_offset, epoch, last_record, log = rows[0]
+        return Consumed(next_offset, epoch, json.loads(last_record) if last_record else None, log)
 
     def apply(self, events: pl.DataFrame, start: int, end: int, last_record: dict,
-              batch: BatchHours | None = None) -> int:
+              batch: BatchHours | None = None, first_record: dict | None = None) -> int:
         """Count a micro-batch of valid events covering offsets start..end-1, exactly once.
 
         ``batch``: the hours the batch layer serves, and what its builds read, as the batch manifest
-        said when the micro-batch was read (None: nothing built). Returns how many events were new.
+        said when the micro-batch was read (None: nothing built). ``first_record``: the fingerprint of
+        the record at ``start``; at offset 0 it names the log (boundary.log_id). Returns how many
+        events were new.
         Raises StaleBatch, changing nothing, when the stored offset is not ``start``.
         """
         con = self._con
@@ -203,7 +209,8 @@ class PartitionState:
             if consumed.next_offset != start:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
             fresh = self._fresh(aggregate.first_copies(aggregate.with_event_hour(events)))
-            days = self._register_batch_days(batch, consumed.epoch, set(fresh["event_date"].unique().to_list()))
+            log = log_id(first_record) if start == 0 else consumed.log_id
+            days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
             attribution.follow(con)
             if fresh.height:
                 con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
@@ -214,8 +221,9 @@ class PartitionState:
                 """)
                 self._attribute(fresh, days)
             self._run("""
-                insert or replace into consumed values (?, ?, ?, ?, now())
-            """, [self.partition, end, consumed.epoch, json.dumps(last_record)])
+                insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
+                values (?, ?, ?, ?, now(), ?)
+            """, [self.partition, end, consumed.epoch, json.dumps(last_record), log])
             con.commit()
         except BaseException:
             con.rollback()
@@ -231,7 +239,8 @@ class PartitionState:
         con = self._con
         con.begin()
         try:
-            self._register_batch_days(batch, self.consumed().epoch, set())
+            consumed = self.consumed()
+            self._register_batch_days(batch, consumed, set(), consumed.log_id)
             changed = attribution.follow(con)
             con.commit()
         except BaseException:
@@ -255,8 +264,10 @@ class PartitionState:
         self._run("insert into seen_events select event_hour, event_id from batch_events")
         return fresh
 
-    def _register_batch_days(self, batch: BatchHours | None, epoch: int, days: set) -> pl.DataFrame:
-        frame = attribution.batch_days(self._con, batch or BatchHours.of(None), self.partition, epoch, days)
+    def _register_batch_days(self, batch: BatchHours | None, consumed: Consumed, days: set,
+                             log: str | None) -> pl.DataFrame:
+        frame = attribution.batch_days(self._con, batch or BatchHours.of(None), self.partition, consumed.epoch,
+                                       log, days)
         self._con.register("batch_days", frame)
         return frame
 
@@ -279,7 +290,10 @@ class PartitionState:
 
     def restart_log(self, epoch: int) -> None:
         """The partition's log restarted: consume the new log from its beginning."""
-        self._run("insert or replace into consumed values (?, 0, ?, null, now())", [self.partition, epoch])
+        self._run("""
+            insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
+            values (?, 0, ?, null, now(), null)
+        """, [self.partition, epoch])
 
     def snapshot(self) -> pl.DataFrame:
         return self._con.sql(_snapshot_sql(self.metrics)).pl().cast(snapshot_schema(self.metrics))

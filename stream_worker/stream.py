@@ -213,7 +213,7 @@ class StreamWorker(ConsumerRebalanceListener):
         if events is None:
             events = pl.DataFrame(schema=EVENT_SCHEMA)
         try:
-            new = owned.state.apply(events, start, end, fingerprint(records[-1]), batch)
+            new = owned.state.apply(events, start, end, fingerprint(records[-1]), batch, fingerprint(records[0]))
         except StaleBatch as error:
             self.totals.stale_batches += 1
             log.warning("%s[%d] batch %d..%d not counted: %s; re-seeking", self.topic, partition, start, end - 1, error)

@@ -61,3 +61,22 @@ def test_a_damaged_report_counts_as_not_reconciled(tmp_path) -> None:
     report_path(tmp_path, days[1]).write_text("{not json")
     built = manifest(days, boundary=days[-1] + timedelta(days=1))
     assert first_day_kept(tmp_path, built, days[0], GRACE) == days[1]
+
+
+def test_reconciliation_maps_the_speed_layers_epoch_to_the_archivers_by_the_log(tmp_path) -> None:
+    """The speed layer, replayed after a broker restart, counts the new log as its epoch 0; the archiver
+    calls it epoch 1. What the speed layer has seen of the archiver's epoch-1 files is its offsets."""
+    import polars as pl
+
+    from stream_worker.raw_store import BatchRange, Manifest
+    from stream_worker.reconcile import SpeedPosition
+
+    archived = Manifest(topic="events", partition=0, epoch=1, next_offset=9, log_ids={"0": "old", "1": "new"})
+    replayed = SpeedPosition(epoch=0, next_offset=5, log_id="new")
+    in_new_log = BatchRange("events", 1, 0, 0, 8)
+    frame = pl.DataFrame({"kafka_offset": list(range(9))})
+    seen = replayed.has_seen(in_new_log, archived)
+    assert isinstance(seen, pl.Expr) and frame.filter(seen)["kafka_offset"].to_list() == [0, 1, 2, 3, 4]
+    assert replayed.has_seen(BatchRange("events", 0, 0, 0, 3), archived) is True  # the log before it
+    unknown = SpeedPosition(epoch=0, next_offset=5, log_id=None)  # a state from before log identities
+    assert unknown.has_seen(in_new_log, archived) is False

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import polars as pl
 import pytest
 
 from stream_worker import metrics
-from stream_worker.boundary import BatchHours
+from stream_worker.boundary import BatchHours, log_id
 from stream_worker.metrics import Metric
 from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy, StateMetricsDiffer, StateUnreadable
 from test_aggregate import events
@@ -214,3 +214,23 @@ def _served_once(arrived: list[tuple], boundary_hour: int, read_below: int) -> l
         if later:
             hours[later[0][0].hour] = hours.get(later[0][0].hour, 0) + 1
     return [(hour, "DE", users) for hour, users in sorted(hours.items())]
+
+
+def test_a_build_of_the_same_log_counts_though_the_workers_number_its_epochs_apart(state) -> None:
+    """After a broker restart the archiver reads the new log as its epoch 1; a speed layer replayed
+    from it counts the same log as its epoch 0. The build's offsets apply to the log both read, told
+    by its identity (its first record), not by the epoch numbers."""
+    first = {"offset": 0, "timestamp": 1796000000000, "crc32": 77}
+    state.apply(events(("e2", "login", "u1", "2026-11-26T14:00:00Z", "US", None, 0)), 0, 1, LAST, None, first)
+    assert state.consumed().log_id == log_id(first) and state.consumed().epoch == 0
+    same_log = BatchHours.of({
+        "boundary": "2026-11-26T13:00:00+00:00",
+        "days": {"2026-11-26": {"file": "f", "built_until": "2026-11-26T13:00:00+00:00",
+                                "covered": {"0": {"epoch": 1, "offset": 2, "log": log_id(first)}}}}})
+    other_log = BatchHours.of({
+        "boundary": "2026-11-26T13:00:00+00:00",
+        "days": {"2026-11-26": {"file": "f", "built_until": "2026-11-26T13:00:00+00:00",
+                                "covered": {"0": {"epoch": 0, "offset": 2, "log": "another-log"}}}}})
+    assert other_log.covered_end(date(2026, 11, 26), 0, 0, log_id(first)) == 0  # epoch 0, but another log
+    state.apply(events(("e1", "login", "u1", "2026-11-26T09:10:00Z", "DE", None, 1)), 1, 2, LAST, same_log)
+    assert served_users(state, same_log) == []  # the batch read e1 from this log: u1 is the batch's

@@ -178,7 +178,8 @@ def build(settings: Settings, day: date, until: datetime | None = None) -> dict:
     with warehouse_lock(settings):
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         _dbt(settings, "build", "--vars", _yaml(variables))
-        published = publish(settings, day, until, variables, read_ends(covered))
+        read = read_ends(covered, RawStore(settings.data_dir, settings.topic).manifests())
+        published = publish(settings, day, until, variables, read)
         late.record_build(settings, day, covered, digests)
     return published
 
