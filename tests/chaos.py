@@ -8,7 +8,13 @@ schedule drawn from the seed:
 - lets a second archiver and a second stream worker join and leave (rebalances);
 - pauses the broker (SIGSTOP for a few seconds, then SIGCONT);
 - runs batch builds, a rebuild, a backfill of every closed day and the manual
-  batch for today, each in a process of its own, while events flow.
+  batch for today, each in a process of its own, while events flow; the first
+  is a batch for today with no day behind it built yet (days built out of
+  order), one runs while every stream worker is stopped (a lagging speed layer
+  across a manual batch), and once two `lambdaflow batch --today` start at once
+  (concurrent triggers: each must build, or refuse with one line);
+- sends a share of the events from producers whose clocks are 3 hours ahead or
+  behind (occurred_at and Kafka timestamp both skewed).
 
 Then the producer finishes, the workers catch up, and the runner does what an
 operator would: it builds each closed day not built yet, rebuilds the days with
@@ -19,10 +25,14 @@ tests/ground_truth.py):
 - the raw store holds every valid offset of the log once, and the dead letter
   exactly the malformed ones;
 - `lambdaflow query` serves, per day and per hour (and per country), exactly
-  the metrics computed from the log.
+  the metrics computed from the log;
+- at every moment it looked (after each build, around the stalled speed layer,
+  at the end), each hour was served by the layer the manifest assigns it, never
+  by both and never by neither (`served_once`).
 
-The last line is ``chaos: N kills, M events, L lost, D duplicated``; the exit
-code is 1 unless L and D are 0 and every check passed. The seed is printed
+The last line is ``chaos: N kills, M events, L lost, D duplicated, H hours served
+twice or never``; the exit code is 1 unless L, D and H are 0 and every check
+passed. The seed is printed
 first: ``make chaos SEED=<seed>`` replays the same schedule and the same events.
 
     python tests/chaos.py [--seed S] [--duration SECONDS] [--kills K] [--events-per-day E]
@@ -65,6 +75,7 @@ TOPIC = "events"
 PARTITIONS = 3
 HISTORY_DAYS = 3
 PRODUCING_SHARE = 0.7  # of the scenario's duration, the rest lets faults hit a quiet log
+SKEWED_SHARE = 0.02  # of the events, sent from a producer whose clock is 3 hours off
 
 
 @dataclass(frozen=True)
@@ -82,9 +93,10 @@ class Scenario:
             + ["second archiver"] * 2 * rounds + ["second stream worker"] * 2 * rounds
             + ["pause broker"] * rounds
             + ["build a day"] * rounds + ["rebuild a day", "backfill", "batch for today"]
+            + ["batch for today, the speed layer stopped", "two batches for today at once"]
         )
         rng.shuffle(actions)
-        return actions
+        return ["batch for today, no day built"] + actions
 
 
 @dataclass
@@ -93,6 +105,8 @@ class Tally:
     pauses: int = 0
     builds: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    moments: int = 0  # times the served hours were checked
+    misserved: set = field(default_factory=set)  # (day, hour) served twice or never at some moment
 
 
 class Workers:
@@ -210,6 +224,39 @@ class Builds:
         log.info("build %s: %s", result["day"], result["result"] + (f" ({detail})" if detail else ""))
         if result["result"] == "failed":
             self.tally.failures.append(f"the build of {result['day']} failed: {result['error']}")
+        served_once(self.tally, f"after the build of {result['day']}")
+
+
+def served_once(tally: Tally, moment: str) -> None:
+    """One reading of what is served now: every (day, hour) must come from exactly the layer the
+    manifest assigns it (the batch for a built day's hours before both the boundary and its
+    built_until, the speed layer for every other hour), never from both, never from neither."""
+    from stream_worker.boundary import BatchHours, read_manifest
+    from stream_worker.config import settings
+    from stream_worker.serving import ServingInputs, hourly_rows
+
+    config = settings()
+    manifest = read_manifest(config.data_dir)
+    batch = BatchHours.of(manifest)
+    inputs = ServingInputs.current(config)
+    if inputs.served_until != batch.served_until:  # the manifest changed in between: look again later
+        return
+    rows = hourly_rows(inputs)
+    tally.moments += 1
+    sources: dict[tuple, set] = {}
+    for day, hour, source in rows.select("event_date", "hour", "source").unique().iter_rows():
+        sources.setdefault((day, hour), set()).add(source)
+    for (day, hour), found in sorted(sources.items()):
+        start = datetime(day.year, day.month, day.day, hour)
+        owner = "batch" if batch.serves(start) else "realtime"
+        if found != {owner}:
+            tally.misserved.add((day.isoformat(), hour))
+            tally.failures.append(f"{moment}: {day} {hour}:00 served by {sorted(found)}, owned by {owner}")
+    for day, until in batch.served_until.items():
+        built_until = datetime.fromisoformat(manifest["days"][day.isoformat()]["built_until"])
+        if until > built_until.astimezone(timezone.utc).replace(tzinfo=None):
+            tally.misserved.add((day.isoformat(), None))
+            tally.failures.append(f"{moment}: {day} is served from the batch until {until}, built until {built_until}")
 
 
 def build_server() -> int:
@@ -242,11 +289,12 @@ def build_server() -> int:
 class Producer(threading.Thread):
     """Sends the seed's plan at a steady rate and remembers how many messages the broker acknowledged."""
 
-    def __init__(self, bootstrap: str, plan: synthetic.Plan, seconds: float) -> None:
+    def __init__(self, bootstrap: str, plan: synthetic.Plan, seconds: float, seed: int) -> None:
         super().__init__(name="producer", daemon=True)
         self.bootstrap = bootstrap
         self.plan = plan
         self.rate = len(plan.messages) / seconds
+        self.rng = random.Random(seed)
         self.acknowledged = 0
         self.failures: list[BaseException] = []
 
@@ -256,7 +304,8 @@ class Producer(threading.Thread):
         try:
             for message in self.plan.messages:
                 limiter.wait()
-                future = producer.send(TOPIC, key=message.key, value=message.value)
+                value, timestamp_ms = self._clock(message.value)
+                future = producer.send(TOPIC, key=message.key, value=value, timestamp_ms=timestamp_ms)
                 future.add_callback(self._acknowledged)
                 future.add_errback(self.failures.append)
             producer.flush()
@@ -265,6 +314,19 @@ class Producer(threading.Thread):
 
     def _acknowledged(self, _metadata) -> None:
         self.acknowledged += 1
+
+    def _clock(self, value: bytes) -> tuple[bytes, int | None]:
+        """Most events as produced now; 2% from a producer whose clock runs 3 hours ahead or behind:
+        its event's occurred_at and the message's timestamp are both off by as much."""
+        if self.rng.random() >= SKEWED_SHARE:
+            return value, None
+        skew = timedelta(hours=self.rng.choice((3, -3)))
+        try:
+            event = json.loads(value)
+            event["occurred_at"] = (datetime.fromisoformat(event["occurred_at"]) + skew).isoformat()
+        except (ValueError, TypeError, KeyError):  # a malformed message stays as it is
+            return value, None
+        return json.dumps(event).encode(), int((datetime.now(timezone.utc) + skew).timestamp() * 1000)
 
 
 def run(scenario: Scenario, work: Path) -> int:
@@ -291,7 +353,7 @@ def run(scenario: Scenario, work: Path) -> int:
     log.info("%d messages for %s and today so far, over %.0f s", len(plan.messages), ", ".join(closed_days),
              scenario.duration * PRODUCING_SHARE)
     try:
-        producer = Producer(broker.bootstrap, plan, scenario.duration * PRODUCING_SHARE)
+        producer = Producer(broker.bootstrap, plan, scenario.duration * PRODUCING_SHARE, scenario.seed)
         workers.start("archive")
         workers.start("stream")
         producer.start()
@@ -306,6 +368,7 @@ def run(scenario: Scenario, work: Path) -> int:
         # What an operator would run: each day never built, then the days with late files, then today.
         builds.request([*(day for day in closed_days if day not in builds.built), "late", "today"])
         builds.wait()
+        served_once(tally, "at the end")
         lost, duplicated = _verify(broker.bootstrap, producer.acknowledged, data_dir, env, closed_days, today, tally)
     finally:
         workers.ensure_stopped()
@@ -313,9 +376,11 @@ def run(scenario: Scenario, work: Path) -> int:
         broker.stop()
     for failure in tally.failures:
         log.error("%s", failure)
-    ok = not tally.failures and lost == 0 and duplicated == 0
-    log.info("builds: %s; broker pauses: %d; work dir %s", dict(tally.builds), tally.pauses, work)
-    print(f"chaos: {tally.kills} kills, {len(plan.messages)} events, {lost} lost, {duplicated} duplicated", flush=True)
+    ok = not tally.failures and lost == 0 and duplicated == 0 and not tally.misserved and tally.moments > 0
+    log.info("builds: %s; broker pauses: %d; served hours checked at %d moments; work dir %s", dict(tally.builds),
+             tally.pauses, tally.moments, work)
+    print(f"chaos: {tally.kills} kills, {len(plan.messages)} events, {lost} lost, {duplicated} duplicated, "
+          f"{len(tally.misserved)} hours served twice or never", flush=True)
     return 0 if ok else 1
 
 
@@ -354,8 +419,54 @@ def _act(scenario: Scenario, rng: random.Random, broker: EmbeddedBroker, workers
             builds.request([rng.choice(built or closed_days)])
         elif action == "backfill":
             builds.request(closed_days)
+        elif action == "batch for today, no day built":
+            _until_an_hour_of_today_is_complete(builds, deadline=time.monotonic() + scenario.duration * PRODUCING_SHARE)
+            builds.request(["today"])
+            builds.wait()
         elif action == "batch for today":
             builds.request(["today"])
+        elif action == "batch for today, the speed layer stopped":
+            stopped = [worker.pid for worker in workers.running["stream"]]
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                builds.request(["today"])
+                builds.wait()
+                served_once(tally, "with the speed layer stopped")
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+        elif action == "two batches for today at once":
+            _two_triggers(workers.env, tally)
+
+
+def _until_an_hour_of_today_is_complete(builds: Builds, deadline: float) -> None:
+    """Wait (taking build results meanwhile) until the archivers have made an hour of today complete,
+    so that the first batch builds today while every day behind it is still unbuilt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
+    from lambdaflow_dags.batch import complete_hours_of
+    from stream_worker.config import settings
+
+    today = datetime.now(timezone.utc).date()
+    midnight = datetime(today.year, today.month, today.day, tzinfo=timezone.utc)
+    while time.monotonic() < deadline and complete_hours_of(settings(), today) <= midnight:
+        _sleep(1.0, builds)
+
+
+def _two_triggers(env: dict[str, str], tally: Tally) -> None:
+    """Two `lambdaflow batch --today` at once: each builds, or refuses with one clear line."""
+    both = [subprocess.Popen([sys.executable, "-m", "stream_worker", "batch", "--today"], env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for process in both:
+        _, stderr = process.communicate(timeout=900)
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        outcome = "built" if process.returncode == 0 else f"refused: {last}"
+        log.info("concurrent batch --today (pid %d): %s", process.pid, outcome)
+        tally.builds["concurrent " + ("built" if process.returncode == 0 else "refused")] += 1
+        if "Traceback" in stderr or (process.returncode != 0 and not last.startswith("lambdaflow: error: ")):
+            tally.failures.append(f"a concurrent batch --today ended with {process.returncode}: {stderr[-1500:]}")
+    served_once(tally, "after two batches for today at once")
 
 
 def _sleep(seconds: float, builds: Builds) -> None:
@@ -421,7 +532,10 @@ def _verify(bootstrap: str, acknowledged: int, data_dir: Path, env: dict[str, st
         problems.append(f"half-written files: {error}")
 
     truth = hourly_metrics(records)
-    first, last = closed_days[0], today.isoformat()
+    # Skewed clocks put events on the day before the first closed day (never built: the speed layer's)
+    # and ahead of now; the range covers every day with events.
+    first = min([closed_days[0], *(key[0].isoformat() for key in truth)])
+    last = max([today.isoformat(), *(key[0].isoformat() for key in truth)])
     checks = [("day", [], lambda key: (key[0].isoformat(),)), ("hour", ["--hourly"], lambda key: (key[0].isoformat(), key[1]))]
     countries = sorted({key[2] for key in truth if key[2] is not None})
     checks += [(f"hour in {country}", ["--hourly", "--country", country], lambda key: (key[0].isoformat(), key[1]))
