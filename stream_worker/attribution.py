@@ -64,17 +64,19 @@ def batch_days(con: duckdb.DuckDBPyConnection, batch: BatchHours, partition: int
     }, schema=_DAYS_SCHEMA)
 
 
-def split(fresh: pl.DataFrame, days: pl.DataFrame, metrics) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The micro-batch's first event per user-day, and its first event per user-day among those in
-    hours the speed layer serves."""
-    firsts = aggregate.first_seen(fresh, metrics)
+def realtime_firsts(fresh: pl.DataFrame, days: pl.DataFrame, metrics) -> pl.DataFrame:
+    """The micro-batch's first event per user-day among its events in hours the speed layer serves."""
     in_realtime_hours = (
         fresh.with_columns(pl.col("occurred_at").dt.date().alias("event_date"))
         .join(days, on="event_date", how="left")
         .filter(pl.col("served_until").is_null() | (pl.col("event_hour") >= pl.col("served_until")))
         .drop("served_until", "covered_end")
     )
-    return firsts, aggregate.first_seen(in_realtime_hours, metrics)
+    return aggregate.first_seen(in_realtime_hours, metrics)
+
+
+def any_late_firsts(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute("select exists (select 1 from late_firsts)").fetchall()[0][0]
 
 
 def before_firsts_change(con: duckdb.DuckDBPyConnection, firsts: pl.DataFrame, days: pl.DataFrame) -> None:

@@ -273,7 +273,7 @@ class PartitionState:
 
     def _attribute(self, fresh: pl.DataFrame, days: pl.DataFrame) -> None:
         """Keep each user-day's first event, and what the speed layer counts beside it (see attribution)."""
-        firsts, realtime_firsts = attribution.split(fresh, days, self.metrics)
+        firsts = aggregate.first_seen(fresh, self.metrics)
         attribution.before_firsts_change(self._con, firsts, days)
         self._con.register("batch_first_seen", firsts)
         self._run("""
@@ -286,7 +286,8 @@ class PartitionState:
             where excluded.occurred_at < first_seen.occurred_at
                or (excluded.occurred_at = first_seen.occurred_at and excluded.kafka_offset < first_seen.kafka_offset)
         """)
-        attribution.after_realtime_events(self._con, realtime_firsts)
+        if attribution.any_late_firsts(self._con):  # rare: late data; else no user-day needs it
+            attribution.after_realtime_events(self._con, attribution.realtime_firsts(fresh, days, self.metrics))
 
     def restart_log(self, epoch: int) -> None:
         """The partition's log restarted: consume the new log from its beginning."""
