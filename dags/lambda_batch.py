@@ -50,8 +50,13 @@ def _start_date() -> pendulum.DateTime:
     default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=2), "pool": "warehouse"},
     params={
         # format: a run whose ds is not a date of the calendar is refused when it is triggered.
-        "ds": Param(None, type=["null", "string"], format="date", title="UTC day (YYYY-MM-DD)",
-                    description="For a run triggered by hand; scheduled runs build their data interval.")
+        "ds": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="UTC day (YYYY-MM-DD)",
+            description="For a run triggered by hand; scheduled runs build their data interval.",
+        )
     },
     tags=["lambdaflow", "batch"],
     doc_md=__doc__,
@@ -89,8 +94,19 @@ def lambda_batch():
         with batch.failing_at_once():
             rows = reconcile(config, batch.run_day(params, data_interval_start))
         for row in rows:
-            print({k: row[k] for k in ("metric", "batch", "speed", "explained_by_late_events",
-                                       "explained_by_speed_lag", "unexplained")})
+            print(
+                {
+                    k: row[k]
+                    for k in (
+                        "metric",
+                        "batch",
+                        "speed",
+                        "explained_by_late_events",
+                        "explained_by_speed_lag",
+                        "unexplained",
+                    )
+                }
+            )
         require_within_threshold(rows, config.reconcile_threshold)
         return {row["metric"]: row["unexplained"] for row in rows}
 

@@ -33,14 +33,18 @@ def counted(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
 
 
 def hourly_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
-    return pl.Schema({"event_hour": pl.Datetime("us"), "country": pl.String,
-                      **{m.name: pl.Int64 for m in counted(metrics)}})
+    return pl.Schema(
+        {"event_hour": pl.Datetime("us"), "country": pl.String, **{m.name: pl.Int64 for m in counted(metrics)}}
+    )
 
 
 def with_event_hour(events: pl.DataFrame) -> pl.DataFrame:
     """Adds the UTC hour (a naive UTC timestamp) each event belongs to."""
     return events.with_columns(
-        pl.col("occurred_at").dt.convert_time_zone("UTC").dt.replace_time_zone(None).dt.truncate("1h")
+        pl.col("occurred_at")
+        .dt.convert_time_zone("UTC")
+        .dt.replace_time_zone(None)
+        .dt.truncate("1h")
         .alias("event_hour")
     )
 
@@ -49,8 +53,9 @@ def first_copies(events: pl.DataFrame) -> pl.DataFrame:
     """One row per event: the copy first by (partition, offset). Copies of an event share its key (so
     its partition) and its occurred_at (so its hour); an event_id reused with another key or in another
     hour is another event, as the dedupe per partition and hour would count it. Needs ``event_hour``."""
-    return (events.sort("kafka_partition", "kafka_offset")
-            .unique(["event_id", "kafka_partition", "event_hour"], keep="first", maintain_order=True))
+    return events.sort("kafka_partition", "kafka_offset").unique(
+        ["event_id", "kafka_partition", "event_hour"], keep="first", maintain_order=True
+    )
 
 
 def hourly_counts(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) -> pl.DataFrame:
@@ -76,7 +81,8 @@ def first_seen(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = None) 
         .unique(["event_date", "user_id"], keep="first", maintain_order=True)
         .with_columns(pl.lit(metric.name).alias("kind"))
         .select(FIRST_SEEN_SCHEMA.names())
-        for metric in metrics if metric.counts_users
+        for metric in metrics
+        if metric.counts_users
     ]
     return pl.concat(frames).cast(FIRST_SEEN_SCHEMA) if frames else FIRST_SEEN_SCHEMA.to_frame()
 
@@ -94,12 +100,17 @@ def hourly_metrics(events: pl.DataFrame, metrics: tuple[Metric, ...] | None = No
     users = first_seen(distinct, metrics)
     for metric in metrics:
         if metric.counts_users:
-            counted_users = (users.filter(pl.col("kind") == metric.name).group_by(keys)
-                             .agg(pl.len().cast(pl.Int64).alias(metric.name)))
+            counted_users = (
+                users.filter(pl.col("kind") == metric.name)
+                .group_by(keys)
+                .agg(pl.len().cast(pl.Int64).alias(metric.name))
+            )
             table = table.join(counted_users, on=keys, how="full", coalesce=True)
     return (
         table.with_columns(pl.col(m.name).fill_null(0) for m in metrics)
-        .with_columns(pl.col("event_hour").dt.date().alias("event_date"),
-                      pl.col("event_hour").dt.hour().cast(pl.Int32).alias("hour"))
+        .with_columns(
+            pl.col("event_hour").dt.date().alias("event_date"),
+            pl.col("event_hour").dt.hour().cast(pl.Int32).alias("hour"),
+        )
         .select("event_date", "hour", "country", *(m.name for m in metrics))
     )

@@ -52,8 +52,10 @@ def prepare(settings: Settings) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
         log.info("creating the Airflow database in %s (once)", home)
         airflow = str(Path(sys.executable).parent / "airflow")
-        for command in ([airflow, "db", "migrate"],
-                        [airflow, "pools", "set", WAREHOUSE_POOL, "1", "one writer to the dbt warehouse"]):
+        for command in (
+            [airflow, "db", "migrate"],
+            [airflow, "pools", "set", WAREHOUSE_POOL, "1", "one writer to the dbt warehouse"],
+        ):
             done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
             if done.returncode != 0:
                 raise LambdaflowError(f"{' '.join(command[1:3])} failed: {done.stderr.strip().splitlines()[-1:]}")

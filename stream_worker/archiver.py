@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -211,8 +211,13 @@ class Archiver(ConsumerRebalanceListener):
         if self._same_log(tp.partition, owned.manifest) is False:
             self._start_new_epoch(tp, owned, f"offset {offset} arrived after offset {owned.position - 1}")
         else:
-            log.warning("%s[%d] the consumer went back to offset %d; resuming at %d",
-                        self.topic, tp.partition, offset, owned.position)
+            log.warning(
+                "%s[%d] the consumer went back to offset %d; resuming at %d",
+                self.topic,
+                tp.partition,
+                offset,
+                owned.position,
+            )
             self._consumer.seek(tp, owned.position)
 
     def _read_end_offsets(self) -> None:
@@ -233,8 +238,12 @@ class Archiver(ConsumerRebalanceListener):
 
     def _start_new_epoch(self, tp: TopicPartition, owned: OwnedPartition, why: str) -> None:
         if not owned.buffer.empty:
-            log.warning("%s[%d] dropping %d buffered messages read from a log that is gone",
-                        self.topic, tp.partition, owned.buffer.messages)
+            log.warning(
+                "%s[%d] dropping %d buffered messages read from a log that is gone",
+                self.topic,
+                tp.partition,
+                owned.buffer.messages,
+            )
         with self.store.partition_lock(tp.partition):
             manifest = self.store.read_manifest(tp.partition)
             if manifest != owned.manifest:
@@ -246,7 +255,11 @@ class Archiver(ConsumerRebalanceListener):
         log.warning(
             "%s[%d] LOG RESTARTED: %s. Starting log epoch %d at the beginning of the new log; "
             "files of epoch %d stay as they are.",
-            self.topic, tp.partition, why, manifest.epoch, manifest.epoch - 1,
+            self.topic,
+            tp.partition,
+            why,
+            manifest.epoch,
+            manifest.epoch - 1,
         )
         self.totals.new_epochs += 1
         owned.manifest = manifest
@@ -284,8 +297,9 @@ class Archiver(ConsumerRebalanceListener):
         any new record joins them; the next publish checks the log as always."""
         buffered = sum(owned.buffer.messages for owned in self.owned.values())
         if buffered:
-            log.info("%s: new connection to the broker: publishing the %d buffered messages first",
-                     self.topic, buffered)
+            log.info(
+                "%s: new connection to the broker: publishing the %d buffered messages first", self.topic, buffered
+            )
         for partition in list(self.owned):
             self._publish(partition, check_log=False)
 
@@ -299,12 +313,14 @@ class Archiver(ConsumerRebalanceListener):
             log.warning("%s[%d] cannot reach the broker to check its log; publishing later", self.topic, partition)
             return
         if not same_log:
-            self._start_new_epoch(TopicPartition(self.topic, partition), owned,
-                                  f"the record before offset {max(owned.manifest.next_offset, buffer.start)} "
-                                  "is not the one archived")
+            self._start_new_epoch(
+                TopicPartition(self.topic, partition),
+                owned,
+                f"the record before offset {max(owned.manifest.next_offset, buffer.start)} is not the one archived",
+            )
             return
         batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
-        ingested_at = datetime.now(timezone.utc)
+        ingested_at = datetime.now(UTC)
         stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
         events = _concat(buffer.events, EVENT_SCHEMA).with_columns(stamp)
         rejects = _concat(buffer.rejects, REJECT_SCHEMA).with_columns(stamp)
@@ -314,7 +330,12 @@ class Archiver(ConsumerRebalanceListener):
                 log.error(
                     "%s[%d] batch %d..%d dropped: the manifest resumes at epoch %d offset %d "
                     "(another archiver took this partition)",
-                    self.topic, partition, batch.first, batch.last, manifest.epoch, manifest.next_offset,
+                    self.topic,
+                    partition,
+                    batch.first,
+                    batch.last,
+                    manifest.epoch,
+                    manifest.next_offset,
                 )
                 self._resync(partition, manifest)
                 return
@@ -334,13 +355,20 @@ class Archiver(ConsumerRebalanceListener):
         self.totals.batches += 1
         log.info(
             "%s[%d] offsets %d..%d published: %d events, %d rejects, %d files; resume at %d",
-            self.topic, partition, batch.first, batch.last, events.height, rejects.height, len(files),
+            self.topic,
+            partition,
+            batch.first,
+            batch.last,
+            events.height,
+            rejects.height,
+            len(files),
             manifest.next_offset,
         )
         self._write_status(partition, force=True)
 
-    def _write_files(self, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame,
-                     ingested_at: datetime) -> list:
+    def _write_files(
+        self, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame, ingested_at: datetime
+    ) -> list:
         staged = []
         if events.height:
             for (event_date,), day in events.sort("kafka_offset").partition_by("event_date", as_dict=True).items():
@@ -380,22 +408,25 @@ class Archiver(ConsumerRebalanceListener):
         if not force and now - owned.status_written < STATUS_EVERY_SECONDS:
             return
         if self._caught_up(partition):
-            owned.caught_up_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            owned.caught_up_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         owned.status_written = now
-        replace_json(self.store.status_path(partition), {
-            "topic": self.topic,
-            "partition": partition,
-            "topic_partitions": len(self._consumer.partitions_for_topic(self.topic) or ()) or None,
-            "epoch": owned.manifest.epoch,
-            "next_offset": owned.manifest.next_offset,
-            "published_offset": owned.manifest.next_offset - 1,
-            "read_offset": owned.position,  # read from Kafka; buffered up to here
-            "end_offset": owned.end_offset,
-            "watermark": owned.watermark,
-            "caught_up_at": owned.caught_up_at,
-            "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "pid": os.getpid(),
-        })
+        replace_json(
+            self.store.status_path(partition),
+            {
+                "topic": self.topic,
+                "partition": partition,
+                "topic_partitions": len(self._consumer.partitions_for_topic(self.topic) or ()) or None,
+                "epoch": owned.manifest.epoch,
+                "next_offset": owned.manifest.next_offset,
+                "published_offset": owned.manifest.next_offset - 1,
+                "read_offset": owned.position,  # read from Kafka; buffered up to here
+                "end_offset": owned.end_offset,
+                "watermark": owned.watermark,
+                "caught_up_at": owned.caught_up_at,
+                "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "pid": os.getpid(),
+            },
+        )
 
     # rebalances (kafka-python calls these from inside poll)
 
@@ -432,15 +463,19 @@ class Archiver(ConsumerRebalanceListener):
             manifest=manifest,
             buffer=Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic()),
             position=manifest.next_offset,
-            watermark=_arrived_by(previous.get("watermark"), datetime.now(timezone.utc)),
+            watermark=_arrived_by(previous.get("watermark"), datetime.now(UTC)),
             caught_up_at=previous.get("caught_up_at"),
         )
         self.owned[tp.partition] = owned
-        log.info("%s[%d] assigned: epoch %d, resuming at offset %d",
-                 self.topic, tp.partition, manifest.epoch, manifest.next_offset)
+        log.info(
+            "%s[%d] assigned: epoch %d, resuming at offset %d",
+            self.topic,
+            tp.partition,
+            manifest.epoch,
+            manifest.next_offset,
+        )
         if self._same_log(tp.partition, manifest) is False:
-            self._start_new_epoch(tp, owned, f"the record at offset {manifest.next_offset - 1} "
-                                             "is not the one archived")
+            self._start_new_epoch(tp, owned, f"the record at offset {manifest.next_offset - 1} is not the one archived")
         else:
             self._seek_to_resume(tp, owned)
 
@@ -465,7 +500,7 @@ def _arrived_by(event_time: datetime | str | None, arrival: datetime) -> str | N
         return None
     if isinstance(event_time, str):
         event_time = datetime.fromisoformat(event_time)
-    return min(event_time, arrival).astimezone(timezone.utc).isoformat()
+    return min(event_time, arrival).astimezone(UTC).isoformat()
 
 
 def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:

@@ -52,16 +52,20 @@ _IS_READ = "({hour} < d.served_until and {offset} < d.covered_end)"
 _DAYS_SCHEMA = {"event_date": pl.Date, "served_until": pl.Datetime("us"), "covered_end": pl.Int64}
 
 
-def batch_days(con: duckdb.DuckDBPyConnection, batch: BatchHours, partition: int, epoch: int, log: str | None,
-               days: set) -> pl.DataFrame:
+def batch_days(
+    con: duckdb.DuckDBPyConnection, batch: BatchHours, partition: int, epoch: int, log: str | None, days: set
+) -> pl.DataFrame:
     """Per day of ``days`` and of ``late_firsts``: the end of its batch-served hours and the offset
     below which its build read the partition, in the log counted (``log``, else its ``epoch``)."""
     days = sorted(set(days) | {day for (day,) in con.execute("select distinct event_date from late_firsts").fetchall()})
-    return pl.DataFrame({
-        "event_date": days,
-        "served_until": [batch.until(day) for day in days],
-        "covered_end": [batch.covered_end(day, partition, epoch, log) for day in days],
-    }, schema=_DAYS_SCHEMA)
+    return pl.DataFrame(
+        {
+            "event_date": days,
+            "served_until": [batch.until(day) for day in days],
+            "covered_end": [batch.covered_end(day, partition, epoch, log) for day in days],
+        },
+        schema=_DAYS_SCHEMA,
+    )
 
 
 def realtime_firsts(fresh: pl.DataFrame, days: pl.DataFrame, metrics) -> pl.DataFrame:
@@ -82,9 +86,8 @@ def any_late_firsts(con: duckdb.DuckDBPyConnection) -> bool:
 def before_firsts_change(con: duckdb.DuckDBPyConnection, firsts: pl.DataFrame, days: pl.DataFrame) -> None:
     """Record what the first events of the micro-batch in batch-served hours change, before
     ``first_seen`` takes them. Reads ``first_seen`` only for those events: late or lagging data, rare."""
-    in_batch_hours = (
-        firsts.join(days, on="event_date", how="left")
-        .filter(pl.col("event_hour") < pl.col("served_until"))
+    in_batch_hours = firsts.join(days, on="event_date", how="left").filter(
+        pl.col("event_hour") < pl.col("served_until")
     )
     if in_batch_hours.is_empty():
         return

@@ -6,9 +6,9 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Iterator
+from datetime import UTC, date, datetime, time, timedelta
 
 from stream_worker import airflow_home
 from stream_worker.config import Settings
@@ -35,10 +35,9 @@ def run_batch(settings: Settings, day: str | None) -> dict:
     A day that is not complete, or bad input, fails before Airflow's database is touched."""
     sys.path.insert(0, str(airflow_home.DAGS_FOLDER))
     from lambdaflow_dags import batch
-
     from stream_worker.boundary import read_manifest
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if day is not None:
         parsed = batch.parse_day(day, latest=now.date(), what="--date")
         batch.require_complete(settings, parsed)  # fail fast instead of waiting in the sensor
@@ -95,7 +94,7 @@ def _moment_of_its_own() -> datetime:
     manual run, and another `lambdaflow batch` running at the same time, which then failed on the
     deleted run). A moment of its own, to the microsecond, replaces no other run, and a daily DAG's
     scheduled runs (at midnight) never fall on it."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now if now.time() != time.min else now + timedelta(microseconds=1)
 
 

@@ -8,11 +8,10 @@ boundary and the speed layer serves everything it has counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from stream_worker.files import DamagedFile, read_json
-
 
 # The speed layer keeps the days it has counted until this long before the boundary, and a
 # built day until it has been reconciled; after that it may drop them.
@@ -28,8 +27,7 @@ def manifest_path(data_dir: Path) -> Path:
     return data_dir / "batch" / "manifest.json"
 
 
-REBUILD = ("move it aside, then rebuild the built days with `lambdaflow batch --date D` "
-           "or a backfill of lambda_batch")
+REBUILD = "move it aside, then rebuild the built days with `lambdaflow batch --date D` or a backfill of lambda_batch"
 
 
 def read_manifest(data_dir: Path) -> dict:
@@ -71,7 +69,7 @@ def boundary_of(manifest: dict | None) -> datetime | None:
         return None
     boundary = datetime.fromisoformat(manifest["boundary"])
     if boundary.tzinfo is not None:
-        boundary = boundary.astimezone(timezone.utc).replace(tzinfo=None)
+        boundary = boundary.astimezone(UTC).replace(tzinfo=None)
     return boundary
 
 
@@ -85,7 +83,7 @@ def log_id(first_record: dict | None) -> str | None:
 
 
 def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo is not None else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 def _start_of(day: date) -> datetime:

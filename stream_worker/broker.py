@@ -83,10 +83,14 @@ class EmbeddedBroker:
             raise LambdaflowError(f"port {self.port} on {HOST} is already in use; choose another --port")
         url = f"tcp://{self.bootstrap}"
         command = [
-            str(tansu_binary()), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_OVERRIDES}
         output = subprocess.DEVNULL

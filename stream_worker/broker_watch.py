@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from stream_worker import clients
 
@@ -33,8 +33,13 @@ PROBE_AT_MOST_EVERY = 1.0  # while the broker answers: however many client error
 
 
 class BrokerWatch:
-    def __init__(self, bootstrap: str, who: str, clock: Callable[[], float] = time.monotonic,
-                 reachable: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        who: str,
+        clock: Callable[[], float] = time.monotonic,
+        reachable: Callable[[], bool] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.who = who
         self.away_since: float | None = None
@@ -81,21 +86,34 @@ class BrokerWatch:
         now = self._clock()
         answers = self._reachable()
         if answers and self.away_since is not None:
-            log.info("%s: the broker at %s answers again after %.0f s away (%d client errors not shown); "
-                        "resuming where the work stopped", self.who, self.bootstrap, now - self.away_since,
-                        self.quieted)
+            log.info(
+                "%s: the broker at %s answers again after %.0f s away (%d client errors not shown); "
+                "resuming where the work stopped",
+                self.who,
+                self.bootstrap,
+                now - self.away_since,
+                self.quieted,
+            )
             self.away_since, self.quieted, self._interval = None, 0, 1.0
         elif not answers and self.away_since is None:
             self.away_since = self._last_report = now
             self.departures += 1
-            log.warning("%s: the broker at %s does not answer; retrying with backoff (up to %.0f s apart) and "
-                        "resuming where the work stopped once it is back. Nothing is lost: the log and the "
-                        "consumed offsets stay with the broker and our files.", self.who, self.bootstrap,
-                        clients.RECONNECT_BACKOFF_MAX_MS / 1000)
+            log.warning(
+                "%s: the broker at %s does not answer; retrying with backoff (up to %.0f s apart) and "
+                "resuming where the work stopped once it is back. Nothing is lost: the log and the "
+                "consumed offsets stay with the broker and our files.",
+                self.who,
+                self.bootstrap,
+                clients.RECONNECT_BACKOFF_MAX_MS / 1000,
+            )
         elif not answers and now - self._last_report >= REPORT_EVERY_SECONDS:
             self._last_report = now
-            log.warning("%s: the broker at %s is still away (%.0f s); still retrying", self.who, self.bootstrap,
-                        now - self.away_since)
+            log.warning(
+                "%s: the broker at %s is still away (%.0f s); still retrying",
+                self.who,
+                self.bootstrap,
+                now - self.away_since,
+            )
         if self.away_since is None:
             self._next_probe = now + PROBE_AT_MOST_EVERY
         else:

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -25,7 +25,11 @@ from stream_worker.output import FORMATS, ProgressBar, configure_logging, emit, 
 log = logging.getLogger("lambdaflow")
 
 _format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="json",
+    show_default=True,
     help="JSON lines, or a table for people.",
 )
 _share = click.FloatRange(0.0, 1.0)
@@ -84,8 +88,7 @@ def broker(port: int | None) -> None:
         while not stop.wait(0.5):
             if embedded.process.poll() is not None:
                 raise LambdaflowError(
-                    f"the embedded broker exited with code {embedded.process.returncode}; "
-                    f"see {embedded.log_path}"
+                    f"the embedded broker exited with code {embedded.process.returncode}; see {embedded.log_path}"
                 )
         log.info("stopping the embedded broker")
     finally:
@@ -95,24 +98,42 @@ def broker(port: int | None) -> None:
 
 
 @cli.command()
-@click.option("--days", type=click.IntRange(0, 3660), default=7, show_default=True,
-              help="Whole UTC days of history before today.")
-@click.option("--events-per-day", type=click.IntRange(0), default=10_000, show_default=True,
-              help="Distinct valid events per whole day; today gets its share so far.")
+@click.option(
+    "--days", type=click.IntRange(0, 3660), default=7, show_default=True, help="Whole UTC days of history before today."
+)
+@click.option(
+    "--events-per-day",
+    type=click.IntRange(0),
+    default=10_000,
+    show_default=True,
+    help="Distinct valid events per whole day; today gets its share so far.",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same events.")
-@click.option("--until", "until", metavar="ISO-8601",
-              help="Where 'today so far' ends, e.g. 2026-11-27T12:00:00Z (default: now).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
-              help=f"At most this many messages per second (--live: default {LIVE_RATE:g}).")
-@click.option("--live", is_flag=True,
-              help="Send valid events stamped with the current time, at --rate, until SIGINT/SIGTERM.")
+@click.option(
+    "--until", "until", metavar="ISO-8601", help="Where 'today so far' ends, e.g. 2026-11-27T12:00:00Z (default: now)."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help=f"At most this many messages per second (--live: default {LIVE_RATE:g}).",
+)
+@click.option(
+    "--live", is_flag=True, help="Send valid events stamped with the current time, at --rate, until SIGINT/SIGTERM."
+)
 @click.option("--duplicates", type=_share, default=0.0, show_default=True, help="Share of events sent twice.")
-@click.option("--out-of-order", type=_share, default=0.0, show_default=True,
-              help="Share of messages sent up to 500 places early.")
-@click.option("--late", type=_share, default=0.0, show_default=True,
-              help="Share of events held back and sent after all others.")
-@click.option("--malformed", type=_share, default=0.0, show_default=True,
-              help="Share of extra messages that break the contract, one kind after another.")
+@click.option(
+    "--out-of-order", type=_share, default=0.0, show_default=True, help="Share of messages sent up to 500 places early."
+)
+@click.option(
+    "--late", type=_share, default=0.0, show_default=True, help="Share of events held back and sent after all others."
+)
+@click.option(
+    "--malformed",
+    type=_share,
+    default=0.0,
+    show_default=True,
+    help="Share of extra messages that break the contract, one kind after another.",
+)
 @_format_option
 def produce(
     days: int,
@@ -142,7 +163,7 @@ def produce(
         _produce_live(seed, rate or LIVE_RATE, fmt)
         return
     config = settings()
-    end = datetime.now(timezone.utc) if until is None else _parse_instant("--until", until)
+    end = datetime.now(UTC) if until is None else _parse_instant("--until", until)
     options = synthetic.Options(
         days=days,
         events_per_day=events_per_day,
@@ -166,24 +187,31 @@ def _produce_live(seed: int, rate: float, fmt: str) -> None:
     from stream_worker.produce import produce_live
 
     context = click.get_current_context()
-    given = [f"--{name.replace('_', '-')}" for name in _HISTORY_OPTIONS
-             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in _HISTORY_OPTIONS
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
     if given:
         raise click.UsageError(f"--live sends valid events stamped now; it takes no {', '.join(given)}")
     config = settings()
     bootstrap = resolve_bootstrap(config)
     stop = _stop_on_signals()
-    log.info("producing live to %s at %s, %g events/s (seed %d) until SIGINT/SIGTERM",
-             config.topic, bootstrap, rate, seed)
+    log.info(
+        "producing live to %s at %s, %g events/s (seed %d) until SIGINT/SIGTERM", config.topic, bootstrap, rate, seed
+    )
     summary = produce_live(bootstrap, config.topic, config.partitions, seed, rate, stop)
     emit_record(summary.as_dict(), fmt)
 
 
 @cli.command()
 @click.option("--until-idle", is_flag=True, help="Stop once every assigned partition is archived up to its end.")
-@click.option("--verify", is_flag=True,
-              help="Archive nothing: check that the raw store holds exactly the log's valid messages "
-                   "(and the dead letter its rejects), one JSON line per partition; exit 1 on any difference.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Archive nothing: check that the raw store holds exactly the log's valid messages "
+    "(and the dead letter its rejects), one JSON line per partition; exit 1 on any difference.",
+)
 @_format_option
 def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     """Land every message once in the raw store (consumer group `archiver`).
@@ -213,10 +241,22 @@ def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     resume = {str(p): m.next_offset for p, m in sorted(store.manifests().items())}
     log.info(
         "archived %d messages: %d events, %d rejects, in %d files (%d batches); resume offsets %s",
-        totals.messages, totals.events, totals.rejects, totals.files, totals.batches, resume,
+        totals.messages,
+        totals.events,
+        totals.rejects,
+        totals.files,
+        totals.batches,
+        resume,
     )
-    emit_record({"topic": config.topic, **totals.as_dict(), "resume_offsets": resume,
-                 "seconds": round(time.monotonic() - started, 3)}, fmt)
+    emit_record(
+        {
+            "topic": config.topic,
+            **totals.as_dict(),
+            "resume_offsets": resume,
+            "seconds": round(time.monotonic() - started, 3),
+        },
+        fmt,
+    )
 
 
 def _verify_archive(fmt: str) -> None:
@@ -227,7 +267,9 @@ def _verify_archive(fmt: str) -> None:
     config = settings()
     store = RawStore(config.data_dir, config.topic)
     if not store.manifests():
-        raise LambdaflowError(f"nothing archived for topic {config.topic} under {config.data_dir}: run `lambdaflow archive`")
+        raise LambdaflowError(
+            f"nothing archived for topic {config.topic} under {config.data_dir}: run `lambdaflow archive`"
+        )
     reports = verify(resolve_bootstrap(config), store)
     emit(reports, fmt)
     wrong = [r["partition"] for r in reports if not r["ok"]]
@@ -238,9 +280,12 @@ def _verify_archive(fmt: str) -> None:
 
 @cli.command()
 @click.option("--until-idle", is_flag=True, help="Stop once every assigned partition is counted up to its end.")
-@click.option("--replay", is_flag=True,
-              help="First rebuild the state from the start of the log into a fresh copy, then switch to it "
-                   "atomically (no other stream worker may run).")
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="First rebuild the state from the start of the log into a fresh copy, then switch to it "
+    "atomically (no other stream worker may run).",
+)
 @_format_option
 def stream(until_idle: bool, replay: bool, fmt: str) -> None:
     """Keep hourly metrics fresh from the log (consumer group `speed`).
@@ -265,14 +310,20 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
 
         replayed = replay_log(bootstrap, config.data_dir, config.topic, stop).as_dict()
         if until_idle or stop.is_set():
-            emit_record({"topic": config.topic, "replayed": replayed,
-                         "seconds": round(time.monotonic() - started, 3)}, fmt)
+            emit_record(
+                {"topic": config.topic, "replayed": replayed, "seconds": round(time.monotonic() - started, 3)}, fmt
+            )
             return
     worker = StreamWorker(bootstrap, config.data_dir, config.topic)
     log.info("counting %s from %s into %s", config.topic, bootstrap, worker.paths.root)
     totals = worker.run(stop, until_idle=until_idle)
-    log.info("counted %d messages: %d new events, %d rejects, in %d commits",
-             totals.messages, totals.new_events, totals.rejects, totals.commits)
+    log.info(
+        "counted %d messages: %d new events, %d rejects, in %d commits",
+        totals.messages,
+        totals.new_events,
+        totals.rejects,
+        totals.commits,
+    )
     summary = {"topic": config.topic, **totals.as_dict(), "seconds": round(time.monotonic() - started, 3)}
     emit_record(summary if replayed is None else {**summary, "replayed": replayed}, fmt)
 
@@ -346,7 +397,8 @@ def status(fmt: str) -> None:
     Read from the files the workers and the batch publish; it opens no state file
     and needs no broker.
     """
-    from stream_worker.status import partition_rows, status as read_status
+    from stream_worker.status import partition_rows
+    from stream_worker.status import status as read_status
 
     report = read_status(settings())
     if fmt == "json":
@@ -368,7 +420,7 @@ def _parse_instant(option: str, text: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an ISO-8601 date and time", param_hint=option) from None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def main() -> None:

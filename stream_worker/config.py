@@ -12,10 +12,10 @@ import functools
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Mapping
 
 from stream_worker.errors import ConfigError
 
@@ -50,14 +50,11 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         bootstrap = environ.get("KAFKA_BOOTSTRAP", "").strip() or None
         if bootstrap is not None and not _BOOTSTRAP.fullmatch(bootstrap):
-            raise ConfigError(
-                f"KAFKA_BOOTSTRAP={bootstrap!r} is not a list of host:port, e.g. 127.0.0.1:9092"
-            )
+            raise ConfigError(f"KAFKA_BOOTSTRAP={bootstrap!r} is not a list of host:port, e.g. 127.0.0.1:9092")
         topic = environ.get("LAMBDAFLOW_TOPIC", "").strip() or "events"
         if not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}:
             raise ConfigError(
-                f"LAMBDAFLOW_TOPIC={topic!r} is not a Kafka topic name "
-                "(1-249 of the characters A-Z a-z 0-9 . _ -)"
+                f"LAMBDAFLOW_TOPIC={topic!r} is not a Kafka topic name (1-249 of the characters A-Z a-z 0-9 . _ -)"
             )
         data_dir = Path(environ.get("LAMBDAFLOW_DATA_DIR", "").strip() or "data")
         return cls(
@@ -66,10 +63,14 @@ class Settings:
             data_dir=data_dir.expanduser().absolute(),
             partitions=int(_positive(environ, "LAMBDAFLOW_PARTITIONS", default=3, at_most=10_000, whole=True)),
             archive_roll_bytes=int(
-                _positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64, at_most=4096) * 1024 * 1024),
+                _positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64, at_most=4096) * 1024 * 1024
+            ),
             archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300, at_most=86_400),
-            allowed_lateness=timedelta(minutes=_minutes(environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10,
-                                                        at_most=MAX_LATENESS_MINUTES)),
+            allowed_lateness=timedelta(
+                minutes=_minutes(
+                    environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10, at_most=MAX_LATENESS_MINUTES
+                )
+            ),
             reconcile_threshold=_whole(environ, "LAMBDAFLOW_RECONCILE_THRESHOLD", default=0),
         )
 

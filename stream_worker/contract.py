@@ -18,8 +18,9 @@ in the order of the rules table: ``tombstone``, ``value_too_large``,
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import duckdb
 import polars as pl

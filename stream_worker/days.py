@@ -8,7 +8,7 @@ a day the calendar does not have, and a day past the latest the door allows.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from stream_worker.errors import InputError
 
@@ -19,11 +19,12 @@ an hour after its Kafka timestamp, so later days hold nothing, and 9999-12-31 is
 
 
 def today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
-def parse_day(text: object, what: str | None = None, *, latest: date | None = None,
-              latest_why: str | None = None) -> date:
+def parse_day(
+    text: object, what: str | None = None, *, latest: date | None = None, latest_why: str | None = None
+) -> date:
     """A UTC day as YYYY-MM-DD; anything else is an :class:`InputError` with one clear line.
 
     ``what`` names the input in the message (``--date``, ``ds``); ``latest`` is the last day
@@ -48,9 +49,12 @@ def latest_query_day() -> date:
 def parse_query_day(text: str, what: str) -> date:
     """A day of a query's range: at most :data:`QUERY_DAYS_AHEAD` days past today."""
     latest = latest_query_day()
-    return parse_day(text, what, latest=latest,
-                     latest_why=f"too far ahead: a query reaches at most {QUERY_DAYS_AHEAD} days past "
-                                f"today, to {latest} (UTC)")
+    return parse_day(
+        text,
+        what,
+        latest=latest,
+        latest_why=f"too far ahead: a query reaches at most {QUERY_DAYS_AHEAD} days past today, to {latest} (UTC)",
+    )
 
 
 def _shown(text: object) -> str:

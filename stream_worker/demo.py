@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from stream_worker.config import settings
 from stream_worker.errors import LambdaflowError
@@ -28,8 +28,7 @@ def main() -> int:
     configure_logging()
     config = settings()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    broker = Service("broker", lambdaflow_command("broker"), env,
-                     log_path=config.data_dir / "logs" / "demo-broker.log")
+    broker = Service("broker", lambdaflow_command("broker"), env, log_path=config.data_dir / "logs" / "demo-broker.log")
     try:
         broker.start()
         bootstrap = broker.read_line().removeprefix("bootstrap: ")
@@ -37,8 +36,21 @@ def main() -> int:
         summary = run_json(
             "produce",
             lambdaflow_command(
-                "produce", "--days", str(DAYS), "--events-per-day", str(EVENTS_PER_DAY), "--seed", "42",
-                "--duplicates", "0.02", "--out-of-order", "0.02", "--late", "0.005", "--malformed", "0.002",
+                "produce",
+                "--days",
+                str(DAYS),
+                "--events-per-day",
+                str(EVENTS_PER_DAY),
+                "--seed",
+                "42",
+                "--duplicates",
+                "0.02",
+                "--out-of-order",
+                "0.02",
+                "--late",
+                "0.005",
+                "--malformed",
+                "0.002",
             ),
             {**env, "KAFKA_BOOTSTRAP": bootstrap},
         )
@@ -62,7 +74,7 @@ def _run_batches(config) -> None:
     from stream_worker.batch_runner import run_batch
     from stream_worker.errors import LambdaflowError
 
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     for days_ago in range(DAYS, 0, -1):
         day = today - timedelta(days=days_ago)
         log.info("batch for %s (%d of %d)", day, DAYS - days_ago + 1, DAYS)
@@ -78,22 +90,36 @@ def _answer(config, produced: dict[str, int]) -> None:
     """Print the week and the two questions; fail unless each day serves what was produced."""
     from stream_worker.serving import Question, answer
 
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     yesterday = today - timedelta(days=1)
     week = answer(config, Question(today - timedelta(days=DAYS), today))
     emit(week, "table")
     by_day = {row["event_date"]: row for row in week}
-    wrong = {day: (row["events"], produced.get(day, 0)) for day, row in by_day.items()
-             if row["events"] != produced.get(day, 0)}
+    wrong = {
+        day: (row["events"], produced.get(day, 0))
+        for day, row in by_day.items()
+        if row["events"] != produced.get(day, 0)
+    }
     if wrong:
         raise RuntimeError(f"served events differ from the producer's summary (served, produced): {wrong}")
     log.info("every day serves exactly the distinct valid events the producer sent")
-    emit([
-        {"question": "new users yesterday", "event_date": yesterday.isoformat(),
-         "new_users": by_day[yesterday.isoformat()]["new_users"], "source": by_day[yesterday.isoformat()]["source"]},
-        {"question": "new users today so far", "event_date": today.isoformat(),
-         "new_users": by_day[today.isoformat()]["new_users"], "source": by_day[today.isoformat()]["source"]},
-    ], "table")
+    emit(
+        [
+            {
+                "question": "new users yesterday",
+                "event_date": yesterday.isoformat(),
+                "new_users": by_day[yesterday.isoformat()]["new_users"],
+                "source": by_day[yesterday.isoformat()]["source"],
+            },
+            {
+                "question": "new users today so far",
+                "event_date": today.isoformat(),
+                "new_users": by_day[today.isoformat()]["new_users"],
+                "source": by_day[today.isoformat()]["source"],
+            },
+        ],
+        "table",
+    )
 
 
 if __name__ == "__main__":

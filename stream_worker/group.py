@@ -19,9 +19,11 @@ class NoPartitionAssigned(LambdaflowError):
     """`--until-idle` cannot tell it is caught up without a partition to be caught up on."""
 
     def __init__(self, topic: str, group: str, seconds: float) -> None:
-        super().__init__(f"no partition of {topic} was assigned to this member of the group {group!r} in "
-                         f"{seconds:.0f} s: other members hold them all, or the broker has not finished "
-                         "the group's rebalance; try again when those members have stopped")
+        super().__init__(
+            f"no partition of {topic} was assigned to this member of the group {group!r} in "
+            f"{seconds:.0f} s: other members hold them all, or the broker has not finished "
+            "the group's rebalance; try again when those members have stopped"
+        )
 
 
 class AssignmentClock:

@@ -9,7 +9,7 @@ for them, and the `lambda_batch_late` DAG rebuilds them.
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from stream_worker.boundary import read_manifest
@@ -26,8 +26,10 @@ def build_record_path(settings: Settings, day: date) -> Path:
 
 def read_build_record(settings: Settings, day: date) -> dict | None:
     """What the day's last build read: its raw files and their SHA-256; None for a day never built."""
-    return read_json(build_record_path(settings, day),
-                     f"move it aside, then rebuild the day with `lambdaflow batch --date {day.isoformat()}`")
+    return read_json(
+        build_record_path(settings, day),
+        f"move it aside, then rebuild the day with `lambdaflow batch --date {day.isoformat()}`",
+    )
 
 
 def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:
@@ -35,7 +37,7 @@ def record_build(settings: Settings, day: date, files: list[Path], digests: dict
     their SHA-256, so that the next build or reconciliation notices one that went missing or changed."""
     document = {
         "event_date": day.isoformat(),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "raw_files": sorted(f.name for f in files),
     }
     if digests is not None:
@@ -64,8 +66,10 @@ def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[s
     digests = {name: digest(path) for name, path in present.items()}
     for name, before in (record.get("raw_file_sha256") or {}).items():
         if name in digests and digests[name] != before:
-            raise RawFileDamaged(f"raw file {present[name]} has changed since {built} read it "
-                                 f"(sha256 {before[:12]}... then, {digests[name][:12]}... now): {RESTORE}")
+            raise RawFileDamaged(
+                f"raw file {present[name]} has changed since {built} read it "
+                f"(sha256 {before[:12]}... then, {digests[name][:12]}... now): {RESTORE}"
+            )
     return digests
 
 
@@ -93,4 +97,4 @@ def late_days(settings: Settings) -> dict[date, int]:
 
 
 def _end_of(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + DAY
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY

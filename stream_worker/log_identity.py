@@ -33,9 +33,13 @@ class LogProbe:
     def holds(self, tp: TopicPartition, offset: int, expected: dict) -> bool | None:
         """Is the record at ``offset`` the one fingerprinted? None when the broker does not answer."""
         try:
-            consumer = clients.consumer(self._bootstrap, None, max_partition_fetch_bytes=1024 * 1024,
-                                        bootstrap_timeout_ms=max(1000, int(self._timeout * 1000)),
-                                        request_timeout_ms=max(1000, int(self._timeout * 1000)))
+            consumer = clients.consumer(
+                self._bootstrap,
+                None,
+                max_partition_fetch_bytes=1024 * 1024,
+                bootstrap_timeout_ms=max(1000, int(self._timeout * 1000)),
+                request_timeout_ms=max(1000, int(self._timeout * 1000)),
+            )
         except BrokerUnavailable:
             return None
         try:

@@ -76,8 +76,10 @@ def parse(entries: object, source: str) -> tuple[Metric, ...]:
                 raise ConfigError(f"{where}{_named(entry)} has no {required}")
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _KEY_COLUMNS:
-            raise ConfigError(f"{where}: name {name!r} is not a plain SQL identifier (a lower-case letter, then "
-                              "lower-case letters, digits or _, 63 at most) or is a key column such as country")
+            raise ConfigError(
+                f"{where}: name {name!r} is not a plain SQL identifier (a lower-case letter, then "
+                "lower-case letters, digits or _, 63 at most) or is a key column such as country"
+            )
         if name in _reserved_words():
             raise ConfigError(f"{where}: name {name!r} is a reserved word of SQL; choose another")
         if name in names:
@@ -88,7 +90,9 @@ def parse(entries: object, source: str) -> tuple[Metric, ...]:
             raise ConfigError(f"{where} ({name}): aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         event_types = entry.get("event_types") or []
         if not isinstance(event_types, list) or not all(isinstance(t, str) and t in EVENT_TYPES for t in event_types):
-            raise ConfigError(f"{where} ({name}): event_types {event_types!r} must be a list of {', '.join(EVENT_TYPES)}")
+            raise ConfigError(
+                f"{where} ({name}): event_types {event_types!r} must be a list of {', '.join(EVENT_TYPES)}"
+            )
         field = entry.get("field")
         if aggregation == "sum" and field is None:
             raise ConfigError(f"{where} ({name}) has no field: a sum needs one of {', '.join(SUMMABLE_FIELDS)}")

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ def run_json(name: str, args: list[str], env: Mapping[str, str]) -> dict:
 class Service:
     """A long-running child process, stopped with SIGTERM (then SIGKILL) by PID."""
 
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str] | None = None,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: Mapping[str, str] | None = None, log_path: Path | None = None
+    ) -> None:
         self.name = name
         self.args = args
         self.env = dict(os.environ if env is None else env)
@@ -46,8 +47,12 @@ class Service:
             stderr = self.log_path.open("a")
         try:
             self.process = subprocess.Popen(
-                self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=stderr, text=True,
+                self.args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
             )
         finally:
             if stderr is not subprocess.DEVNULL:

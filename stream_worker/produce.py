@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from stream_worker import clients, synthetic
 from stream_worker.errors import LambdaflowError
@@ -147,8 +147,16 @@ def produce_live(
         raise LambdaflowError(f"Kafka rejected a message: {failures[0]}")
     sent = sum(per_date.values())
     return Summary(
-        topic=topic, seed=seed, messages=sent, events=sent, duplicates=0, malformed=0, out_of_order=0, late=0,
-        events_per_date=dict(sorted(per_date.items())), seconds=time.monotonic() - started,
+        topic=topic,
+        seed=seed,
+        messages=sent,
+        events=sent,
+        duplicates=0,
+        malformed=0,
+        out_of_order=0,
+        late=0,
+        events_per_date=dict(sorted(per_date.items())),
+        seconds=time.monotonic() - started,
     )
 
 

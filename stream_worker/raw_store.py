@@ -20,11 +20,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Iterator
 
 from stream_worker.boundary import log_id
 from stream_worker.errors import InputError, first_line
@@ -33,8 +33,10 @@ from stream_worker.files import PROGRESS_ONLY, DamagedFile, read_json, replace_j
 log = logging.getLogger(__name__)
 
 RESTORE = "restore it from a backup (a published raw file is never changed or removed)"
-MANIFEST_LOST = ("restore it from a backup: it is what says which raw files count and where the partition "
-                 "resumes, and the archiver will not guess")
+MANIFEST_LOST = (
+    "restore it from a backup: it is what says which raw files count and where the partition "
+    "resumes, and the archiver will not guess"
+)
 
 
 class RawFileDamaged(InputError):
@@ -144,12 +146,13 @@ class Manifest:
 
     def new_epoch(self) -> Manifest:
         closed = {**self.closed_epochs, str(self.epoch): self.next_offset}
-        return replace(self, epoch=self.epoch + 1, next_offset=0, last_record=None,
-                       closed_epochs=closed, updated_at=_now())
+        return replace(
+            self, epoch=self.epoch + 1, next_offset=0, last_record=None, closed_epochs=closed, updated_at=_now()
+        )
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class RawStore:
@@ -201,8 +204,12 @@ class RawStore:
         except TypeError as error:  # not an object, or other keys
             raise DamagedFile(path, str(error), MANIFEST_LOST) from None
         if not valid:
-            raise DamagedFile(path, f"it names {document.get('topic')}[{document.get('partition')}] "
-                                    f"at offset {document.get('next_offset')}", MANIFEST_LOST)
+            raise DamagedFile(
+                path,
+                f"it names {document.get('topic')}[{document.get('partition')}] "
+                f"at offset {document.get('next_offset')}",
+                MANIFEST_LOST,
+            )
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:

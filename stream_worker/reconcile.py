@@ -21,7 +21,7 @@ speed layer has seen:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
@@ -75,8 +75,10 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     speed_rows = _concat(snapshots)
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)
-    previous = read_json(report_path(settings.data_dir, day),
-                         f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again")
+    previous = read_json(
+        report_path(settings.data_dir, day),
+        f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again",
+    )
     if previous and _dropped_by_speed_layer(settings, day, speed_rows):
         return _unchecked_rebuild(settings, day, entry, batch, names, previous)
 
@@ -87,8 +89,9 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     archived = RawStore(settings.data_dir, settings.topic).manifests()
     read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None, archived)  # noqa: E731
     as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
-    with_late = _metrics_by_hour(_concat([read([f for f in files if f.name in built], False),
-                                          read(late, True)]), metrics)
+    with_late = _metrics_by_hour(
+        _concat([read([f for f in files if f.name in built], False), read(late, True)]), metrics
+    )
     seen = _metrics_by_hour(read(files, True), metrics)
     late_rows = read(late, False)
     late_events = late_rows["event_id"].n_unique() if late_rows.width else 0
@@ -96,25 +99,27 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     rows = []
     for index, name in enumerate(names):
         hours = sorted(set(batch) | set(speed) | set(as_built) | set(with_late) | set(seen))
-        value = lambda table, hour: table.get(hour, [0] * len(names))[index]  # noqa: E731
+        value = lambda table, hour, index=index: table.get(hour, [0] * len(names))[index]  # noqa: E731
         unexplained = {h: value(speed, h) - value(batch, h) - (value(seen, h) - value(as_built, h)) for h in hours}
-        rows.append({
-            "event_date": day.isoformat(),
-            "metric": name,
-            "batch": sum(value(batch, h) for h in hours),
-            "speed": sum(value(speed, h) for h in hours),
-            "difference": sum(value(speed, h) - value(batch, h) for h in hours),
-            "explained_by_late_events": sum(value(with_late, h) - value(as_built, h) for h in hours),
-            "explained_by_speed_lag": sum(value(seen, h) - value(with_late, h) for h in hours),
-            "unexplained": sum(unexplained.values()),
-            "hours_differing": [h for h in hours if value(speed, h) != value(batch, h)],
-            "hours_unexplained": [h for h, v in unexplained.items() if v != 0],
-            "late_files": len(late),
-            "late_events": late_events,
-            "built_at": entry.get("built_at"),
-            "reconciled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "note": None,
-        })
+        rows.append(
+            {
+                "event_date": day.isoformat(),
+                "metric": name,
+                "batch": sum(value(batch, h) for h in hours),
+                "speed": sum(value(speed, h) for h in hours),
+                "difference": sum(value(speed, h) - value(batch, h) for h in hours),
+                "explained_by_late_events": sum(value(with_late, h) - value(as_built, h) for h in hours),
+                "explained_by_speed_lag": sum(value(seen, h) - value(with_late, h) for h in hours),
+                "unexplained": sum(unexplained.values()),
+                "hours_differing": [h for h in hours if value(speed, h) != value(batch, h)],
+                "hours_unexplained": [h for h, v in unexplained.items() if v != 0],
+                "late_files": len(late),
+                "late_events": late_events,
+                "built_at": entry.get("built_at"),
+                "reconciled_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "note": None,
+            }
+        )
     rows = judged(rows, settings.reconcile_threshold)
     replace_json(report_path(settings.data_dir, day), rows)
     return rows
@@ -124,8 +129,14 @@ def judged(rows: list[dict], threshold: int) -> list[dict]:
     """The rows, each with ``within_threshold``: is its unexplained part within the threshold? The report
     keeps the verdict, so that a failed reconciliation stays failed for whoever reads it later (the
     speed layer keeps a day until it has passed)."""
-    return [{**row, "within_threshold": abs(row["unexplained"]) <= threshold
-             and not (threshold == 0 and row["hours_unexplained"])} for row in rows]
+    return [
+        {
+            **row,
+            "within_threshold": abs(row["unexplained"]) <= threshold
+            and not (threshold == 0 and row["hours_unexplained"]),
+        }
+        for row in rows
+    ]
 
 
 def passed(data_dir: Path, day: date) -> bool:
@@ -135,10 +146,15 @@ def passed(data_dir: Path, day: date) -> bool:
         rows = read_json(report_path(data_dir, day))
     except DamagedFile:
         return False
-    return bool(rows) and isinstance(rows, list) and all(
-        isinstance(row, dict) and row.get("within_threshold", row.get("unexplained") == 0
-                                           and not row.get("hours_unexplained"))
-        for row in rows)
+    return (
+        bool(rows)
+        and isinstance(rows, list)
+        and all(
+            isinstance(row, dict)
+            and row.get("within_threshold", row.get("unexplained") == 0 and not row.get("hours_unexplained"))
+            for row in rows
+        )
+    )
 
 
 def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
@@ -153,30 +169,33 @@ def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFr
     return bool(with_events - counted)
 
 
-def _unchecked_rebuild(settings: Settings, day: date, entry: dict, batch: dict, names: list[str],
-                       previous: list[dict]) -> list[dict]:
+def _unchecked_rebuild(
+    settings: Settings, day: date, entry: dict, batch: dict, names: list[str], previous: list[dict]
+) -> list[dict]:
     """A rebuild of a day reconciled before that the speed layer has dropped since:
     there is nothing left to compare with, so the report says so and keeps the last comparison."""
     reconciled_at = previous[0].get("reconciled_at")
     rows = []
     for index, name in enumerate(names):
-        rows.append({
-            "event_date": day.isoformat(),
-            "metric": name,
-            "batch": sum(values[index] for values in batch.values()),
-            "speed": None,
-            "difference": None,
-            "explained_by_late_events": 0,
-            "explained_by_speed_lag": 0,
-            "unexplained": 0,
-            "hours_differing": [],
-            "hours_unexplained": [],
-            "late_files": 0,
-            "late_events": 0,
-            "built_at": entry.get("built_at"),
-            "reconciled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "note": f"rebuilt after the speed layer dropped {day}; last compared at {reconciled_at}",
-        })
+        rows.append(
+            {
+                "event_date": day.isoformat(),
+                "metric": name,
+                "batch": sum(values[index] for values in batch.values()),
+                "speed": None,
+                "difference": None,
+                "explained_by_late_events": 0,
+                "explained_by_speed_lag": 0,
+                "unexplained": 0,
+                "hours_differing": [],
+                "hours_unexplained": [],
+                "late_files": 0,
+                "late_events": 0,
+                "built_at": entry.get("built_at"),
+                "reconciled_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "note": f"rebuilt after the speed layer dropped {day}; last compared at {reconciled_at}",
+            }
+        )
     replace_json(report_path(settings.data_dir, day), rows)
     return rows
 
@@ -189,16 +208,19 @@ def require_within_threshold(rows: list[dict], threshold: int) -> None:
     """Fail, naming each metric and hour, when an unexplained difference is above the threshold."""
     wrong = [row for row in judged(rows, threshold) if not row["within_threshold"]]
     if wrong:
-        detail = "; ".join(f"{row['metric']} by {row['unexplained']:+d} (hours {_listed(row['hours_unexplained'])})"
-                           for row in wrong)
-        raise LambdaflowError(f"{rows[0]['event_date']}: the layers differ beyond what late events and the "
-                              f"speed layer's lag explain (threshold {threshold}): {detail}")
+        detail = "; ".join(
+            f"{row['metric']} by {row['unexplained']:+d} (hours {_listed(row['hours_unexplained'])})" for row in wrong
+        )
+        raise LambdaflowError(
+            f"{rows[0]['event_date']}: the layers differ beyond what late events and the "
+            f"speed layer's lag explain (threshold {threshold}): {detail}"
+        )
 
 
 def _listed(hours: list[int], most: int = 6) -> str:
     if len(hours) <= most:
         return str(hours)
-    return "[" + ", ".join(map(str, hours[:most - 1])) + f", ... {len(hours)} hours]"
+    return "[" + ", ".join(map(str, hours[: most - 1])) + f", ... {len(hours)} hours]"
 
 
 def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
@@ -210,8 +232,9 @@ def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
     return positions
 
 
-def _events(files: list[Path], positions: dict[int, SpeedPosition] | None,
-            archived: dict[int, Manifest] | None = None) -> pl.DataFrame:
+def _events(
+    files: list[Path], positions: dict[int, SpeedPosition] | None, archived: dict[int, Manifest] | None = None
+) -> pl.DataFrame:
     """The valid events in ``files``; with ``positions``, only those the speed layer has counted."""
     frames = []
     for path in files:

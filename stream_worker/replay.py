@@ -38,8 +38,13 @@ def replay(bootstrap: str, data_dir: Path, topic: str, stop: threading.Event) ->
     generation = data_dir / "speed" / GENERATIONS / f"{topic}-{generation_id}"
     generation.mkdir(parents=True)
     log.info("replaying %s from the start of the log into %s", topic, generation)
-    worker = StreamWorker(bootstrap, data_dir, topic, group_id=f"speed-replay-{generation_id}",
-                          paths=SpeedPaths(data_dir, topic, root=generation))
+    worker = StreamWorker(
+        bootstrap,
+        data_dir,
+        topic,
+        group_id=f"speed-replay-{generation_id}",
+        paths=SpeedPaths(data_dir, topic, root=generation),
+    )
     try:
         totals = worker.run(stop, until_idle=True)
         if stop.is_set():

@@ -18,18 +18,18 @@ import functools
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import jinja2
 import polars as pl
 
-from stream_worker.boundary import BatchHours, boundary_of, read_manifest
 from stream_worker import metrics
+from stream_worker.boundary import BatchHours, boundary_of, read_manifest
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
 
@@ -104,13 +104,22 @@ class ServingInputs:
         """
         if self.batch_dates is None:
             return self
-        kept = [(path, day) for path, day in zip(self.batch_files, self.batch_dates)
-                if start <= day <= end and day in self.served_until]
-        speed_serves = any(self._until(start + timedelta(days=n)) < _start_of(start + timedelta(days=n + 1))
-                           for n in range((end - start).days + 1))
-        return replace(self, batch_files=[path for path, _ in kept], batch_dates=[day for _, day in kept],
-                       served_until={day: self.served_until[day] for _, day in kept},
-                       speed_snapshots=self.speed_snapshots if speed_serves else [])
+        kept = [
+            (path, day)
+            for path, day in zip(self.batch_files, self.batch_dates, strict=False)
+            if start <= day <= end and day in self.served_until
+        ]
+        speed_serves = any(
+            self._until(start + timedelta(days=n)) < _start_of(start + timedelta(days=n + 1))
+            for n in range((end - start).days + 1)
+        )
+        return replace(
+            self,
+            batch_files=[path for path, _ in kept],
+            batch_dates=[day for _, day in kept],
+            served_until={day: self.served_until[day] for _, day in kept},
+            speed_snapshots=self.speed_snapshots if speed_serves else [],
+        )
 
     def _until(self, day: date) -> datetime:
         return self.served_until.get(day, _start_of(day))
@@ -125,6 +134,7 @@ class ServingInputs:
         file the query started with.
         """
         with ExitStack() as stack:
+
             def pin(path: Path) -> Path:
                 try:
                     descriptor = os.open(path, os.O_RDONLY)
@@ -146,8 +156,9 @@ class ServingInputs:
             "boundary": self.boundary.isoformat(sep=" ") if self.boundary else None,
             "speed_snapshots": _sql_list(self.speed_snapshots),
             "batch_days": "[" + ", ".join(f"'{day.isoformat()}'" for day in sorted(self.served_until)) + "]",
-            "batch_until": "[" + ", ".join(f"'{self.served_until[day].isoformat(sep=' ')}'"
-                                           for day in sorted(self.served_until)) + "]",
+            "batch_until": "["
+            + ", ".join(f"'{self.served_until[day].isoformat(sep=' ')}'" for day in sorted(self.served_until))
+            + "]",
             "metrics": metrics.defined(),
         }
 
@@ -163,13 +174,19 @@ class ServingInputs:
         values: dict[str, list] = {
             name: [str(p) for p in paths]
             for name, paths in (("batch_files", self.batch_files), ("speed_snapshots", self.speed_snapshots))
-            if paths}
+            if paths
+        }
         if self.served_until:
             values["batch_days"] = sorted(self.served_until)
             values["batch_until"] = [self.served_until[day] for day in values["batch_days"]]
-        sql = _rendered(SERVING_SQL.read_text(), metrics.defined(),
-                        self.boundary.isoformat(sep=" ") if self.boundary else None,
-                        "batch_files" in values, "speed_snapshots" in values, "batch_days" in values)
+        sql = _rendered(
+            SERVING_SQL.read_text(),
+            metrics.defined(),
+            self.boundary.isoformat(sep=" ") if self.boundary else None,
+            "batch_files" in values,
+            "speed_snapshots" in values,
+            "batch_days" in values,
+        )
         return sql, values
 
 
@@ -186,17 +203,25 @@ def _template(source: str) -> jinja2.Template:
 
 
 @functools.lru_cache(maxsize=64)
-def _rendered(source: str, defined: tuple[metrics.Metric, ...], boundary: str | None,
-              has_batch: bool, has_speed: bool, has_served: bool) -> str:
+def _rendered(
+    source: str,
+    defined: tuple[metrics.Metric, ...],
+    boundary: str | None,
+    has_batch: bool,
+    has_speed: bool,
+    has_served: bool,
+) -> str:
     """The model rendered with parameters for its lists; keyed on everything the text depends on."""
-    return render_serving_sql({
-        "batch_files": "$batch_files" if has_batch else "[]",
-        "boundary": boundary,
-        "speed_snapshots": "$speed_snapshots" if has_speed else "[]",
-        "batch_days": "$batch_days" if has_served else "[]",
-        "batch_until": "$batch_until" if has_served else "[]",
-        "metrics": defined,
-    })
+    return render_serving_sql(
+        {
+            "batch_files": "$batch_files" if has_batch else "[]",
+            "boundary": boundary,
+            "speed_snapshots": "$speed_snapshots" if has_speed else "[]",
+            "batch_days": "$batch_days" if has_served else "[]",
+            "batch_until": "$batch_until" if has_served else "[]",
+            "metrics": defined,
+        }
+    )
 
 
 # One in-memory DuckDB per process, a cursor (a connection of its own) per answer, so threads
@@ -204,8 +229,12 @@ def _rendered(source: str, defined: tuple[metrics.Metric, ...], boundary: str | 
 # caches are off because a pinned path (/dev/fd/N) names another file in the next answer. One
 # thread: an answer is a few small files and a plan, which a second thread only slows (a hand-off
 # that waits for a core when the layers keep both busy); each answering thread runs its own query.
-_DUCKDB_SETTINGS = {"threads": "1", "TimeZone": "'UTC'", "enable_external_file_cache": "false",
-                    "parquet_metadata_cache": "false"}
+_DUCKDB_SETTINGS = {
+    "threads": "1",
+    "TimeZone": "'UTC'",
+    "enable_external_file_cache": "false",
+    "parquet_metadata_cache": "false",
+}
 _database_lock = threading.Lock()
 _database: duckdb.DuckDBPyConnection | None = None
 _forked_away: list[duckdb.DuckDBPyConnection] = []
@@ -252,11 +281,11 @@ def answer(settings: Settings, question: Question) -> list[dict]:
             values["country"] = question.country
         found = cursor.execute(_totals_statement(served, keys, bool(question.country)), values).fetchall()
     width = len(keys)
-    totals = {row[:width]: dict(zip(metrics.names(), row[width:])) for row in found}
+    totals = {row[:width]: dict(zip(metrics.names(), row[width:], strict=False)) for row in found}
     answers = []
     day = question.date_from
     while day <= question.date_to:
-        for hour in (range(24) if question.hourly else [None]):
+        for hour in range(24) if question.hourly else [None]:
             key = (day, hour) if question.hourly else (day,)
             sums = totals.get(key)
             if question.hourly and sums is None:
@@ -283,8 +312,10 @@ def _totals_statement(served: str, keys: tuple[str, ...], by_country: bool) -> d
 def _totals_sql(served: str, keys: tuple[str, ...], by_country: bool) -> str:
     group = ", ".join(keys)
     where = "event_date between $date_from and $date_to" + (" and country = $country" if by_country else "")
-    return (f"select {group}, {', '.join(_total(m) for m in metrics.names())}\n"
-            f"from (\n{served}\n) as served\nwhere {where}\ngroup by {group}")
+    return (
+        f"select {group}, {', '.join(_total(m) for m in metrics.names())}\n"
+        f"from (\n{served}\n) as served\nwhere {where}\ngroup by {group}"
+    )
 
 
 def _total(metric: str) -> str:

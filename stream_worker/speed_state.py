@@ -23,15 +23,17 @@ import duckdb
 import polars as pl
 
 from stream_worker import aggregate, attribution
-from stream_worker.boundary import BatchHours, log_id
 from stream_worker import metrics as metric_definitions
+from stream_worker.boundary import BatchHours, log_id
 from stream_worker.errors import LambdaflowError, first_line
-from stream_worker.metrics import Metric
 from stream_worker.files import fsync_file, temp_path_for
+from stream_worker.metrics import Metric
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = attribution.SCHEMA + """
+_SCHEMA = (
+    attribution.SCHEMA
+    + """
 create table if not exists consumed (
     kafka_partition integer primary key,
     next_offset bigint not null,
@@ -56,7 +58,7 @@ create table if not exists first_seen (
 );
 drop table if exists late_attributions;
 """
-
+)
 
 
 def _hourly_table(metrics: tuple[Metric, ...]) -> str:
@@ -71,20 +73,25 @@ create table if not exists hourly (
 
 
 def snapshot_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
-    return pl.Schema({
-        "event_date": pl.Date, "hour": pl.Int32, "country": pl.String,
-        **{m.name: pl.Int64 for m in metrics},
-        "kafka_partition": pl.Int32, "next_offset": pl.Int64, "epoch": pl.Int32, "log_id": pl.String,
-    })
+    return pl.Schema(
+        {
+            "event_date": pl.Date,
+            "hour": pl.Int32,
+            "country": pl.String,
+            **{m.name: pl.Int64 for m in metrics},
+            "kafka_partition": pl.Int32,
+            "next_offset": pl.Int64,
+            "epoch": pl.Int32,
+            "log_id": pl.String,
+        }
+    )
 
 
 def _snapshot_sql(metrics: tuple[Metric, ...]) -> str:
     """Hourly rows of the partition: counted metrics beside the users metrics' attributions."""
     users = [m.name for m in metrics if m.counts_users]
     user_counts = "".join(f",\n        count(*) filter (where kind = '{name}') as {name}" for name in users)
-    merged = ",\n".join(
-        f"        coalesce({'u' if m.counts_users else 'h'}.{m.name}, 0) as {m.name}" for m in metrics
-    )
+    merged = ",\n".join(f"        coalesce({'u' if m.counts_users else 'h'}.{m.name}, 0) as {m.name}" for m in metrics)
     return f"""
 with users as (
     select event_hour, country{user_counts}
@@ -129,8 +136,10 @@ class StateUnreadable(LambdaflowError):
     """The state file is damaged: the log can rebuild it."""
 
     def __init__(self, path: Path, error: Exception) -> None:
-        super().__init__(f"the speed state {path} cannot be read ({first_line(error)}): "
-                         "rebuild it from the log with `lambdaflow stream --replay`")
+        super().__init__(
+            f"the speed state {path} cannot be read ({first_line(error)}): "
+            "rebuild it from the log with `lambdaflow stream --replay`"
+        )
 
 
 class StateMetricsDiffer(LambdaflowError):
@@ -166,9 +175,13 @@ class PartitionState:
 
     def _check_metrics(self) -> None:
         """Refuse a state built for other metrics: its history would be wrong, not just short."""
-        stored = [name for (name,) in self._run(
-            "select column_name from information_schema.columns where table_name = 'hourly' order by ordinal_position"
-        )][2:]
+        stored = [
+            name
+            for (name,) in self._run(
+                "select column_name from information_schema.columns "
+                "where table_name = 'hourly' order by ordinal_position"
+            )
+        ][2:]
         expected = [m.name for m in aggregate.counted(self.metrics)]
         kinds = {kind for (kind,) in self._run("select distinct kind from first_seen")}
         unknown_kinds = kinds - {m.name for m in self.metrics if m.counts_users}
@@ -192,8 +205,15 @@ class PartitionState:
         next_offset, epoch, last_record, log = rows[0]
         return Consumed(next_offset, epoch, json.loads(last_record) if last_record else None, log)
 
-    def apply(self, events: pl.DataFrame, start: int, end: int, last_record: dict,
-              batch: BatchHours | None = None, first_record: dict | None = None) -> int:
+    def apply(
+        self,
+        events: pl.DataFrame,
+        start: int,
+        end: int,
+        last_record: dict,
+        batch: BatchHours | None = None,
+        first_record: dict | None = None,
+    ) -> int:
         """Count a micro-batch of valid events covering offsets start..end-1, exactly once.
 
         ``batch``: the hours the batch layer serves, and what its builds read, as the batch manifest
@@ -220,10 +240,13 @@ class PartitionState:
                     on conflict (event_hour, country) do {f"update set {updates}" if updates else "nothing"}
                 """)
                 self._attribute(fresh, days)
-            self._run("""
+            self._run(
+                """
                 insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
                 values (?, ?, ?, ?, now(), ?)
-            """, [self.partition, end, consumed.epoch, json.dumps(last_record), log])
+            """,
+                [self.partition, end, consumed.epoch, json.dumps(last_record), log],
+            )
             con.commit()
         except BaseException:
             con.rollback()
@@ -264,10 +287,12 @@ class PartitionState:
         self._run("insert into seen_events select event_hour, event_id from batch_events")
         return fresh
 
-    def _register_batch_days(self, batch: BatchHours | None, consumed: Consumed, days: set,
-                             log: str | None) -> pl.DataFrame:
-        frame = attribution.batch_days(self._con, batch or BatchHours.of(None), self.partition, consumed.epoch,
-                                       log, days)
+    def _register_batch_days(
+        self, batch: BatchHours | None, consumed: Consumed, days: set, log: str | None
+    ) -> pl.DataFrame:
+        frame = attribution.batch_days(
+            self._con, batch or BatchHours.of(None), self.partition, consumed.epoch, log, days
+        )
         self._con.register("batch_days", frame)
         return frame
 
@@ -291,10 +316,13 @@ class PartitionState:
 
     def restart_log(self, epoch: int) -> None:
         """The partition's log restarted: consume the new log from its beginning."""
-        self._run("""
+        self._run(
+            """
             insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
             values (?, 0, ?, null, now(), null)
-        """, [self.partition, epoch])
+        """,
+            [self.partition, epoch],
+        )
 
     def snapshot(self) -> pl.DataFrame:
         return self._con.sql(_snapshot_sql(self.metrics)).pl().cast(snapshot_schema(self.metrics))

@@ -45,11 +45,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from stream_worker.airflow_home import PROJECT_DIR, airflow_env
 from stream_worker.broker import HOST, BrokerAnnouncement, port_answers
@@ -173,7 +174,7 @@ def proc_stat(pid: int) -> ProcStat | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
     return ProcStat(pid, fields[0], int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
 
 
@@ -242,8 +243,11 @@ class Recorded:
         """
         if self.leader() == "other":
             return []
-        return [p for p in (processes if processes is not None else running_processes())
-                if p.pgid == self.pgid and p.sid == self.pgid and p.started >= self.started]
+        return [
+            p
+            for p in (processes if processes is not None else running_processes())
+            if p.pgid == self.pgid and p.sid == self.pgid and p.started >= self.started
+        ]
 
     def is_alive(self) -> bool:
         return bool(self.members())
@@ -304,8 +308,12 @@ def up(config: StackConfig) -> dict[str, Any]:
         _refuse_a_running_stack(config)
         _require_free_ports(config)
         stack = StackFile(
-            path=config.stack_file, stack_id=uuid.uuid4().hex, data_dir=str(config.settings.data_dir),
-            started_at=_now(), services=[], urls={},
+            path=config.stack_file,
+            stack_id=uuid.uuid4().hex,
+            data_dir=str(config.settings.data_dir),
+            started_at=_now(),
+            services=[],
+            urls={},
         )
         try:
             report = _start_all(config, stack)
@@ -332,8 +340,10 @@ def _refuse_a_running_stack(config: StackConfig) -> None:
 def _require_free_ports(config: StackConfig) -> None:
     for what, port in (("Airflow", config.airflow_port), ("the docs site", config.docs_port)):
         if port_answers(HOST, port):
-            raise StackError(f"port {port} on {HOST} for {what} is in use; choose another "
-                             f"({'LAMBDAFLOW_AIRFLOW_PORT' if what == 'Airflow' else 'LAMBDAFLOW_DOCS_PORT'})")
+            raise StackError(
+                f"port {port} on {HOST} for {what} is in use; choose another "
+                f"({'LAMBDAFLOW_AIRFLOW_PORT' if what == 'Airflow' else 'LAMBDAFLOW_DOCS_PORT'})"
+            )
 
 
 def _start_all(config: StackConfig, stack: StackFile) -> dict[str, Any]:
@@ -377,8 +387,9 @@ def _start_services(config: StackConfig, stack: StackFile) -> tuple[dict[str, Re
         started[name] = _launch(config, stack, name, command, env)
     _prepare_airflow(config)
     airflow = {**airflow_service_env(config.settings, config.airflow_port), STACK_ID_VARIABLE: stack.stack_id}
-    started["airflow"] = _launch(config, stack, "airflow", [sys.executable, "-m", "stream_worker.stack", "airflow"],
-                                 airflow)
+    started["airflow"] = _launch(
+        config, stack, "airflow", [sys.executable, "-m", "stream_worker.stack", "airflow"], airflow
+    )
     return started, bootstrap
 
 
@@ -401,8 +412,7 @@ def _wait_until_ready(config: StackConfig, started: dict[str, Recorded]) -> Airf
     return airflow
 
 
-def _launch(config: StackConfig, stack: StackFile, name: str, command: list[str],
-            env: Mapping[str, str]) -> Recorded:
+def _launch(config: StackConfig, stack: StackFile, name: str, command: list[str], env: Mapping[str, str]) -> Recorded:
     """Start one service in a session of its own and record it before anything else happens."""
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.logs_dir / f"{name}.log"
@@ -410,13 +420,22 @@ def _launch(config: StackConfig, stack: StackFile, name: str, command: list[str]
         output.write(f"\n--- {_now()} started: {' '.join(command)}\n".encode())
         output.flush()
         process = subprocess.Popen(
-            command, env=dict(env), cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=output,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            env=dict(env),
+            cwd=PROJECT_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     stat = proc_stat(process.pid)
     recorded = Recorded(
-        name=name, pid=process.pid, pgid=process.pid, command=list(command),
-        started=stat.started if stat else 0, log=str(log_path),
+        name=name,
+        pid=process.pid,
+        pgid=process.pid,
+        command=list(command),
+        started=stat.started if stat else 0,
+        log=str(log_path),
     )
     stack.services.append(recorded)
     stack.write()
@@ -434,8 +453,9 @@ def _wait(service: Recorded, ready: Callable[[], Any]) -> Any:
             log.info("%s is ready (%.0f s)", service.name, time.monotonic() - started)
             return result
         if service.leader() != "ours":
-            raise StackError(f"{service.name} exited before it was ready; the end of {service.log}:\n"
-                             f"{_tail(service.log)}")
+            raise StackError(
+                f"{service.name} exited before it was ready; the end of {service.log}:\n{_tail(service.log)}"
+            )
         if time.monotonic() - started > timeout:
             raise StackError(f"{service.name} was not ready in {timeout} s; see {service.log}")
         time.sleep(POLL_SECONDS)
@@ -475,8 +495,9 @@ def _prepare_airflow(config: StackConfig) -> None:
 # Airflow over its REST API
 
 
-def http_json(method: str, url: str, body: object = None, token: str | None = None,
-              timeout: float = 30.0) -> tuple[int, Any]:
+def http_json(
+    method: str, url: str, body: object = None, token: str | None = None, timeout: float = 30.0
+) -> tuple[int, Any]:
     """One HTTP request to a local service, straight (no proxy); returns the status and the parsed body."""
     headers = {"Accept": "application/json"}
     data = None
@@ -621,8 +642,9 @@ def _stop_services(services: list[Recorded], strays: dict[int, ProcStat]) -> lis
     if not _wait_until(all_stopped, grace):
         for service in services:
             if service.members():
-                log.warning("%s (group %d) still runs %.0f s after SIGTERM; sending SIGKILL",
-                            service.name, service.pgid, grace)
+                log.warning(
+                    "%s (group %d) still runs %.0f s after SIGTERM; sending SIGKILL", service.name, service.pgid, grace
+                )
                 outcomes[service.name] = _signal(service, signal.SIGKILL)
         _wait_until(all_stopped, 10.0)
     for service in services:
@@ -634,8 +656,9 @@ def _signal(service: Recorded, signum: signal.Signals) -> str:
     """Signal the service's group when it is provably the one ``up`` started; say what was done."""
     leader = service.leader()
     if leader == "other":
-        log.warning("pid %d is no longer %s (another process has its number); leaving it alone",
-                    service.pid, service.name)
+        log.warning(
+            "pid %d is no longer %s (another process has its number); leaving it alone", service.pid, service.name
+        )
         return "not ours"
     if not service.members():
         return "already stopped"
@@ -677,8 +700,9 @@ def _stop_strays(seen: list[ProcStat], stack_id: str) -> None:
     strays = [p for p in {p.pid: p for p in [*seen, *marked]}.values() if _same_process(p)]
     if not strays:
         return
-    log.warning("stopping %d processes the stack started outside its groups: %s",
-                len(strays), sorted(p.pid for p in strays))
+    log.warning(
+        "stopping %d processes the stack started outside its groups: %s", len(strays), sorted(p.pid for p in strays)
+    )
     for stray in strays:
         _kill_quietly(stray.pid, signal.SIGTERM)
     if not _wait_until(lambda: not any(_same_process(p) for p in strays), 10.0):
@@ -710,7 +734,7 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # the Airflow service
@@ -750,8 +774,12 @@ def run_airflow(config: StackConfig) -> int:
     while failed is None and not stop.wait(1.0):
         failed = next((name for name, process in components.items() if process.poll() is not None), None)
     if failed:
-        log.error("airflow %s exited with code %s; stopping the others (see %s)", failed,
-                  components[failed].returncode, config.logs_dir / f"airflow-{failed}.log")
+        log.error(
+            "airflow %s exited with code %s; stopping the others (see %s)",
+            failed,
+            components[failed].returncode,
+            config.logs_dir / f"airflow-{failed}.log",
+        )
     else:
         log.info("stopping airflow %s", ", ".join(components))
     _stop_components(components)
@@ -769,8 +797,9 @@ def _start_component(config: StackConfig, name: str, args: list[str]) -> subproc
     with path.open("ab") as output:
         output.write(f"\n--- {_now()} started: airflow {' '.join(args)}\n".encode())
         output.flush()
-        process = subprocess.Popen([sys.executable, "-m", "airflow", *args], stdin=subprocess.DEVNULL,
-                                   stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+        )
     log.info("started airflow %s (pid %d), logging to %s", name, process.pid, path)
     return process
 
@@ -804,8 +833,14 @@ def serve_docs(config: StackConfig) -> None:
     under <data>/docs, apart from the dbt project's own target/.
     """
     target = config.settings.data_dir / "docs" / "target"
-    common = ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
-              "--target-path", str(target)]
+    common = [
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+        "--target-path",
+        str(target),
+    ]
     env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(config.settings.data_dir)}
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     dbt = str(Path(sys.executable).parent / "dbt")
@@ -813,7 +848,8 @@ def serve_docs(config: StackConfig) -> None:
         log.info("generating the dbt docs into %s", target)
         generated = subprocess.run(
             [dbt, "docs", "generate", *common, "--log-path", str(config.logs_dir / "dbt")],
-            env=env, stdin=subprocess.DEVNULL,
+            env=env,
+            stdin=subprocess.DEVNULL,
         )
     if generated.returncode != 0:
         raise StackError(f"dbt docs generate failed with exit code {generated.returncode}")
@@ -841,11 +877,14 @@ def main(argv: list[str] | None = None) -> int:
         description="The lambdaflow stack on 127.0.0.1: `up` starts it and returns, `down` stops it.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("up", "start every service and wait until each is ready"),
-                       ("down", "stop the services `up` recorded")):
+    for name, text in (
+        ("up", "start every service and wait until each is ready"),
+        ("down", "stop the services `up` recorded"),
+    ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--format", dest="fmt", choices=FORMATS, default="json",
-                             help="JSON (default), or a table for people")
+        command.add_argument(
+            "--format", dest="fmt", choices=FORMATS, default="json", help="JSON (default), or a table for people"
+        )
     docs = commands.add_parser("docs", help="generate and serve the dbt docs (a service of `up`)")
     docs.add_argument("--port", type=int, help="overrides LAMBDAFLOW_DOCS_PORT")
     commands.add_parser("airflow", help="run Airflow's components together (a service of `up`)")

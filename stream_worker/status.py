@@ -19,11 +19,13 @@ def status(settings: Settings) -> dict:
     for partition in store.partitions(fallback=settings.partitions):
         archiver = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
         stream = read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {}
-        partitions.append({
-            "partition": partition,
-            "archiver": _progress(archiver, "watermark", "caught_up_at", "epoch"),
-            "stream": _progress(stream, "epoch", "updated_at"),
-        })
+        partitions.append(
+            {
+                "partition": partition,
+                "archiver": _progress(archiver, "watermark", "caught_up_at", "epoch"),
+                "stream": _progress(stream, "epoch", "updated_at"),
+            }
+        )
     manifest = read_manifest(settings.data_dir)
     days = manifest.get("days", {})
     last_built = max(days.items(), key=lambda item: item[1].get("built_at") or "", default=None)
@@ -59,8 +61,9 @@ def _dead_letter(store: RawStore) -> dict:
             "select reason, count(*) from read_parquet(?) group by reason order by reason", [[str(f) for f in files]]
         ).fetchall()
     except duckdb.Error as error:
-        raise LambdaflowError(f"the dead letter under {store.dead_letter_dir} cannot be read: "
-                              f"{' '.join(str(error).split())[:300]}") from None
+        raise LambdaflowError(
+            f"the dead letter under {store.dead_letter_dir} cannot be read: {' '.join(str(error).split())[:300]}"
+        ) from None
     return {"messages": sum(n for _, n in rows), "by_reason": dict(rows)}
 
 
@@ -69,12 +72,14 @@ def partition_rows(report: dict) -> list[dict]:
     rows = []
     for entry in report["partitions"]:
         archiver, stream = entry["archiver"] or {}, entry["stream"] or {}
-        rows.append({
-            "partition": entry["partition"],
-            "archived_to": archiver.get("next_offset"),
-            "archive_lag": archiver.get("lag"),
-            "watermark": archiver.get("watermark"),
-            "counted_to": stream.get("next_offset"),
-            "stream_lag": stream.get("lag"),
-        })
+        rows.append(
+            {
+                "partition": entry["partition"],
+                "archived_to": archiver.get("next_offset"),
+                "archive_lag": archiver.get("lag"),
+                "watermark": archiver.get("watermark"),
+                "counted_to": stream.get("next_offset"),
+                "stream_lag": stream.get("lag"),
+            }
+        )
     return rows

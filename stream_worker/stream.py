@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -118,9 +118,16 @@ class _Progress:
 
 
 class StreamWorker(ConsumerRebalanceListener):
-    def __init__(self, bootstrap: str, data_dir: Path, topic: str, group_id: str = GROUP_ID,
-                 session_timeout_ms: int = 6000, retention_grace: timedelta = SPEED_RETENTION_GRACE,
-                 paths: SpeedPaths | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        data_dir: Path,
+        topic: str,
+        group_id: str = GROUP_ID,
+        session_timeout_ms: int = 6000,
+        retention_grace: timedelta = SPEED_RETENTION_GRACE,
+        paths: SpeedPaths | None = None,
+    ) -> None:
         self.topic = topic
         self.data_dir = data_dir
         self.paths = paths or SpeedPaths(data_dir, topic).live()
@@ -138,7 +145,8 @@ class StreamWorker(ConsumerRebalanceListener):
         self._progress = _Progress()
         self._assignment = AssignmentClock(session_timeout_ms)
         self._consumer = clients.consumer(
-            bootstrap, group_id,
+            bootstrap,
+            group_id,
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(500, session_timeout_ms // 4),
             max_poll_records=MAX_BATCH_MESSAGES,
@@ -260,8 +268,13 @@ class StreamWorker(ConsumerRebalanceListener):
         if same is False:
             self._restart_log(tp.partition, f"offset {offset} arrived after offset {owned.position - 1}")
         else:
-            log.warning("%s[%d] the consumer went back to offset %d; resuming at %d",
-                        self.topic, tp.partition, offset, owned.position)
+            log.warning(
+                "%s[%d] the consumer went back to offset %d; resuming at %d",
+                self.topic,
+                tp.partition,
+                offset,
+                owned.position,
+            )
             self._consumer.seek(tp, owned.position)
 
     def _restart_log(self, partition: int, why: str) -> None:
@@ -269,8 +282,14 @@ class StreamWorker(ConsumerRebalanceListener):
         epoch = owned.state.consumed().epoch + 1
         owned.state.restart_log(epoch)
         self.totals.log_restarts += 1
-        log.warning("%s[%d] LOG RESTARTED: %s. Counting the new log (epoch %d) from its beginning; "
-                    "counts so far stay, dedupe keeps repeats out.", self.topic, partition, why, epoch)
+        log.warning(
+            "%s[%d] LOG RESTARTED: %s. Counting the new log (epoch %d) from its beginning; "
+            "counts so far stay, dedupe keeps repeats out.",
+            self.topic,
+            partition,
+            why,
+            epoch,
+        )
         self._seek_to_stored(partition)
 
     # ownership
@@ -322,8 +341,13 @@ class StreamWorker(ConsumerRebalanceListener):
                 self._seek_to_stored(partition)
             owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
             self._consumer.resume(tp)
-            log.info("%s[%d] assigned: resuming at offset %d (epoch %d)",
-                     self.topic, partition, owned.position, owned.state.consumed().epoch)
+            log.info(
+                "%s[%d] assigned: resuming at offset %d (epoch %d)",
+                self.topic,
+                partition,
+                owned.position,
+                owned.state.consumed().epoch,
+            )
 
     def _seek_to_stored(self, partition: int) -> None:
         owned = self.owned[partition]
@@ -348,8 +372,11 @@ class StreamWorker(ConsumerRebalanceListener):
     def _prune(self, state: PartitionState) -> None:
         """Drop the days the speed layer no longer needs (see first_day_kept)."""
         manifest = self._batch_manifest()
-        kept = None if manifest is None else first_day_kept(self.data_dir, manifest, state.first_day(),
-                                                             self.retention_grace)
+        kept = (
+            None
+            if manifest is None
+            else first_day_kept(self.data_dir, manifest, state.first_day(), self.retention_grace)
+        )
         if kept is not None:
             state.drop_days_before(kept)
 
@@ -360,8 +387,9 @@ class StreamWorker(ConsumerRebalanceListener):
             manifest = read_manifest(self.data_dir)
         except DamagedFile as error:
             if not self._manifest_damaged:
-                log.warning("%s; counting goes on at the last boundary read (%s) and no day is dropped",
-                            error, self._boundary)
+                log.warning(
+                    "%s; counting goes on at the last boundary read (%s) and no day is dropped", error, self._boundary
+                )
             self._manifest_damaged = True
             return None
         if self._manifest_damaged:
@@ -386,15 +414,18 @@ class StreamWorker(ConsumerRebalanceListener):
         if owned.state is None or (not force and now - owned.status_written < 1.0):
             return
         owned.status_written = now
-        replace_json(self.paths.status_file(partition), {
-            "topic": self.topic,
-            "partition": partition,
-            "next_offset": owned.position,
-            "end_offset": owned.end_offset,
-            "epoch": owned.state.consumed().epoch,
-            "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "pid": os.getpid(),
-        })
+        replace_json(
+            self.paths.status_file(partition),
+            {
+                "topic": self.topic,
+                "partition": partition,
+                "next_offset": owned.position,
+                "end_offset": owned.end_offset,
+                "epoch": owned.state.consumed().epoch,
+                "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "pid": os.getpid(),
+            },
+        )
 
     def _caught_up(self, partition: int) -> bool:
         owned = self.owned[partition]
@@ -410,8 +441,13 @@ class StreamWorker(ConsumerRebalanceListener):
             p: (o.end_offset - o.position if o.end_offset is not None else None) for p, o in sorted(self.owned.items())
         }
         last_commit = max((o.last_commit for o in self.owned.values() if o.last_commit), default=None)
-        log.info("%s: %.0f messages/s, lag per partition %s, last commit %s", self.topic, rate, lags,
-                 f"{now - last_commit:.1f} s ago" if last_commit else "none yet")
+        log.info(
+            "%s: %.0f messages/s, lag per partition %s, last commit %s",
+            self.topic,
+            rate,
+            lags,
+            f"{now - last_commit:.1f} s ago" if last_commit else "none yet",
+        )
         progress.last_report = now
         progress.messages_at_last_report = self.totals.messages
 

@@ -20,9 +20,9 @@ import itertools
 import json
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 
 EVENT_TYPE_WEIGHTS = {"signup": 5, "login": 20, "page_view": 60, "order": 15}
 COUNTRY_WEIGHTS = {"US": 30, "DE": 15, "IN": 15, "BR": 10, "GB": 10, "JP": 8, "FR": 7, None: 5}
@@ -115,8 +115,8 @@ class Plan:
 
 def generate(options: Options) -> Plan:
     rng = random.Random(options.seed)
-    until = options.until.astimezone(timezone.utc)
-    start = datetime.combine(until.date() - timedelta(days=options.days), datetime.min.time(), timezone.utc)
+    until = options.until.astimezone(UTC)
+    start = datetime.combine(until.date() - timedelta(days=options.days), datetime.min.time(), UTC)
     users = _Users(rng, population=max(20, options.events_per_day // 4))
 
     events: list[tuple[datetime, Message]] = []
@@ -153,12 +153,12 @@ def live(seed: int, events_per_day: float, clock: Callable[[], datetime] | None 
     earlier one sent: the pipeline would count such events as duplicates. The
     users are drawn here, before the first event is asked for.
     """
-    clock = clock or (lambda: datetime.now(timezone.utc))
+    clock = clock or (lambda: datetime.now(UTC))
     rng = random.Random(seed)
     users = _Users(rng, population=min(LIVE_MAX_USERS, max(20, round(events_per_day) // 4)))
     run = f"live{int(clock().timestamp() * 1000):x}"
     return (
-        _event(rng, users, f"evt-{seed}-{run}-{sequence:09d}", clock().astimezone(timezone.utc))
+        _event(rng, users, f"evt-{seed}-{run}-{sequence:09d}", clock().astimezone(UTC))
         for sequence in itertools.count()
     )
 

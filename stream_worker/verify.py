@@ -86,8 +86,13 @@ def _stored(store: RawStore, folder: Path, manifest: Manifest, columns: list[str
     files = []
     for path in folder.glob("*/*.parquet"):
         batch = BatchRange.parse(path.name)
-        if batch and batch.topic == store.topic and batch.partition == manifest.partition \
-                and batch.epoch == manifest.epoch and manifest.covers(batch):
+        if (
+            batch
+            and batch.topic == store.topic
+            and batch.partition == manifest.partition
+            and batch.epoch == manifest.epoch
+            and manifest.covers(batch)
+        ):
             files.append(str(path))
     if not files:
         return Counter()
@@ -101,7 +106,9 @@ def _compare(expected: Counter, stored: Counter) -> dict:
     unexpected = sorted(set(stored) - set(expected))
     duplicated = sorted(row for row, count in stored.items() if count > 1)
     return {
-        "missing": len(missing), "duplicated": len(duplicated), "unexpected": len(unexpected),
+        "missing": len(missing),
+        "duplicated": len(duplicated),
+        "unexpected": len(unexpected),
         "examples": [_offset(row) for row in (missing + duplicated + unexpected)[:MAX_LISTED]],
     }
 

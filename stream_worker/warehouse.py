@@ -8,9 +8,9 @@ batch`, the demo) and `dbt docs generate`.
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from stream_worker.config import Settings
 

@@ -55,7 +55,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -89,10 +89,13 @@ class Scenario:
         """The faults and jobs, in a random order; joins and leaves come in pairs."""
         rounds = max(1, self.kills // 5)
         actions = (
-            ["kill archiver"] * self.kills + ["kill stream worker"] * self.kills
-            + ["second archiver"] * 2 * rounds + ["second stream worker"] * 2 * rounds
+            ["kill archiver"] * self.kills
+            + ["kill stream worker"] * self.kills
+            + ["second archiver"] * 2 * rounds
+            + ["second stream worker"] * 2 * rounds
             + ["pause broker"] * rounds
-            + ["build a day"] * rounds + ["rebuild a day", "backfill", "batch for today"]
+            + ["build a day"] * rounds
+            + ["rebuild a day", "backfill", "batch for today"]
             + ["batch for today, the speed layer stopped", "two batches for today at once"]
         )
         rng.shuffle(actions)
@@ -140,8 +143,10 @@ class Workers:
             worker.terminate(timeout=120)
         except (AssertionError, subprocess.TimeoutExpired, ValueError) as error:
             worker.ensure_stopped()
-            tally.failures.append(f"{command} (pid {worker.pid}) did not stop cleanly (exit code "
-                                  f"{worker.process.returncode}; see {worker.log_path}): {str(error)[-500:]}")
+            tally.failures.append(
+                f"{command} (pid {worker.pid}) did not stop cleanly (exit code "
+                f"{worker.process.returncode}; see {worker.log_path}): {str(error)[-500:]}"
+            )
 
     def stop_all(self, tally: Tally) -> None:
         for command, workers in self.running.items():
@@ -171,8 +176,12 @@ class Builds:
         if self.process is None:
             with (self.logs / "builds.log").open("w") as stderr:
                 self.process = subprocess.Popen(
-                    [sys.executable, __file__, "build-server"], env=self.env,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                    [sys.executable, __file__, "build-server"],
+                    env=self.env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
                 )
             threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self.process.stdin.write(" ".join(days) + "\n")
@@ -192,8 +201,9 @@ class Builds:
             except queue.Empty:
                 return
         if self.pending:  # the process ended with requests open
-            self.tally.failures.append(f"the build process exited with {self.pending} builds to go; "
-                                       f"see {self.logs / 'builds.log'}")
+            self.tally.failures.append(
+                f"the build process exited with {self.pending} builds to go; see {self.logs / 'builds.log'}"
+            )
             self.pending = 0
 
     def wait(self) -> None:
@@ -254,7 +264,7 @@ def served_once(tally: Tally, moment: str) -> None:
             tally.failures.append(f"{moment}: {day} {hour}:00 served by {sorted(found)}, owned by {owner}")
     for day, until in batch.served_until.items():
         built_until = datetime.fromisoformat(manifest["days"][day.isoformat()]["built_until"])
-        if until > built_until.astimezone(timezone.utc).replace(tzinfo=None):
+        if until > built_until.astimezone(UTC).replace(tzinfo=None):
             tally.misserved.add((day.isoformat(), None))
             tally.failures.append(f"{moment}: {day} is served from the batch until {until}, built until {built_until}")
 
@@ -326,7 +336,7 @@ class Producer(threading.Thread):
             event["occurred_at"] = (datetime.fromisoformat(event["occurred_at"]) + skew).isoformat()
         except (ValueError, TypeError, KeyError):  # a malformed message stays as it is
             return value, None
-        return json.dumps(event).encode(), int((datetime.now(timezone.utc) + skew).timestamp() * 1000)
+        return json.dumps(event).encode(), int((datetime.now(UTC) + skew).timestamp() * 1000)
 
 
 def run(scenario: Scenario, work: Path) -> int:
@@ -338,20 +348,36 @@ def run(scenario: Scenario, work: Path) -> int:
     broker = EmbeddedBroker(log_path=logs / "broker.log").start()
     clients.ensure_topic(broker.bootstrap, TOPIC, PARTITIONS)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_"))}
-    env.update(KAFKA_BOOTSTRAP=broker.bootstrap, LAMBDAFLOW_TOPIC=TOPIC, LAMBDAFLOW_DATA_DIR=str(data_dir),
-               LAMBDAFLOW_ARCHIVE_ROLL_SECONDS="2")
+    env.update(
+        KAFKA_BOOTSTRAP=broker.bootstrap,
+        LAMBDAFLOW_TOPIC=TOPIC,
+        LAMBDAFLOW_DATA_DIR=str(data_dir),
+        LAMBDAFLOW_ARCHIVE_ROLL_SECONDS="2",
+    )
     os.environ.update(env)  # this process's own queries and checks see the same settings
     workers = Workers(env, logs)
     builds = Builds(env, logs, tally)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     today = now.date()
     closed_days = [(today - timedelta(days=n)).isoformat() for n in range(HISTORY_DAYS, 0, -1)]
-    plan = synthetic.generate(synthetic.Options(
-        days=HISTORY_DAYS, events_per_day=scenario.events_per_day, seed=scenario.seed, until=now,
-        duplicates=0.03, out_of_order=0.03, late=0.01, malformed=0.01,
-    ))
-    log.info("%d messages for %s and today so far, over %.0f s", len(plan.messages), ", ".join(closed_days),
-             scenario.duration * PRODUCING_SHARE)
+    plan = synthetic.generate(
+        synthetic.Options(
+            days=HISTORY_DAYS,
+            events_per_day=scenario.events_per_day,
+            seed=scenario.seed,
+            until=now,
+            duplicates=0.03,
+            out_of_order=0.03,
+            late=0.01,
+            malformed=0.01,
+        )
+    )
+    log.info(
+        "%d messages for %s and today so far, over %.0f s",
+        len(plan.messages),
+        ", ".join(closed_days),
+        scenario.duration * PRODUCING_SHARE,
+    )
     try:
         producer = Producer(broker.bootstrap, plan, scenario.duration * PRODUCING_SHARE, scenario.seed)
         workers.start("archive")
@@ -377,15 +403,30 @@ def run(scenario: Scenario, work: Path) -> int:
     for failure in tally.failures:
         log.error("%s", failure)
     ok = not tally.failures and lost == 0 and duplicated == 0 and not tally.misserved and tally.moments > 0
-    log.info("builds: %s; broker pauses: %d; served hours checked at %d moments; work dir %s", dict(tally.builds),
-             tally.pauses, tally.moments, work)
-    print(f"chaos: {tally.kills} kills, {len(plan.messages)} events, {lost} lost, {duplicated} duplicated, "
-          f"{len(tally.misserved)} hours served twice or never", flush=True)
+    log.info(
+        "builds: %s; broker pauses: %d; served hours checked at %d moments; work dir %s",
+        dict(tally.builds),
+        tally.pauses,
+        tally.moments,
+        work,
+    )
+    print(
+        f"chaos: {tally.kills} kills, {len(plan.messages)} events, {lost} lost, {duplicated} duplicated, "
+        f"{len(tally.misserved)} hours served twice or never",
+        flush=True,
+    )
     return 0 if ok else 1
 
 
-def _act(scenario: Scenario, rng: random.Random, broker: EmbeddedBroker, workers: Workers, builds: Builds,
-         closed_days: list[str], tally: Tally) -> None:
+def _act(
+    scenario: Scenario,
+    rng: random.Random,
+    broker: EmbeddedBroker,
+    workers: Workers,
+    builds: Builds,
+    closed_days: list[str],
+    tally: Tally,
+) -> None:
     actions = scenario.actions(rng)
     interval = scenario.duration / len(actions)
     built: list[str] = []
@@ -447,17 +488,25 @@ def _until_an_hour_of_today_is_complete(builds: Builds, deadline: float) -> None
     from lambdaflow_dags.batch import complete_hours_of
     from stream_worker.config import settings
 
-    today = datetime.now(timezone.utc).date()
-    midnight = datetime(today.year, today.month, today.day, tzinfo=timezone.utc)
+    today = datetime.now(UTC).date()
+    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
     while time.monotonic() < deadline and complete_hours_of(settings(), today) <= midnight:
         _sleep(1.0, builds)
 
 
 def _two_triggers(env: dict[str, str], tally: Tally) -> None:
     """Two `lambdaflow batch --today` at once: each builds, or refuses with one clear line."""
-    both = [subprocess.Popen([sys.executable, "-m", "stream_worker", "batch", "--today"], env=env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stream_worker", "batch", "--today"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for process in both:
         _, stderr = process.communicate(timeout=900)
         last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
@@ -516,15 +565,23 @@ def tally_served(truth: dict, served: dict, what: str) -> tuple[int, int, list[s
     return lost, duplicated, problems
 
 
-def _verify(bootstrap: str, acknowledged: int, data_dir: Path, env: dict[str, str], closed_days: list[str],
-            today: date, tally: Tally) -> tuple[int, int]:
+def _verify(
+    bootstrap: str,
+    acknowledged: int,
+    data_dir: Path,
+    env: dict[str, str],
+    closed_days: list[str],
+    today: date,
+    tally: Tally,
+) -> tuple[int, int]:
     records = read_all(bootstrap, TOPIC, acknowledged)
     valid, rejected = set(), set()
     for record in records:
         position = (record.partition, record.offset)
         (valid if expected_reason(record.key, record.value, record.timestamp) is None else rejected).add(position)
     lost, duplicated, problems = tally_offsets(
-        valid, rejected, archived_rows(data_dir, "raw/events"), archived_rows(data_dir, "dead_letter"))
+        valid, rejected, archived_rows(data_dir, "raw/events"), archived_rows(data_dir, "dead_letter")
+    )
     log.info("log: %d records, %d valid, %d malformed", len(records), len(valid), len(rejected))
     try:
         assert_nothing_half_written(data_dir, TOPIC)
@@ -536,10 +593,15 @@ def _verify(bootstrap: str, acknowledged: int, data_dir: Path, env: dict[str, st
     # and ahead of now; the range covers every day with events.
     first = min([closed_days[0], *(key[0].isoformat() for key in truth)])
     last = max([today.isoformat(), *(key[0].isoformat() for key in truth)])
-    checks = [("day", [], lambda key: (key[0].isoformat(),)), ("hour", ["--hourly"], lambda key: (key[0].isoformat(), key[1]))]
+    checks = [
+        ("day", [], lambda key: (key[0].isoformat(),)),
+        ("hour", ["--hourly"], lambda key: (key[0].isoformat(), key[1])),
+    ]
     countries = sorted({key[2] for key in truth if key[2] is not None})
-    checks += [(f"hour in {country}", ["--hourly", "--country", country], lambda key: (key[0].isoformat(), key[1]))
-               for country in countries]
+    checks += [
+        (f"hour in {country}", ["--hourly", "--country", country], lambda key: (key[0].isoformat(), key[1]))
+        for country in countries
+    ]
     for what, options, key_of in checks:
         country = options[-1] if "--country" in options else None
         want: dict = {}
@@ -557,15 +619,22 @@ def _verify(bootstrap: str, acknowledged: int, data_dir: Path, env: dict[str, st
         more_lost, more_duplicated, more_problems = tally_served(want, served, what)
         lost, duplicated = lost + more_lost, duplicated + more_duplicated
         problems += more_problems
-    log.info("checked %d days, their hours, and %d countries' hours against the log", len(closed_days) + 1,
-             len(countries))
+    log.info(
+        "checked %d days, their hours, and %d countries' hours against the log", len(closed_days) + 1, len(countries)
+    )
     tally.failures += problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
     return lost, duplicated
 
 
 def _query(env: dict[str, str], *args: str) -> list[dict]:
-    done = subprocess.run([sys.executable, "-m", "stream_worker", "query", *args], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_worker", "query", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"lambdaflow query {' '.join(args)} failed: {done.stderr[-2000:]}")
     return [json.loads(line) for line in done.stdout.splitlines()]
@@ -585,8 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     if options.duration <= 0 or options.kills < 1 or options.events_per_day < 1:
         parser.error("--duration, --kills and --events-per-day must be positive")
     seed = options.seed if options.seed is not None else random.SystemRandom().randrange(10**6)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     work = Path(tempfile.mkdtemp(prefix=f"lambdaflow-chaos-{seed}-"))
     print(f"chaos: seed {seed} (replay: make chaos SEED={seed}); work dir {work}", flush=True)

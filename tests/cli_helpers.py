@@ -10,7 +10,7 @@ import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from stream_worker.config import Settings
@@ -32,7 +32,12 @@ class Cli:
     def __call__(self, *args: str, timeout: float = 300, cwd: Path | None = None) -> CliResult:
         done = subprocess.run(
             [sys.executable, "-m", "stream_worker", *args],
-            env=self.env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         return CliResult(done.returncode, done.stdout, done.stderr)
 
@@ -50,8 +55,12 @@ class LongLivedCli:
         if self.process is None:
             self.scratch.mkdir(parents=True, exist_ok=True)
             self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("cli_server.py"))], env=self.env,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                [sys.executable, str(Path(__file__).with_name("cli_server.py"))],
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
             )
         out = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".out", delete=False).name
         err = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".err", delete=False).name
@@ -92,17 +101,20 @@ class TopicWorld:
         self.topic = f"events-{uuid.uuid4().hex[:12]}"
         self.data_dir = root / "data"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW"))}
-        self.env.update({
-            "KAFKA_BOOTSTRAP": bootstrap,
-            "LAMBDAFLOW_TOPIC": self.topic,
-            "LAMBDAFLOW_DATA_DIR": str(self.data_dir),
-            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
-        })
-        self.today = datetime.now(timezone.utc).date()
+        self.env.update(
+            {
+                "KAFKA_BOOTSTRAP": bootstrap,
+                "LAMBDAFLOW_TOPIC": self.topic,
+                "LAMBDAFLOW_DATA_DIR": str(self.data_dir),
+                "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
+            }
+        )
+        self.today = datetime.now(UTC).date()
         self.long_lived = LongLivedCli(self.env, root / "cli-server")
 
-    def lambdaflow(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-                   timeout: float = 600) -> CliResult:
+    def lambdaflow(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+    ) -> CliResult:
         """A `lambdaflow` process of its own, as a user runs it."""
         return Cli(env or self.env)(*args, timeout=timeout, cwd=cwd)
 

@@ -13,18 +13,27 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import Cli
-from stream_worker.broker import EmbeddedBroker
-from stream_worker.clients import ensure_topic
 from worker_helpers import RestartableBroker
 
+from stream_worker.broker import EmbeddedBroker
+from stream_worker.clients import ensure_topic
 
 # The modules that take longest (the chaos and bench runs and the stack in the slow tier, a shared
 # world to build, kill loops, replays) are handed out first under `pytest -n`, so that no worker
 # starts one of them while the others sit idle.
-LONGEST_FIRST = ("test_chaos.py", "test_bench.py", "test_stack.py", "test_bad_input.py", "test_batch.py",
-                 "test_replay.py", "test_archiver.py", "test_stream.py", "test_parity.py", "test_contract_kafka.py")
+LONGEST_FIRST = (
+    "test_chaos.py",
+    "test_bench.py",
+    "test_stack.py",
+    "test_bad_input.py",
+    "test_batch.py",
+    "test_replay.py",
+    "test_archiver.py",
+    "test_stream.py",
+    "test_parity.py",
+    "test_contract_kafka.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 _OFFSET = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$")
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array", dict: "object"}
@@ -70,7 +70,7 @@ def expected_reason(key: bytes | None, value: bytes | None, timestamp_ms: int) -
         return "occurred_at_no_offset"
     if moment is None or not _OFFSET.search(occurred_at):
         return "occurred_at_unparseable"
-    kafka_time = datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc)
+    kafka_time = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
     if moment > kafka_time + timedelta(hours=1):
         return "occurred_at_after_kafka_timestamp"
 
@@ -87,7 +87,7 @@ def expected_reason(key: bytes | None, value: bytes | None, timestamp_ms: int) -
             return "missing_amount_cents"
         if not isinstance(amount, int) or isinstance(amount, bool):
             return f"amount_cents_is_{_kind(amount)}"
-        if not -2**63 <= amount < 2**63:
+        if not -(2**63) <= amount < 2**63:
             return "amount_cents_out_of_range"
         if amount < 0:
             return "negative_amount_cents"
@@ -99,7 +99,7 @@ def expected_reason(key: bytes | None, value: bytes | None, timestamp_ms: int) -
 def expected_event(key: bytes, value: bytes) -> dict:
     """The typed fields of a valid event."""
     doc = json.loads(value)
-    moment = datetime.fromisoformat(doc["occurred_at"]).astimezone(timezone.utc)
+    moment = datetime.fromisoformat(doc["occurred_at"]).astimezone(UTC)
     return {
         "event_id": doc["event_id"],
         "event_type": doc["event_type"],

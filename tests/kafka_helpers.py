@@ -9,8 +9,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 120.0) -> list:
     """Every record of the topic, by partition and offset, once ``expected`` have arrived."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             max_poll_records=50_000, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=50_000, fetch_max_bytes=64 * 1024 * 1024
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         consumer.assign(partitions)

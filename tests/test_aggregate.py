@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -15,12 +15,17 @@ def events(*rows: tuple) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {
-                "event_id": event_id, "event_type": event_type, "user_id": user_id,
-                "occurred_at": datetime.fromisoformat(at).astimezone(timezone.utc),
-                "event_date": datetime.fromisoformat(at).astimezone(timezone.utc).date(),
-                "country": country, "amount_cents": amount, "kafka_topic": "events",
-                "kafka_partition": 0, "kafka_offset": offset,
-                "kafka_timestamp": datetime(2026, 11, 27, tzinfo=timezone.utc),
+                "event_id": event_id,
+                "event_type": event_type,
+                "user_id": user_id,
+                "occurred_at": datetime.fromisoformat(at).astimezone(UTC),
+                "event_date": datetime.fromisoformat(at).astimezone(UTC).date(),
+                "country": country,
+                "amount_cents": amount,
+                "kafka_topic": "events",
+                "kafka_partition": 0,
+                "kafka_offset": offset,
+                "kafka_timestamp": datetime(2026, 11, 27, tzinfo=UTC),
             }
             for event_id, event_type, user_id, at, country, amount, offset in rows
         ],
@@ -38,7 +43,9 @@ def test_the_first_copy_by_offset_wins() -> None:
         ("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 3),
         ("e2", "login", "u1", "2026-11-26T10:05:00Z", "DE", None, 5),
     )
-    assert sorted(aggregate.first_copies(aggregate.with_event_hour(batch)).select("event_id", "kafka_offset").rows()) == [("e1", 3), ("e2", 5)]
+    assert sorted(
+        aggregate.first_copies(aggregate.with_event_hour(batch)).select("event_id", "kafka_offset").rows()
+    ) == [("e1", 3), ("e2", 5)]
 
 
 def test_hourly_counts_sum_orders_revenue_and_page_views() -> None:
@@ -77,7 +84,10 @@ def test_a_user_seen_first_in_germany_counts_in_germany() -> None:
         ("e1", "signup", "u1", "2026-11-26T09:00:00Z", "DE", None, 2),
     )
     first = aggregate.first_seen(batch)
-    assert sorted(first.select("kind", "country", "kafka_offset").rows()) == [("active_users", "DE", 2), ("new_users", "DE", 2)]
+    assert sorted(first.select("kind", "country", "kafka_offset").rows()) == [
+        ("active_users", "DE", 2),
+        ("new_users", "DE", 2),
+    ]
 
 
 def test_ties_on_occurred_at_go_to_the_lower_offset() -> None:

@@ -7,10 +7,10 @@ import os
 import shutil
 import signal
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
+from kafka_helpers import read_all
 from worker_helpers import (
     Producer,
     WorkerProcess,
@@ -21,14 +21,14 @@ from worker_helpers import (
     status_pids,
     wait_for,
 )
-from kafka_helpers import read_all
+
 from stream_worker import synthetic
 from stream_worker.produce import produce
 from stream_worker.raw_store import BatchRange, RawStore
 
 
 def midnight_today() -> datetime:
-    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def options(days: int, per_day: int, seed: int, **shares: float) -> synthetic.Options:
@@ -71,12 +71,20 @@ def assert_exactly_once(data_dir, topic, truth) -> None:
     ],
 )
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
-    kafka_bootstrap, topic, data_dir, archivers, kills: int, per_day: int, live: bool, pause: tuple[float, float],
+    kafka_bootstrap,
+    topic,
+    data_dir,
+    archivers,
+    kills: int,
+    per_day: int,
+    live: bool,
+    pause: tuple[float, float],
 ) -> None:
     history = options(days=2, per_day=per_day, seed=21, duplicates=0.05, malformed=0.01)
     with Producer(kafka_bootstrap, topic, history, live_rate=200 if live else None) as producer:
-        kill_9_one_after_another(archivers, kills, pause, seed=8,
-                                 reported=(lambda: status_pids(data_dir, topic)) if live else None)
+        kill_9_one_after_another(
+            archivers, kills, pause, seed=8, reported=(lambda: status_pids(data_dir, topic)) if live else None
+        )
     summary = producer.summary
     assert summary.messages >= 2 * per_day
 
@@ -135,9 +143,11 @@ def test_a_published_name_is_never_replaced(tmp_path) -> None:
 def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     kafka_bootstrap, topic, data_dir, archivers
 ) -> None:
-    first_half = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=31, duplicates=0.05,
-                                                              malformed=0.01))
+    first_half = produce(
+        kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=31, duplicates=0.05, malformed=0.01)
+    )
     one, two = archivers(), archivers()
+
     def split_between_both() -> bool:
         owners = status_pids(data_dir, topic)
         return sorted(owners) == [0, 1, 2] and set(owners.values()) == {one.pid, two.pid}
@@ -145,14 +155,21 @@ def test_two_archivers_split_partitions_and_the_survivor_takes_over(
     wait_for(split_between_both, 60, "both archivers to own partitions, all three between them")
 
     one.kill_9()
-    second_half = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=32, duplicates=0.05,
-                                                               malformed=0.01))
-    wait_for(lambda: status_pids(data_dir, topic) == {0: two.pid, 1: two.pid, 2: two.pid}, 60,
-             "the survivor to own every partition")
+    second_half = produce(
+        kafka_bootstrap, topic, 3, options(days=1, per_day=20_000, seed=32, duplicates=0.05, malformed=0.01)
+    )
+    wait_for(
+        lambda: status_pids(data_dir, topic) == {0: two.pid, 1: two.pid, 2: two.pid},
+        60,
+        "the survivor to own every partition",
+    )
     total = first_half.messages + second_half.messages
     store = RawStore(data_dir, topic)
-    wait_for(lambda: sum(m.next_offset for m in store.manifests().values()) == total, 60,
-             "the survivor to archive everything")
+    wait_for(
+        lambda: sum(m.next_offset for m in store.manifests().values()) == total,
+        60,
+        "the survivor to archive everything",
+    )
     two.terminate()
 
     assert_exactly_once(data_dir, topic, log_truth(kafka_bootstrap, topic, total))
@@ -164,15 +181,23 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
     before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=41))
     archiver = archivers()
     store = RawStore(data_dir, topic)
-    wait_for(lambda: sum(m.next_offset for m in store.manifests().values()) == before.messages, 60,
-             "the first log to be archived")
+    wait_for(
+        lambda: sum(m.next_offset for m in store.manifests().values()) == before.messages,
+        60,
+        "the first log to be archived",
+    )
     epoch_0 = {p: p.read_bytes() for p in store.events_dir.glob("*/*.parquet")}
 
     own_broker.restart(paused=[archiver.pid])
     after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))
-    wait_for(lambda: all(m.epoch == 1 for m in store.manifests().values())
-             and sum(m.next_offset for m in store.manifests().values()) == after.messages, 90,
-             "the new log to be archived in epoch 1")
+    wait_for(
+        lambda: (
+            all(m.epoch == 1 for m in store.manifests().values())
+            and sum(m.next_offset for m in store.manifests().values()) == after.messages
+        ),
+        90,
+        "the new log to be archived in epoch 1",
+    )
     archiver.terminate()
     new_log = read_all(own_broker.bootstrap, topic, after.messages)
 
@@ -186,8 +211,10 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
     assert {(r.partition, r.offset) for r in new_log} <= set(rows)
 
 
-def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(own_broker, data_dir, kafka_cli,
-                                                                          tmp_path) -> None:
+@pytest.mark.slow
+def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(
+    own_broker, data_dir, kafka_cli, tmp_path
+) -> None:
     """The archiver holds the first log's messages in its buffers (a long roll) when the broker restarts
     empty while the archiver is paused, so its watch never sees the broker leave. The new log then grows
     past the old position. The buffered messages, read from the first log, must be archived in its
@@ -198,8 +225,14 @@ def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(own_
     try:
         before = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=600, seed=61))
         status = RawStore(data_dir, topic).state_dir
-        wait_for(lambda: sum(json.loads(p.read_text()).get("read_offset") or 0 for p in status.glob("status-*.json"))
-                 == before.messages, 60, "the first log to be read into the buffers")
+        wait_for(
+            lambda: (
+                sum(json.loads(p.read_text()).get("read_offset") or 0 for p in status.glob("status-*.json"))
+                == before.messages
+            ),
+            60,
+            "the first log to be read into the buffers",
+        )
         assert archived_rows(data_dir, "raw/events") == []  # all of it buffered
         os.kill(archiver.pid, signal.SIGSTOP)
         try:
@@ -207,8 +240,11 @@ def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(own_
         finally:
             os.kill(archiver.pid, signal.SIGCONT)
         after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=1_800, seed=62))
-        wait_for(lambda: len(archived_rows(data_dir, "raw/events")) >= before.events, 60,
-                 "the buffered first log to be published")
+        wait_for(
+            lambda: len(archived_rows(data_dir, "raw/events")) >= before.events,
+            60,
+            "the buffered first log to be published",
+        )
         archiver.terminate()
     finally:
         archiver.ensure_stopped()

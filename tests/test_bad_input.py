@@ -14,13 +14,13 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
-
 from cli_helpers import CliResult, TopicWorld
+
 from stream_worker import synthetic
 from stream_worker.clients import ensure_topic
 from stream_worker.produce import produce
@@ -39,8 +39,14 @@ class World(TopicWorld):
         self.unbuilt = self.today - timedelta(days=2)
 
     def python(self, script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", script, *args], env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-c", script, *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def written(self) -> dict[str, str]:
         """Everything the batch layer writes (warehouse, published files, manifest, build records,
@@ -54,8 +60,11 @@ class World(TopicWorld):
 
     def raw_file(self, day: date, partition: int = 1) -> Path:
         """The day's one raw file of ``partition`` (the archiver published each partition once)."""
-        (path,) = [path for path in (self.data_dir / "raw" / "events" / f"event_date={day}").glob("*.parquet")
-                   if BatchRange.parse(path.name).partition == partition]
+        (path,) = [
+            path
+            for path in (self.data_dir / "raw" / "events" / f"event_date={day}").glob("*.parquet")
+            if BatchRange.parse(path.name).partition == partition
+        ]
         return path
 
 
@@ -63,9 +72,13 @@ class World(TopicWorld):
 def world(kafka_bootstrap, tmp_path_factory) -> World:
     world = World(kafka_bootstrap, tmp_path_factory.mktemp("bad-input"))
     ensure_topic(kafka_bootstrap, world.topic, 3)
-    midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
-    produce(kafka_bootstrap, world.topic, 3, synthetic.Options(
-        days=2, events_per_day=1_500, seed=1313, until=midnight, duplicates=0.02, malformed=0.02))
+    midnight = datetime.combine(world.today, datetime.min.time(), UTC)
+    produce(
+        kafka_bootstrap,
+        world.topic,
+        3,
+        synthetic.Options(days=2, events_per_day=1_500, seed=1313, until=midnight, duplicates=0.02, malformed=0.02),
+    )
     for command in (["archive", "--until-idle"], ["stream", "--until-idle"], ["batch", "--date", str(world.built)]):
         done = world.lambdaflow(*command)
         assert done.exit_code == 0, done.stderr[-3000:]
@@ -95,28 +108,49 @@ NOT_A_DATE = "is not a date: use YYYY-MM-DD, e.g. 2026-11-26"
         ("yesterday", "{today}", f"--from 'yesterday' {NOT_A_DATE}"),
         ("../../etc/passwd", "{today}", f"--from '../../etc/passwd' {NOT_A_DATE}"),
         ("2026-11-01/../x", "{today}", f"--from '2026-11-01/../x' {NOT_A_DATE}"),
-        ("{today}", "2026-11-01'; drop table x; --", f"--to \"2026-11-01'; drop table x; --\" {NOT_A_DATE}"),
+        ("{today}", "2026-11-01'; drop table x; --", f'--to "2026-11-01\'; drop table x; --" {NOT_A_DATE}'),
         ("２０２６-11-01", "{today}", f"--from '２０２６-11-01' {NOT_A_DATE}"),  # not ASCII digits
         ("{today}", "{yesterday}", "--to {yesterday} is before --from {today}"),
-        ("9999-12-31", "9999-12-31", "--from 9999-12-31 is too far ahead: a query reaches at most 366 days past "
-                                     "today, to {latest} (UTC)"),
-        ("{today}", "{beyond}", "--to {beyond} is too far ahead: a query reaches at most 366 days past today, "
-                                "to {latest} (UTC)"),
+        (
+            "9999-12-31",
+            "9999-12-31",
+            "--from 9999-12-31 is too far ahead: a query reaches at most 366 days past today, to {latest} (UTC)",
+        ),
+        (
+            "{today}",
+            "{beyond}",
+            "--to {beyond} is too far ahead: a query reaches at most 366 days past today, to {latest} (UTC)",
+        ),
         ("2000-01-01", "{today}", "a range of {since_2000} days is too long (at most 3660)"),
     ],
-    ids=["no-13th-month", "word", "path", "path-after-a-date", "sql", "not-ascii-digits", "reversed",
-         "far-future", "beyond-366-days", "over-3660-days"],
+    ids=[
+        "no-13th-month",
+        "word",
+        "path",
+        "path-after-a-date",
+        "sql",
+        "not-ascii-digits",
+        "reversed",
+        "far-future",
+        "beyond-366-days",
+        "over-3660-days",
+    ],
 )
 def test_a_bad_query_range_gets_one_line_and_exit_1(world, first: str, last: str, message: str) -> None:
-    today = datetime.now(timezone.utc).date()
-    values = {"today": today, "yesterday": today - timedelta(days=1), "latest": today + timedelta(days=366),
-              "beyond": today + timedelta(days=367), "since_2000": (today - date(2000, 1, 1)).days + 1}
+    today = datetime.now(UTC).date()
+    values = {
+        "today": today,
+        "yesterday": today - timedelta(days=1),
+        "latest": today + timedelta(days=366),
+        "beyond": today + timedelta(days=367),
+        "since_2000": (today - date(2000, 1, 1)).days + 1,
+    }
     result = world.lambdaflow("query", "--from", first.format(**values), "--to", last.format(**values))
     assert one_line(result) == f"lambdaflow: error: {message.format(**values)}"
 
 
 def test_a_query_reaches_exactly_366_days_ahead_and_answers_zeros_there(world) -> None:
-    latest = datetime.now(timezone.utc).date() + timedelta(days=366)
+    latest = datetime.now(UTC).date() + timedelta(days=366)
     result = world.lambdaflow("query", "--from", str(latest), "--to", str(latest))
     assert result.exit_code == 0, result.stderr[-3000:]
     (row,) = map(json.loads, result.stdout.splitlines())
@@ -131,7 +165,7 @@ BAD_DAYS = [
     ("", f"--date '' {NOT_A_DATE}"),
     ("../../etc/passwd", f"--date '../../etc/passwd' {NOT_A_DATE}"),
     ("2026-11-01/../x", f"--date '2026-11-01/../x' {NOT_A_DATE}"),
-    ("2026-11-26' or 1=1 --", f"--date \"2026-11-26' or 1=1 --\" {NOT_A_DATE}"),
+    ("2026-11-26' or 1=1 --", f'--date "2026-11-26\' or 1=1 --" {NOT_A_DATE}'),
     ("9999-12-31", "--date 9999-12-31 is in the future (today is {today} UTC)"),
 ]
 
@@ -139,13 +173,16 @@ BAD_DAYS = [
 @pytest.mark.parametrize(
     ("command", "value", "message"),
     [("batch", value, message) for value, message in BAD_DAYS]
-    + [("reconcile", value, message) for value, message in BAD_DAYS if value in
-       ("2026-13-01", "../../etc/passwd", "2026-11-26' or 1=1 --", "9999-12-31")],
+    + [
+        ("reconcile", value, message)
+        for value, message in BAD_DAYS
+        if value in ("2026-13-01", "../../etc/passwd", "2026-11-26' or 1=1 --", "9999-12-31")
+    ],
 )
 def test_a_bad_date_gets_one_line_and_writes_nothing(world, command: str, value: str, message: str) -> None:
     before = world.written()
     result = world.lambdaflow(command, "--date", value)
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     assert one_line(result) == f"lambdaflow: error: {message.format(today=today)}"
     assert world.written() == before
 
@@ -186,18 +223,23 @@ def test_lambda_batch_triggered_with_bad_input_fails_at_once_and_writes_nothing(
     # Not a date: the param's schema refuses the run before it starts.
     for ds in ("2026-13-01", "../../etc/passwd"):
         assert runs[ds]["refused"].splitlines()[0] == (
-            f"ParamValidationError: Invalid input for param ds: '{ds}' is not a 'date'")
+            f"ParamValidationError: Invalid input for param ds: '{ds}' is not a 'date'"
+        )
     # A day in the future: the first task fails once, without the retries that could not help.
     assert runs["9999-12-31"]["state"] == "failed"
-    assert runs["9999-12-31"]["tasks"] == {"wait_for_complete_day": ["failed", 1],
-                                           "build_day": ["upstream_failed", 0],
-                                           "reconcile_day": ["upstream_failed", 0]}
-    today = datetime.now(timezone.utc).date()
+    assert runs["9999-12-31"]["tasks"] == {
+        "wait_for_complete_day": ["failed", 1],
+        "build_day": ["upstream_failed", 0],
+        "reconcile_day": ["upstream_failed", 0],
+    }
+    today = datetime.now(UTC).date()
     assert f"AirflowFailException: ds 9999-12-31 is in the future (today is {today} UTC)" in done.stderr
     # A damaged raw file: the build fails once, before dbt runs, naming the file.
-    assert runs[str(world.built)]["tasks"] == {"wait_for_complete_day": ["success", 1],
-                                               "build_day": ["failed", 1],
-                                               "reconcile_day": ["upstream_failed", 0]}
+    assert runs[str(world.built)]["tasks"] == {
+        "wait_for_complete_day": ["success", 1],
+        "build_day": ["failed", 1],
+        "reconcile_day": ["upstream_failed", 0],
+    }
     assert f"AirflowFailException: raw file {damaged} is not a readable Parquet file" in done.stderr
     assert "dbt build for" not in done.stderr
     assert world.written() == before
@@ -207,21 +249,32 @@ def test_lambda_batch_triggered_with_bad_input_fails_at_once_and_writes_nothing(
 
 BAD_DEFINITIONS = [
     # (an entry added to the definition as its 7th metric, what is wrong with it)
-    ({"name": "median_amount", "aggregation": "median", "field": "amount_cents", "description": "Median."},
-     " (median_amount): aggregation 'median' is not one of count, sum, users"),
-    ({"name": "purchases", "aggregation": "count", "event_types": ["purchase"], "description": "Purchases."},
-     " (purchases): event_types ['purchase'] must be a list of signup, login, page_view, order"),
-    ({"name": "spend", "aggregation": "sum", "event_types": ["order"], "description": "Spend."},
-     " (spend) has no field: a sum needs one of amount_cents"),
-    ({"name": "logins", "event_types": ["login"], "description": "Logins."},
-     " (logins) has no aggregation"),
-    ({"name": "orders", "aggregation": "count", "event_types": ["order"], "description": "Orders again."},
-     ": orders is defined twice"),
-    ({"name": "x; drop table y", "aggregation": "count", "description": "Injected."},
-     ": name 'x; drop table y' is not a plain SQL identifier (a lower-case letter, then lower-case letters, "
-     "digits or _, 63 at most) or is a key column such as country"),
-    ({"name": "order", "aggregation": "count", "event_types": ["order"], "description": "Orders."},
-     ": name 'order' is a reserved word of SQL; choose another"),
+    (
+        {"name": "median_amount", "aggregation": "median", "field": "amount_cents", "description": "Median."},
+        " (median_amount): aggregation 'median' is not one of count, sum, users",
+    ),
+    (
+        {"name": "purchases", "aggregation": "count", "event_types": ["purchase"], "description": "Purchases."},
+        " (purchases): event_types ['purchase'] must be a list of signup, login, page_view, order",
+    ),
+    (
+        {"name": "spend", "aggregation": "sum", "event_types": ["order"], "description": "Spend."},
+        " (spend) has no field: a sum needs one of amount_cents",
+    ),
+    ({"name": "logins", "event_types": ["login"], "description": "Logins."}, " (logins) has no aggregation"),
+    (
+        {"name": "orders", "aggregation": "count", "event_types": ["order"], "description": "Orders again."},
+        ": orders is defined twice",
+    ),
+    (
+        {"name": "x; drop table y", "aggregation": "count", "description": "Injected."},
+        ": name 'x; drop table y' is not a plain SQL identifier (a lower-case letter, then lower-case letters, "
+        "digits or _, 63 at most) or is a key column such as country",
+    ),
+    (
+        {"name": "order", "aggregation": "count", "event_types": ["order"], "description": "Orders."},
+        ": name 'order' is a reserved word of SQL; choose another",
+    ),
 ]
 
 
@@ -311,13 +364,17 @@ def test_dbt_refuses_a_bad_definition_or_day_before_any_sql_runs(world, project_
     done = subprocess.run(
         [sys.executable, "-c", DBT_BUILDS, str(project_copy / "dbt_project"), str(tmp_path), json.dumps(cases)],
         env={**world.env, "LAMBDAFLOW_DATA_DIR": str(data_dir), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-5000:]
     results = json.loads(done.stdout.splitlines()[-1])
     expected = [f"vars.metrics: metric 7{problem}" for _, problem in BAD_DEFINITIONS]
-    expected += ["vars.ds '2026-11-26' or 1=1 --' is not a date: use YYYY-MM-DD",
-                 "vars.until 'now(); drop table x' is not an ISO-8601 date and time"]
+    expected += [
+        "vars.ds '2026-11-26' or 1=1 --' is not a date: use YYYY-MM-DD",
+        "vars.until 'now(); drop table x' is not an ISO-8601 date and time",
+    ]
     for result, line in zip(results, expected, strict=True):
         assert not result["success"]
         assert result["error"].startswith("Compilation Error in model ")
@@ -333,7 +390,8 @@ def test_a_country_that_is_not_two_capital_letters_is_refused(world, country: st
     day = str(world.built)
     result = world.lambdaflow("query", "--from", day, "--to", day, "--country", country)
     assert one_line(result) == (
-        f"lambdaflow: error: --country {country!r} is not two capital letters, e.g. DE (ZZ: unknown)")
+        f"lambdaflow: error: --country {country!r} is not two capital letters, e.g. DE (ZZ: unknown)"
+    )
 
 
 def test_a_country_without_events_answers_zeros(world) -> None:
@@ -377,7 +435,7 @@ def damage_middle(path: Path, original: bytes) -> None:
     """Bytes changed inside a column chunk: the footer still reads, DuckDB would read other values."""
     changed = bytearray(original)
     start = len(changed) // 3
-    changed[start:start + 200] = b"A" * 200
+    changed[start : start + 200] = b"A" * 200
     path.write_bytes(bytes(changed))
 
 
@@ -389,10 +447,14 @@ def damage_delete(path: Path, original: bytes) -> None:
     ("damage", "problem"),
     [
         (damage_delete, "is missing, though the build of {day} at {built_at} read it"),
-        (damage_truncate, "is not a readable Parquet file (parquet: File out of specification: "
-                          "The file must end with PAR1 or PARE)"),
-        (damage_garbage, "is not a readable Parquet file (parquet: File out of specification: "
-                         "The file must end with PAR1 or PARE)"),
+        (
+            damage_truncate,
+            "is not a readable Parquet file (parquet: File out of specification: The file must end with PAR1 or PARE)",
+        ),
+        (
+            damage_garbage,
+            "is not a readable Parquet file (parquet: File out of specification: The file must end with PAR1 or PARE)",
+        ),
         (damage_middle, "has changed since the build of {day} at {built_at} read it (sha256 "),
     ],
     ids=["deleted", "truncated", "garbage", "changed"],
@@ -480,14 +542,23 @@ def test_a_damaged_batch_manifest_gets_one_line_naming_the_rebuild(world, text: 
     path.write_text(text)
     try:
         before = world.written()
-        results = {command[0]: world.lambdaflow(*command) for command in (
-            ["query", "--from", day, "--to", day], ["status"], ["reconcile", "--date", day],
-            ["batch", "--date", day], ["batch", "--late"])}
+        results = {
+            command[0]: world.lambdaflow(*command)
+            for command in (
+                ["query", "--from", day, "--to", day],
+                ["status"],
+                ["reconcile", "--date", day],
+                ["batch", "--date", day],
+                ["batch", "--late"],
+            )
+        }
         after = world.written()
     finally:
         path.write_bytes(original)
-    expected = (f"lambdaflow: error: {path} cannot be read ({reason}): move it aside, then rebuild the built days "
-                "with `lambdaflow batch --date D` or a backfill of lambda_batch")
+    expected = (
+        f"lambdaflow: error: {path} cannot be read ({reason}): move it aside, then rebuild the built days "
+        "with `lambdaflow batch --date D` or a backfill of lambda_batch"
+    )
     assert {command: one_line(result) for command, result in results.items()} == dict.fromkeys(results, expected)
     assert after == before
 
@@ -496,8 +567,10 @@ def test_a_damaged_batch_manifest_gets_one_line_naming_the_rebuild(world, text: 
     ("text", "reason"),
     [
         ('{"topic": "ev', "Unterminated string starting at: line 1 column 11 (char 10)"),
-        ('{"topic": "{topic}", "partition": 1, "next_offset": 5, "offset": 9}',
-         "Manifest.__init__() got an unexpected keyword argument 'offset'"),
+        (
+            '{"topic": "{topic}", "partition": 1, "next_offset": 5, "offset": 9}',
+            "Manifest.__init__() got an unexpected keyword argument 'offset'",
+        ),
         ('{"topic": "other", "partition": 1, "next_offset": 5}', "it names other[1] at offset 5"),
     ],
     ids=["cut-short", "other-keys", "other-topic"],
@@ -511,20 +584,27 @@ def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, t
     path.write_text(text.replace("{topic}", world.topic))
     try:
         archived = world.lambdaflow("archive", timeout=180)  # no --until-idle: it must stop by itself
-        others = [world.lambdaflow(*command) for command in
-                  (["archive", "--verify"], ["status"], ["batch", "--date", str(world.unbuilt)])]
+        others = [
+            world.lambdaflow(*command)
+            for command in (["archive", "--verify"], ["status"], ["batch", "--date", str(world.unbuilt)])
+        ]
     finally:
         path.write_bytes(original)
-    expected = (f"lambdaflow: error: {path} cannot be read ({reason}): restore it from a backup: it is what says "
-                "which raw files count and where the partition resumes, and the archiver will not guess")
+    expected = (
+        f"lambdaflow: error: {path} cannot be read ({reason}): restore it from a backup: it is what says "
+        "which raw files count and where the partition resumes, and the archiver will not guess"
+    )
     assert refused_after_logs(archived) == expected
     for result in others:
         assert one_line(result) == expected
     assert {**digests(world.data_dir / "raw"), **digests(world.data_dir / "dead_letter")} == stored
 
 
-@pytest.mark.parametrize("text", ['[{"file": "batch/publ', '[{"file": "../outside", "retired_at": "2026-01-01T00:00:00+00:00"}]'],
-                         ids=["cut-short", "outside-the-data"])
+@pytest.mark.parametrize(
+    "text",
+    ['[{"file": "batch/publ', '[{"file": "../outside", "retired_at": "2026-01-01T00:00:00+00:00"}]'],
+    ids=["cut-short", "outside-the-data"],
+)
 def test_a_damaged_list_of_retired_files_fails_no_build(world, text: str) -> None:
     """The list only schedules deletions, and it is read after the day is published: the build
     finishes, records what it read, and writes the list anew; nothing outside it is deleted."""
@@ -542,11 +622,12 @@ def test_a_damaged_list_of_retired_files_fails_no_build(world, text: str) -> Non
     assert outside.read_text() == "not lambdaflow's"
 
 
-def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(kafka_cli, kafka_bootstrap, data_dir,
-                                                                     topic) -> None:
+def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(
+    kafka_cli, kafka_bootstrap, data_dir, topic
+) -> None:
     """Realtime counts do not wait for the batch layer's repair: the worker says so once and keeps
     the last boundary it read; moved aside, the manifest is no longer in the way of queries."""
-    midnight = datetime.combine(datetime.now(timezone.utc).date(), datetime.min.time(), timezone.utc)
+    midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
     yesterday = str((midnight - timedelta(days=1)).date())
     sent = produce(kafka_bootstrap, topic, 3, synthetic.Options(days=1, events_per_day=300, seed=17, until=midnight))
     manifest = data_dir / "batch" / "manifest.json"
@@ -558,7 +639,8 @@ def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(kafka_cli,
     assert len(warnings) == 1, counted.stderr[-3000:]
     assert warnings[0].endswith("counting goes on at the last boundary read (None) and no day is dropped")
     assert one_line(kafka_cli("query", "--from", yesterday, "--to", yesterday)).startswith(
-        f"lambdaflow: error: {manifest} cannot be read (")
+        f"lambdaflow: error: {manifest} cannot be read ("
+    )
     manifest.rename(manifest.with_suffix(".damaged"))
     answered = kafka_cli("query", "--from", yesterday, "--to", yesterday)
     assert answered.exit_code == 0, answered.stderr[-3000:]

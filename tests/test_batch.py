@@ -9,26 +9,26 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 from unittest.mock import ANY
 
 import duckdb
 import polars as pl
 import pytest
-
 from cli_helpers import TopicWorld
 from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from worker_helpers import WorkerProcess
+
 from stream_worker import airflow_home, clients, synthetic
-from stream_worker.clients import ensure_topic
 from stream_worker import metrics as metric_definitions
+from stream_worker.clients import ensure_topic
+from stream_worker.produce import produce
 from stream_worker.serving import Question, answer
 from stream_worker.speed_state import PartitionState
 from stream_worker.stream import SpeedPaths
-from stream_worker.produce import produce
 
 
 class BatchWorld(TopicWorld):
@@ -53,7 +53,7 @@ class BatchWorld(TopicWorld):
             f"select event_date, hour, country, {', '.join(METRICS)} "
             f"from read_parquet('{self.data_dir / entry['file']}')"
         ).fetchall()
-        return {(d, h, c): dict(zip(METRICS, values)) for d, h, c, *values in rows}
+        return {(d, h, c): dict(zip(METRICS, values, strict=False)) for d, h, c, *values in rows}
 
     def warehouse_checksum(self, day: date) -> str:
         with duckdb.connect(str(self.data_dir / "warehouse" / "lambdaflow.duckdb"), read_only=True) as con:
@@ -67,14 +67,34 @@ class BatchWorld(TopicWorld):
 def world(kafka_bootstrap, tmp_path_factory) -> Iterator[BatchWorld]:
     world = BatchWorld(kafka_bootstrap, tmp_path_factory.mktemp("batch"))
     ensure_topic(kafka_bootstrap, world.topic, 3)
-    midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
-    history = produce(kafka_bootstrap, world.topic, 3, synthetic.Options(
-        days=3, events_per_day=6_000, seed=81, until=midnight,
-        duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.01,
-    ))
-    today = produce(kafka_bootstrap, world.topic, 3, synthetic.Options(
-        days=0, events_per_day=6_000, seed=82, until=datetime.now(timezone.utc), duplicates=0.05,
-    ))
+    midnight = datetime.combine(world.today, datetime.min.time(), UTC)
+    history = produce(
+        kafka_bootstrap,
+        world.topic,
+        3,
+        synthetic.Options(
+            days=3,
+            events_per_day=6_000,
+            seed=81,
+            until=midnight,
+            duplicates=0.05,
+            out_of_order=0.05,
+            late=0.01,
+            malformed=0.01,
+        ),
+    )
+    today = produce(
+        kafka_bootstrap,
+        world.topic,
+        3,
+        synthetic.Options(
+            days=0,
+            events_per_day=6_000,
+            seed=82,
+            until=datetime.now(UTC),
+            duplicates=0.05,
+        ),
+    )
     poisoned = send_poisoned_messages(kafka_bootstrap, world.topic, world.closed_days[1])
     world.messages = history.messages + today.messages + poisoned
     archived = world.lambdaflow("archive", "--until-idle")
@@ -95,19 +115,30 @@ def send_poisoned_messages(bootstrap: str, topic: str, day: date) -> int:
     occurred_at and Kafka timestamp both, would move the watermarks past every day to come, so that
     today would count as complete. Returns how many were sent."""
     producer = clients.producer(bootstrap)
-    future = datetime(2030, 6, 1, 12, tzinfo=timezone.utc)
-    nine = datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=9)
+    future = datetime(2030, 6, 1, 12, tzinfo=UTC)
+    nine = datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=9)
     moments = [nine, nine + timedelta(minutes=30)]  # one hour, one country: summed, they would wrap
     for n, moment in enumerate(moments):
-        order = {"event_id": f"poison-{n}", "event_type": "order", "user_id": "poison", "country": "US",
-                 "occurred_at": moment.isoformat(), "amount_cents": 2**63 - 1}
+        order = {
+            "event_id": f"poison-{n}",
+            "event_type": "order",
+            "user_id": "poison",
+            "country": "US",
+            "occurred_at": moment.isoformat(),
+            "amount_cents": 2**63 - 1,
+        }
         producer.send(topic, key=b"poison", value=json.dumps(order).encode())
     travellers = [f"time-traveller-{n}" for n in range(12)]  # every partition gets some
     for user in travellers:
-        signup = {"event_id": f"from-2030-{user}", "event_type": "signup", "user_id": user,
-                  "occurred_at": future.isoformat()}
-        producer.send(topic, key=user.encode(), value=json.dumps(signup).encode(),
-                      timestamp_ms=int(future.timestamp() * 1000))
+        signup = {
+            "event_id": f"from-2030-{user}",
+            "event_type": "signup",
+            "user_id": user,
+            "occurred_at": future.isoformat(),
+        }
+        producer.send(
+            topic, key=user.encode(), value=json.dumps(signup).encode(), timestamp_ms=int(future.timestamp() * 1000)
+        )
     producer.flush()
     producer.close()
     return len(moments) + len(travellers)
@@ -122,11 +153,11 @@ def test_each_closed_day_equals_an_independent_computation_hour_by_hour(world) -
         result = world.batch("--date", day.isoformat())
         assert result.exit_code == 0, result.stderr[-3000:]
         assert json.loads(result.stdout)["days"][day.isoformat()]["built_until"] == (
-            datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc).isoformat()
+            datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC).isoformat()
         )
         assert "Done. PASS=" in result.stderr and "ERROR=0" in result.stderr  # dbt's data and unit tests
         assert world.published(day) == truth_for(world, day)
-    midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
+    midnight = datetime.combine(world.today, datetime.min.time(), UTC)
     assert world.manifest()["boundary"] == midnight.isoformat()
     # A day built long before the others neither moves the boundary back nor holds it (see the next
     # build of today): the boundary grows from where it stands, not from the earliest built day.
@@ -152,7 +183,7 @@ def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) ->
     served_before = world.answer_for(world.today)
     assert served_before["source"] == "realtime"
     result = world.batch("--today")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if now.hour == 0:  # no hour of today is over yet
         assert result.exit_code == 1
         assert "no hour of" in result.stderr
@@ -185,31 +216,50 @@ def test_a_rebuild_of_today_with_more_lateness_still_covers_every_hour_before_th
 
 @pytest.mark.slow  # four Airflow CLI processes and two concurrent builds: a minute
 def test_two_batches_at_once_both_finish_and_delete_no_run_triggered_in_the_ui(world, tmp_path) -> None:
-    if datetime.now(timezone.utc).hour == 0:
+    if datetime.now(UTC).hour == 0:
         pytest.skip("no hour of today is complete yet")
     airflow_env = {**world.env, **airflow_home.airflow_env(world.settings())}
 
     def airflow(*args: str) -> str:
         """Airflow's CLI; its last line of output (it logs to stdout before its result)."""
-        done = subprocess.run([sys.executable, "-m", "airflow", *args], env=airflow_env, capture_output=True,
-                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=airflow_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout.strip().splitlines()[-1]
 
     # The README's way to trigger the manual batch in the UI: no logical date. No scheduler runs here,
     # so the run stays queued; what matters is that it stays.
     airflow("dags", "trigger", "lambda_batch_today")
-    (queued,) = [run["run_id"] for run in json.loads(airflow("dags", "list-runs", "lambda_batch_today", "-o", "json"))
-                 if run["state"] == "queued"]
-    batches = [subprocess.Popen([sys.executable, "-m", "stream_worker", "batch", "--today"], env=world.env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=(tmp_path / f"batch-{n}.log").open("w"), text=True) for n in range(2)]
+    (queued,) = [
+        run["run_id"]
+        for run in json.loads(airflow("dags", "list-runs", "lambda_batch_today", "-o", "json"))
+        if run["state"] == "queued"
+    ]
+    batches = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stream_worker", "batch", "--today"],
+            env=world.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / f"batch-{n}.log").open("w"),
+            text=True,
+        )
+        for n in range(2)
+    ]
     for n, batch in enumerate(batches):
         out, _ = batch.communicate(timeout=600)
         assert batch.returncode == 0, (tmp_path / f"batch-{n}.log").read_text()[-3000:]
         assert json.loads(out)["boundary"] == world.manifest()["boundary"]
-    runs = {run["run_id"]: run["state"] for run in json.loads(airflow("dags", "list-runs", "lambda_batch_today",
-                                                                         "-o", "json"))}
+    runs = {
+        run["run_id"]: run["state"]
+        for run in json.loads(airflow("dags", "list-runs", "lambda_batch_today", "-o", "json"))
+    }
     assert runs[queued] == "queued"
     assert list(runs.values()).count("success") >= 2
 
@@ -254,8 +304,13 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world, tmp_path) -> None:
     spaced.symlink_to(world.data_dir)
     env = {**world.env, "LAMBDAFLOW_DATA_DIR": os.path.relpath(spaced, project)}
     server = subprocess.Popen(
-        ["make", "--no-print-directory", "docs", f"DOCS_PORT={port}"], cwd=project, env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        ["make", "--no-print-directory", "docs", f"DOCS_PORT={port}"],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -310,20 +365,20 @@ def test_query_answers_each_day_from_its_layer_and_exactly(world) -> None:
 
 def test_query_hourly_for_one_country_never_serves_an_hour_twice(world) -> None:
     day = world.closed_days[-1]
-    result = world.lambdaflow("query", "--from", day.isoformat(), "--to", world.today.isoformat(),
-                              "--hourly", "--country", "DE")
+    result = world.lambdaflow(
+        "query", "--from", day.isoformat(), "--to", world.today.isoformat(), "--hourly", "--country", "DE"
+    )
     assert result.exit_code == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     keys = [(row["event_date"], row["hour"]) for row in rows]
     assert len(keys) == len(set(keys))
     expected = {
-        (k[0].isoformat(), k[1]): v for k, v in world.truth.items()
-        if k[2] == "DE" and k[0] in (day, world.today)
+        (k[0].isoformat(), k[1]): v for k, v in world.truth.items() if k[2] == "DE" and k[0] in (day, world.today)
     }
     assert {(row["event_date"], row["hour"]): {m: row[m] for m in METRICS} for row in rows} == expected
     boundary = datetime.fromisoformat(world.manifest()["boundary"])
     for row in rows:
-        start = datetime.fromisoformat(row["event_date"]).replace(tzinfo=timezone.utc) + timedelta(hours=row["hour"])
+        start = datetime.fromisoformat(row["event_date"]).replace(tzinfo=UTC) + timedelta(hours=row["hour"])
         assert row["source"] == ("batch" if start < boundary else "realtime")
 
 
@@ -383,8 +438,12 @@ def test_an_unexplained_difference_fails_reconciliation_naming_the_metric_and_ho
     try:  # one order fewer in the batch layer's 07:00, as if the build had lost it
         frame = pl.read_parquet(published)
         first = frame.with_row_index().filter((pl.col("hour") == 7) & (pl.col("orders") > 0))["index"][0]
-        frame.with_columns(pl.when(pl.int_range(pl.len()) == first).then(pl.col("orders") - 1)
-                           .otherwise(pl.col("orders")).alias("orders")).write_parquet(published)
+        frame.with_columns(
+            pl.when(pl.int_range(pl.len()) == first)
+            .then(pl.col("orders") - 1)
+            .otherwise(pl.col("orders"))
+            .alias("orders")
+        ).write_parquet(published)
         result = world.lambdaflow("reconcile", "--date", day.isoformat())
     finally:
         published.write_bytes(original)
@@ -401,12 +460,17 @@ def test_an_unexplained_difference_fails_reconciliation_naming_the_metric_and_ho
 
 def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> None:
     day = world.closed_days[-1]  # the speed layer still holds it (a day behind the boundary)
-    start = datetime.combine(day, datetime.min.time(), timezone.utc)
+    start = datetime.combine(day, datetime.min.time(), UTC)
     producer = clients.producer(world.bootstrap)
     for n in range(300):
         user = f"late-{n % 40}"
-        event = {"event_id": f"late-{n}", "event_type": ("order", "page_view", "signup")[n % 3], "user_id": user,
-                 "occurred_at": (start + timedelta(minutes=4 * n + 1)).isoformat(), "country": "BR"}
+        event = {
+            "event_id": f"late-{n}",
+            "event_type": ("order", "page_view", "signup")[n % 3],
+            "user_id": user,
+            "occurred_at": (start + timedelta(minutes=4 * n + 1)).isoformat(),
+            "country": "BR",
+        }
         if event["event_type"] == "order":
             event["amount_cents"] = 1000 + n
         producer.send(world.topic, key=user.encode(), value=json.dumps(event).encode())
@@ -454,8 +518,13 @@ def live_events(bootstrap: str, topic: str, stop: threading.Event, sent: list[in
                 sequence += 1
                 user = f"live-{sequence % 300}"
                 kind = ("page_view", "login", "order", "signup")[sequence % 4]
-                event = {"event_id": f"live-{sequence}", "event_type": kind, "user_id": user,
-                         "occurred_at": datetime.now(timezone.utc).isoformat(), "country": "FR"}
+                event = {
+                    "event_id": f"live-{sequence}",
+                    "event_type": kind,
+                    "user_id": user,
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                    "country": "FR",
+                }
                 if kind == "order":
                     event["amount_cents"] = 100 + sequence % 900
                 producer.send(topic, key=user.encode(), value=json.dumps(event).encode())
@@ -481,9 +550,13 @@ def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(wo
     stop, sent = threading.Event(), []
     producer = threading.Thread(target=live_events, args=(world.bootstrap, world.topic, stop, sent))
     producer.start()
-    build = subprocess.Popen([sys.executable, "-m", "stream_worker", "batch", "--date", rebuilt.isoformat()],
-                             env=world.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=(tmp_path / "batch.log").open("w"))
+    build = subprocess.Popen(
+        [sys.executable, "-m", "stream_worker", "batch", "--date", rebuilt.isoformat()],
+        env=world.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "batch.log").open("w"),
+    )
     latencies, today_events, files_seen = [], [], set()
     try:
         while len(latencies) < 200 or build.poll() is None:
@@ -517,8 +590,10 @@ def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(wo
     today = {m: sum(v[m] for k, v in truth.items() if k[0] == world.today) for m in METRICS}
     assert {m: world.answer_for(world.today)[m] for m in METRICS} == today
     latencies.sort()
-    print(f"{len(latencies)} queries: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
-          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
+    print(
+        f"{len(latencies)} queries: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms"
+    )
 
 
 def test_a_rebuild_after_the_speed_layer_dropped_the_day_is_not_compared_again(world) -> None:

@@ -19,9 +19,17 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benchmark reads /proc")
 
 ROWS = {
-    "ingest.archiver", "ingest.stream", "freshness.p99", "batch.dbt_models", "batch.scaling",
-    "queries.idle", "queries.busy", "queries.cli", "backfill.overhead",
-    "state.speed_state_per_million", "files.raw_per_partition_per_day",
+    "ingest.archiver",
+    "ingest.stream",
+    "freshness.p99",
+    "batch.dbt_models",
+    "batch.scaling",
+    "queries.idle",
+    "queries.busy",
+    "queries.cli",
+    "backfill.overhead",
+    "state.speed_state_per_million",
+    "files.raw_per_partition_per_day",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,8 +57,14 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     scratch.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW", "DBT_"))}
     env["TMPDIR"] = str(scratch)  # the benchmark's scratch folder, and so every child's environment, names it
-    done = subprocess.run([sys.executable, "-m", "stream_worker.bench", "--quick", "--out", str(out)], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_worker.bench", "--quick", "--out", str(out)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     return done, out, scratch
 
 
@@ -81,8 +95,16 @@ def test_quick_bench_writes_the_report_with_its_plots(quick_run) -> None:
     for plot in plots:
         assert plot.read_bytes()[:8] == PNG_MAGIC
         assert f"]({plot.name})" in report
-    for heading in ("## Summary", "## 1. Ingest", "## 2. Freshness", "## 3. Batch", "## 4. Queries",
-                    "## 5. Backfill", "## 6. State", "## Closing note"):
+    for heading in (
+        "## Summary",
+        "## 1. Ingest",
+        "## 2. Freshness",
+        "## 3. Batch",
+        "## 4. Queries",
+        "## 5. Backfill",
+        "## 6. State",
+        "## Closing note",
+    ):
         assert heading in report
     assert "ratio" in done.stdout and "summary.json" in done.stdout  # the short table went to stdout
 

@@ -15,22 +15,22 @@ import json
 import os
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pytest
+from worker_helpers import WorkerProcess, wait_for
 
 from stream_worker import clients, synthetic
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.produce import produce
 from stream_worker.raw_store import RawStore
-from worker_helpers import WorkerProcess, wait_for
 
 AWAY_SECONDS = 12
 
 
 def today_so_far(seed: int, per_day: int) -> synthetic.Options:
-    return synthetic.Options(days=0, events_per_day=per_day, seed=seed, until=datetime.now(timezone.utc))
+    return synthetic.Options(days=0, events_per_day=per_day, seed=seed, until=datetime.now(UTC))
 
 
 def read_offsets(store: RawStore) -> dict[int, tuple[int | None, int | None]]:
@@ -54,36 +54,48 @@ def lines_between(log_text: str, first: str, last: str) -> list[str]:
     lines = log_text.splitlines()
     start = next(i for i, line in enumerate(lines) if first in line)
     end = next(i for i, line in enumerate(lines) if last in line)
-    return lines[start + 1:end]
+    return lines[start + 1 : end]
 
 
 @pytest.mark.slow
-def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(
-    own_broker, kafka_cli, data_dir, tmp_path
-):
+def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(own_broker, kafka_cli, data_dir, tmp_path):
     before = produce(own_broker.bootstrap, own_broker.topic, 3, today_so_far(seed=61, per_day=8_000))
     # The default roll (300 s): what the archiver has read is still buffered when the broker leaves.
     workers = [WorkerProcess(command, kafka_cli.env, tmp_path / f"{command}.log") for command in ("archive", "stream")]
     try:
         store = RawStore(data_dir, own_broker.topic)
-        wait_for(lambda: len(offsets := read_offsets(store)) == 3
-                 and all(read is not None and read == end for read, end in offsets.values())
-                 and sum(end for _, end in offsets.values()) == before.messages, 90, "the archiver to read the log")
+        wait_for(
+            lambda: (
+                len(offsets := read_offsets(store)) == 3
+                and all(read is not None and read == end for read, end in offsets.values())
+                and sum(end for _, end in offsets.values()) == before.messages
+            ),
+            90,
+            "the archiver to read the log",
+        )
         wait_for(lambda: query_today(kafka_cli)["events"] == before.events, 90, "the speed layer to count the log")
 
         own_broker.go_away()
         wait_for(lambda: raw_events(data_dir)[0] == before.events, 30, "the archiver to publish what it read")
-        published = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in store.events_dir.glob("*/*.parquet")}
+        published = {
+            path: hashlib.sha256(path.read_bytes()).hexdigest() for path in store.events_dir.glob("*/*.parquet")
+        }
         for _ in range(AWAY_SECONDS):
             time.sleep(1)
             assert all(worker.process.poll() is None for worker in workers), "a worker exited while the broker was away"
 
         own_broker.come_back(paused=[worker.pid for worker in workers])
         after = produce(own_broker.bootstrap, own_broker.topic, 3, today_so_far(seed=62, per_day=4_000))
-        wait_for(lambda: query_today(kafka_cli)["events"] == before.events + after.events, 120,
-                 "the speed layer to count the new log")
-        wait_for(lambda: sum(end for read, end in read_offsets(store).values() if read == end) == after.messages,
-                 60, "the archiver to read the new log")
+        wait_for(
+            lambda: query_today(kafka_cli)["events"] == before.events + after.events,
+            120,
+            "the speed layer to count the new log",
+        )
+        wait_for(
+            lambda: sum(end for read, end in read_offsets(store).values() if read == end) == after.messages,
+            60,
+            "the archiver to read the new log",
+        )
         summaries = [worker.terminate() for worker in workers]  # the archiver publishes what it holds
     finally:
         for worker in workers:
@@ -141,7 +153,7 @@ def test_the_speed_layer_counts_a_new_log_that_outgrew_its_position(own_broker, 
 
 
 def query_today(cli) -> dict:
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     result = cli("query", "--from", today, "--to", today)
     assert result.exit_code == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
@@ -181,7 +193,7 @@ def test_the_watch_says_it_once_reports_every_30_s_and_backs_off(caplog) -> None
     assert sum("still away" in m for m in messages) == 3  # at 30, 60 and 90 s
     assert sum("answers again" in m for m in messages) == 1 and watch.away_since is None
     away = probes[1:-1]  # from the first probe that failed to the last one before the broker came back
-    gaps = [b - a for a, b in zip(away, away[1:])]
+    gaps = [b - a for a, b in zip(away, away[1:], strict=False)]
     assert gaps[:4] == [1, 2, 4, 5] and max(gaps) <= 5  # doubling, capped at the client's backoff
     assert watch.departures == 1
 

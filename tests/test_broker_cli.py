@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from kafka import KafkaConsumer
@@ -28,8 +27,12 @@ def _alive(pid: int) -> bool:
 class BrokerCommand:
     def __init__(self, cli, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream_worker", "broker", *args], env=cli.env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "stream_worker", "broker", *args],
+            env=cli.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def first_line(self) -> str:
@@ -109,7 +112,6 @@ def test_a_second_broker_on_the_same_data_dir_is_refused(data_dir, broker_comman
     assert second.process.returncode == 1
     assert out == ""
     assert err.strip().splitlines()[-1] == (
-        f"lambdaflow: error: an embedded broker already serves {bootstrap} "
-        f"(pid {first.process.pid}) for {data_dir}"
+        f"lambdaflow: error: an embedded broker already serves {bootstrap} (pid {first.process.pid}) for {data_dir}"
     )
     assert first.stop()[0] == 0

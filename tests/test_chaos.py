@@ -10,23 +10,37 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from chaos import METRICS, Scenario, tally_offsets, tally_served
 
 CHAOS = Path(__file__).with_name("chaos.py")
-LAST_LINE = re.compile(r"chaos: (\d+) kills, (\d+) events, (\d+) lost, (\d+) duplicated, (\d+) hours served twice or never")
+LAST_LINE = re.compile(
+    r"chaos: (\d+) kills, (\d+) events, (\d+) lost, (\d+) duplicated, (\d+) hours served twice or never"
+)
 
 
 @pytest.mark.slow
 def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, str(CHAOS), "--seed", "20261127", "--duration", "60", "--kills", "3",
-         "--events-per-day", "3000"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            str(CHAOS),
+            "--seed",
+            "20261127",
+            "--duration",
+            "60",
+            "--kills",
+            "3",
+            "--events-per-day",
+            "3000",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("chaos: seed 20261127 (replay: make chaos SEED=20261127)")
@@ -35,12 +49,21 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path) -> None:
     kills, events, lost, duplicated, misserved = map(int, found.groups())
     assert (lost, duplicated, misserved) == (0, 0, 0) and done.returncode == 0, done.stderr[-8000:]
     assert kills == 6 and events > 9_000
-    for fault in ("kill archiver", "kill stream worker", "second archiver", "second stream worker",
-                  "pause broker", "backfill", "batch for today", "batch for today, no day built",
-                  "batch for today, the speed layer stopped", "two batches for today at once"):
+    for fault in (
+        "kill archiver",
+        "kill stream worker",
+        "second archiver",
+        "second stream worker",
+        "pause broker",
+        "backfill",
+        "batch for today",
+        "batch for today, no day built",
+        "batch for today, the speed layer stopped",
+        "two batches for today at once",
+    ):
         assert f": {fault}" in done.stderr
     assert "served hours checked at" in done.stderr and " 0 moments" not in done.stderr
-    if datetime.now(timezone.utc).hour >= 2:  # before that, no hour of today may be complete yet
+    if datetime.now(UTC).hour >= 2:  # before that, no hour of today may be complete yet
         assert "build today: built" in done.stderr
 
 
@@ -52,8 +75,15 @@ def test_the_schedule_is_the_seeds_and_has_every_fault() -> None:
     assert first == second != scenario.actions(random.Random(6))
     assert first.count("kill archiver") == first.count("kill stream worker") == 22
     assert first.count("second stream worker") % 2 == 0 and first.count("second archiver") % 2 == 0
-    assert {"pause broker", "build a day", "rebuild a day", "backfill", "batch for today",
-            "batch for today, the speed layer stopped", "two batches for today at once"} <= set(first)
+    assert {
+        "pause broker",
+        "build a day",
+        "rebuild a day",
+        "backfill",
+        "batch for today",
+        "batch for today, the speed layer stopped",
+        "two batches for today at once",
+    } <= set(first)
     assert first[0] == "batch for today, no day built"
 
 

@@ -34,17 +34,28 @@ def test_unknown_subcommand_is_a_usage_error(cli) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("LAMBDAFLOW_TOPIC", "bad topic!",
-         "LAMBDAFLOW_TOPIC='bad topic!' is not a Kafka topic name (1-249 of the characters A-Z a-z 0-9 . _ -)"),
-        ("KAFKA_BOOTSTRAP", "localhost",
-         "KAFKA_BOOTSTRAP='localhost' is not a list of host:port, e.g. 127.0.0.1:9092"),
+        (
+            "LAMBDAFLOW_TOPIC",
+            "bad topic!",
+            "LAMBDAFLOW_TOPIC='bad topic!' is not a Kafka topic name (1-249 of the characters A-Z a-z 0-9 . _ -)",
+        ),
+        ("KAFKA_BOOTSTRAP", "localhost", "KAFKA_BOOTSTRAP='localhost' is not a list of host:port, e.g. 127.0.0.1:9092"),
         ("LAMBDAFLOW_PARTITIONS", "0", "LAMBDAFLOW_PARTITIONS='0' must be a whole number from 1 to 10000"),
-        ("LAMBDAFLOW_ARCHIVE_ROLL_MB", "inf",
-         "LAMBDAFLOW_ARCHIVE_ROLL_MB='inf' must be a number above 0 and at most 4096"),
-        ("LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", "nan",
-         "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES='nan' must be a number of minutes from 0 to 10080"),
-        ("LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", "1e12",
-         "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES='1e12' must be a number of minutes from 0 to 10080"),
+        (
+            "LAMBDAFLOW_ARCHIVE_ROLL_MB",
+            "inf",
+            "LAMBDAFLOW_ARCHIVE_ROLL_MB='inf' must be a number above 0 and at most 4096",
+        ),
+        (
+            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES",
+            "nan",
+            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES='nan' must be a number of minutes from 0 to 10080",
+        ),
+        (
+            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES",
+            "1e12",
+            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES='1e12' must be a number of minutes from 0 to 10080",
+        ),
         ("LAMBDAFLOW_RECONCILE_THRESHOLD", "²", "LAMBDAFLOW_RECONCILE_THRESHOLD='²' must be a whole number, 0 or more"),
     ],
 )

@@ -4,9 +4,10 @@ past it (invariant 6): not the partitions LAMBDAFLOW_PARTITIONS names, which onl
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cli_helpers import TopicWorld
+
 from stream_worker import synthetic
 from stream_worker.clients import ensure_topic
 from stream_worker.produce import produce
@@ -15,7 +16,7 @@ from stream_worker.produce import produce
 def test_a_topic_with_more_partitions_than_the_setting_waits_for_every_one(kafka_bootstrap, tmp_path) -> None:
     world = TopicWorld(kafka_bootstrap, tmp_path)  # LAMBDAFLOW_PARTITIONS unset: 3
     ensure_topic(kafka_bootstrap, world.topic, 4)
-    midnight = datetime.combine(world.today, datetime.min.time(), timezone.utc)
+    midnight = datetime.combine(world.today, datetime.min.time(), UTC)
     yesterday = str(world.today - timedelta(days=1))
     produce(kafka_bootstrap, world.topic, 4, synthetic.Options(days=1, events_per_day=2_000, seed=6, until=midnight))
     archived = world.lambdaflow("archive", "--until-idle")

@@ -118,9 +118,23 @@ def _compose(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """docker-compose with only env_file's secrets: none from this process's environment."""
     env = {k: v for k, v in os.environ.items() if k not in _example_keys() and not k.startswith("COMPOSE_")}
     return subprocess.run(
-        [_docker_compose(), "--file", str(COMPOSE_FILE), "--project-directory", str(REPO),
-         "--env-file", str(env_file), "--profile", "demo", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            _docker_compose(),
+            "--file",
+            str(COMPOSE_FILE),
+            "--project-directory",
+            str(REPO),
+            "--env-file",
+            str(env_file),
+            "--profile",
+            "demo",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -255,8 +269,17 @@ def test_long_running_services_have_health_checks(services: dict) -> None:
     one_shot = _one_shot(services)
     assert {"install", "airflow-init", "producer"} <= one_shot
     long_running = set(services) - one_shot
-    assert {"kafka", "postgres", "archiver", "stream-worker", "dbt-docs", "airflow-apiserver",
-            "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"} <= long_running
+    assert {
+        "kafka",
+        "postgres",
+        "archiver",
+        "stream-worker",
+        "dbt-docs",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    } <= long_running
     for name in sorted(long_running):
         check = services[name].get("healthcheck") or {}
         test = check.get("test")
@@ -280,15 +303,26 @@ def test_dependencies_wait_for_what_they_can(services: dict) -> None:
 def _project_services(services: dict) -> dict[str, dict]:
     """The services that run this checkout: it is bind-mounted at /app."""
     return {
-        name: service for name, service in services.items()
+        name: service
+        for name, service in services.items()
         if any(source == str(REPO) and target == str(APP) for source, target, _ in _mounts(service))
     }
 
 
 def test_project_services_share_the_checkout_data_and_venv(services: dict) -> None:
     project = _project_services(services)
-    assert {"install", "archiver", "stream-worker", "producer", "dbt-docs", "airflow-init",
-            "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"} <= set(project)
+    assert {
+        "install",
+        "archiver",
+        "stream-worker",
+        "producer",
+        "dbt-docs",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    } <= set(project)
     data_volumes = set()
     for name, service in project.items():
         mounts = {target: (source, mode) for source, target, mode in _mounts(service)}
@@ -310,20 +344,30 @@ def test_project_services_share_the_checkout_data_and_venv(services: dict) -> No
 
 def test_airflow_components_share_one_configuration(services: dict) -> None:
     airflow = {name: _environment(s) for name, s in services.items() if name.startswith("airflow-")}
-    assert set(airflow) == {"airflow-init", "airflow-apiserver", "airflow-scheduler",
-                            "airflow-dag-processor", "airflow-triggerer"}
+    assert set(airflow) == {
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    }
     configs = {name: {k: v for k, v in env.items() if k.startswith("AIRFLOW__")} for name, env in airflow.items()}
     first = configs["airflow-apiserver"]
     for name, config in configs.items():
         assert config == first, f"{name}'s AIRFLOW__ settings differ from the API server's"
-    homes = {name: dict((t, s) for s, t, _ in _mounts(services[name])).get(env.get("AIRFLOW_HOME"))
-             for name, env in airflow.items()}
+    homes = {
+        name: dict((t, s) for s, t, _ in _mounts(services[name])).get(env.get("AIRFLOW_HOME"))
+        for name, env in airflow.items()
+    }
     assert len(set(homes.values())) == 1 and None not in homes.values(), f"AIRFLOW_HOME is not shared: {homes}"
 
     # The settings lambdaflow's own Airflow uses, except where containers differ.
     container_specific = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__API__HOST"}
-    defaults = {k: v for k, v in airflow_env(SimpleNamespace(data_dir=Path("/data"))).items()
-                if k.startswith("AIRFLOW__") and k not in container_specific and k not in os.environ}
+    defaults = {
+        k: v
+        for k, v in airflow_env(SimpleNamespace(data_dir=Path("/data"))).items()
+        if k.startswith("AIRFLOW__") and k not in container_specific and k not in os.environ
+    }
     for key, value in defaults.items():
         assert str(first.get(key)) == value, f"{key} is {first.get(key)!r}, lambdaflow's Airflow uses {value!r}"
     assert _host_path(first["AIRFLOW__CORE__DAGS_FOLDER"]) == DAGS_FOLDER
@@ -395,10 +439,13 @@ def test_every_command_exists(services: dict, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", PARSE_COMMANDS],
         input=json.dumps([[program, cwd, argv] for _, program, cwd, argv in checks]),
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    for (name, program, _, argv), error in zip(checks, json.loads(done.stdout.strip().splitlines()[-1])):
+    for (name, program, _, argv), error in zip(checks, json.loads(done.stdout.strip().splitlines()[-1]), strict=False):
         if error:
             problems.append(f"{name}: `{shlex.join([program, *argv])}`: {error}")
     assert not problems, "\n".join(problems)

@@ -16,13 +16,15 @@ def test_defaults_run_on_one_machine_with_no_setup(tmp_path: Path, monkeypatch: 
 
 
 def test_environment_overrides_defaults(tmp_path: Path) -> None:
-    settings = Settings.from_env({
-        "KAFKA_BOOTSTRAP": "127.0.0.1:9092,127.0.0.1:9093",
-        "LAMBDAFLOW_TOPIC": "clicks.v2",
-        "LAMBDAFLOW_DATA_DIR": str(tmp_path / "lake"),
-        "LAMBDAFLOW_PARTITIONS": "6",
-        "LAMBDAFLOW_RECONCILE_THRESHOLD": "3",
-    })
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP": "127.0.0.1:9092,127.0.0.1:9093",
+            "LAMBDAFLOW_TOPIC": "clicks.v2",
+            "LAMBDAFLOW_DATA_DIR": str(tmp_path / "lake"),
+            "LAMBDAFLOW_PARTITIONS": "6",
+            "LAMBDAFLOW_RECONCILE_THRESHOLD": "3",
+        }
+    )
     assert settings.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
     assert settings.topic == "clicks.v2"
     assert settings.data_dir == tmp_path / "lake"
@@ -38,13 +40,23 @@ def test_settings_are_frozen() -> None:
 
 @pytest.mark.parametrize(
     "environ",
-    [{"LAMBDAFLOW_TOPIC": "../etc"}, {"LAMBDAFLOW_TOPIC": "x" * 250}, {"KAFKA_BOOTSTRAP": "127.0.0.1"},
-     {"LAMBDAFLOW_PARTITIONS": "three"}, {"LAMBDAFLOW_PARTITIONS": "-1"},
-     {"LAMBDAFLOW_RECONCILE_THRESHOLD": "-1"}, {"LAMBDAFLOW_RECONCILE_THRESHOLD": "0.5"},
-     {"LAMBDAFLOW_RECONCILE_THRESHOLD": "²"}, {"LAMBDAFLOW_PARTITIONS": "３"},
-     {"LAMBDAFLOW_ARCHIVE_ROLL_MB": "inf"}, {"LAMBDAFLOW_ARCHIVE_ROLL_MB": "1e400"},
-     {"LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "nan"}, {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "nan"},
-     {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "1e12"}, {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "-0.5"}],
+    [
+        {"LAMBDAFLOW_TOPIC": "../etc"},
+        {"LAMBDAFLOW_TOPIC": "x" * 250},
+        {"KAFKA_BOOTSTRAP": "127.0.0.1"},
+        {"LAMBDAFLOW_PARTITIONS": "three"},
+        {"LAMBDAFLOW_PARTITIONS": "-1"},
+        {"LAMBDAFLOW_RECONCILE_THRESHOLD": "-1"},
+        {"LAMBDAFLOW_RECONCILE_THRESHOLD": "0.5"},
+        {"LAMBDAFLOW_RECONCILE_THRESHOLD": "²"},
+        {"LAMBDAFLOW_PARTITIONS": "３"},
+        {"LAMBDAFLOW_ARCHIVE_ROLL_MB": "inf"},
+        {"LAMBDAFLOW_ARCHIVE_ROLL_MB": "1e400"},
+        {"LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "nan"},
+        {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "nan"},
+        {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "1e12"},
+        {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "-0.5"},
+    ],
 )
 def test_unusable_values_are_refused(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
-
 from contract_oracle import expected_reason
+
 from stream_worker.contract import EVENT_SCHEMA, REJECT_SCHEMA, classify
 
-KAFKA_TIME = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+KAFKA_TIME = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 KAFKA_MS = int(KAFKA_TIME.timestamp() * 1000)
 
 VALID = {
@@ -67,7 +67,9 @@ BAD_INPUTS = {
     "occurred_at without offset": (event(occurred_at="2026-11-27T10:00:00"), "occurred_at_no_offset"),
     "occurred_at unparseable": (event(occurred_at="2026-13-45T10:00:00Z"), "occurred_at_unparseable"),
     "occurred_at over an hour after the Kafka timestamp": (
-        event(occurred_at="2026-11-27T13:00:00.001Z"), "occurred_at_after_kafka_timestamp"),
+        event(occurred_at="2026-11-27T13:00:00.001Z"),
+        "occurred_at_after_kafka_timestamp",
+    ),
     "bad country code": (event(country="de"), "bad_country"),
     "tombstone": ((b"u-1", None), "tombstone"),
     "value over 64 KiB": (event(padding="x" * 65536), "value_too_large"),
@@ -83,7 +85,7 @@ def test_bad_input_is_rejected_with_its_reason(case: str) -> None:
     assert expected_reason(*message, KAFKA_MS) == reason  # the oracle agrees
 
 
-@pytest.mark.parametrize("amount", [10**12 + 1, 2**63 - 1, 2**63, 2**64, -2**63 - 1])
+@pytest.mark.parametrize("amount", [10**12 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1])
 def test_an_amount_no_64_bit_sum_holds_exactly_is_out_of_range(amount: int) -> None:
     """Two orders of 2**63 - 1 would wrap a 64-bit sum: an order above 10**12 is refused instead."""
     message = event(amount_cents=amount)
@@ -112,10 +114,12 @@ def test_reject_keeps_the_original_bytes_and_position() -> None:
 
 
 def test_extra_fields_and_null_or_absent_country_are_accepted() -> None:
-    decoded = classify(records(
-        event(country=None, referrer="newsletter", nested={"a": [1, 2]}),
-        event(event_id="e-2", country=DROP),
-    ))
+    decoded = classify(
+        records(
+            event(country=None, referrer="newsletter", nested={"a": [1, 2]}),
+            event(event_id="e-2", country=DROP),
+        )
+    )
     assert decoded.rejects.height == 0
     assert decoded.events["country"].to_list() == ["ZZ", "ZZ"]
 
@@ -124,7 +128,7 @@ def test_valid_event_is_typed_and_converted_to_utc() -> None:
     decoded = classify(records(event(occurred_at="2026-11-27T10:00:00+05:30")))
     assert decoded.events.schema == EVENT_SCHEMA
     row = decoded.events.row(0, named=True)
-    assert row["occurred_at"] == datetime(2026, 11, 27, 4, 30, tzinfo=timezone.utc)
+    assert row["occurred_at"] == datetime(2026, 11, 27, 4, 30, tzinfo=UTC)
     assert row["amount_cents"] == 1250
     assert row["kafka_offset"] == 100
 
@@ -145,10 +149,12 @@ def test_the_utc_date_decides_the_day(occurred_at: str, utc_date: date) -> None:
 
 
 def test_amount_is_ignored_on_other_event_types() -> None:
-    decoded = classify(records(
-        event(event_type="login", amount_cents="not a number"),
-        event(event_id="e-2", event_type="page_view", amount_cents=-5),
-    ))
+    decoded = classify(
+        records(
+            event(event_type="login", amount_cents="not a number"),
+            event(event_id="e-2", event_type="page_view", amount_cents=-5),
+        )
+    )
     assert decoded.rejects.height == 0
     assert decoded.events["amount_cents"].to_list() == [None, None]
 
@@ -158,11 +164,13 @@ def test_limits_are_inclusive() -> None:
     padding = 64 * 1024 - len(body) - len(', "p": ""')
     exactly_64_kib = body[:-1] + ', "p": "' + "x" * padding + '"}'
     assert len(exactly_64_kib.encode()) == 64 * 1024
-    decoded = classify(records(
-        (b"u-1", exactly_64_kib.encode()),  # also exactly one hour after the Kafka timestamp
-        event(event_id="e-2", amount_cents=0),
-        event(event_id="e-3", amount_cents=10**12),
-    ))
+    decoded = classify(
+        records(
+            (b"u-1", exactly_64_kib.encode()),  # also exactly one hour after the Kafka timestamp
+            event(event_id="e-2", amount_cents=0),
+            event(event_id="e-3", amount_cents=10**12),
+        )
+    )
     assert decoded.rejects.height == 0
     assert decoded.events.height == 3
 
@@ -182,6 +190,9 @@ def test_empty_batch_gives_empty_typed_frames() -> None:
 
 
 def test_escaped_strings_are_unescaped() -> None:
-    value = b'{"event_id": "e\\u00e9\\"1", "event_type": "login", "user_id": "u\\/1", "occurred_at": "2026-11-27T10:00:00Z"}'
+    value = (
+        b'{"event_id": "e\\u00e9\\"1", "event_type": "login", "user_id": "u\\/1", '
+        b'"occurred_at": "2026-11-27T10:00:00Z"}'
+    )
     events = classify(records((b"u/1", value))).events
     assert events.select("event_id", "user_id").row(0) == ('e\u00e9"1', "u/1")

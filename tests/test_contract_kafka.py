@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
-
 from contract_oracle import expected_event, expected_reason
 from kafka_helpers import read_all
+
 from stream_worker import synthetic
 from stream_worker.contract import classify, records_frame
 from stream_worker.produce import produce
 
 
 def _midnight_today() -> datetime:
-    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def test_100k_messages_are_classified_as_an_independent_reading_expects(kafka_bootstrap: str, topic: str) -> None:
     options = synthetic.Options(
-        days=3, events_per_day=34_000, seed=11, until=_midnight_today(),
-        duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.02,
+        days=3,
+        events_per_day=34_000,
+        seed=11,
+        until=_midnight_today(),
+        duplicates=0.05,
+        out_of_order=0.05,
+        late=0.01,
+        malformed=0.02,
     )
     summary = produce(kafka_bootstrap, topic, 3, options)
     assert summary.messages >= 100_000
@@ -31,9 +37,7 @@ def test_100k_messages_are_classified_as_an_independent_reading_expects(kafka_bo
     assert len(consumed) == summary.messages
     decoded = classify(records_frame(consumed))
 
-    expected = {
-        (r.partition, r.offset): expected_reason(r.key, r.value, r.timestamp) for r in consumed
-    }
+    expected = {(r.partition, r.offset): expected_reason(r.key, r.value, r.timestamp) for r in consumed}
     got = {
         (row["kafka_partition"], row["kafka_offset"]): row["reason"]
         for row in decoded.rejects.select("kafka_partition", "kafka_offset", "reason").iter_rows(named=True)

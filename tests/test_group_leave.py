@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from kafka import ConsumerRebalanceListener
+from worker_helpers import WorkerProcess, status_pids, wait_for
 
 from stream_worker import clients, synthetic
 from stream_worker.archiver import Archiver
 from stream_worker.group import NoPartitionAssigned
 from stream_worker.produce import produce
 from stream_worker.raw_store import RawStore
-from worker_helpers import WorkerProcess, status_pids, wait_for
 
 
 def revocations(worker: WorkerProcess) -> int:
@@ -31,21 +31,33 @@ def revocations(worker: WorkerProcess) -> int:
 def test_archivers_stopped_during_a_rebalance_leave_a_group_that_still_assigns(
     kafka_cli, kafka_bootstrap, topic, data_dir, tmp_path
 ) -> None:
-    sent = produce(kafka_bootstrap, topic, 3, synthetic.Options(
-        days=0, events_per_day=3_000, seed=23, until=datetime.now(timezone.utc)))
+    sent = produce(
+        kafka_bootstrap, topic, 3, synthetic.Options(days=0, events_per_day=3_000, seed=23, until=datetime.now(UTC))
+    )
     leader = WorkerProcess("archive", kafka_cli.env, tmp_path / "leader.log")
     follower = joiner = None
     try:
-        wait_for(lambda: set(status_pids(data_dir, topic).values()) == {leader.pid}
-                 and len(status_pids(data_dir, topic)) == 3, 120, "the first archiver to take every partition")
+        wait_for(
+            lambda: (
+                set(status_pids(data_dir, topic).values()) == {leader.pid} and len(status_pids(data_dir, topic)) == 3
+            ),
+            120,
+            "the first archiver to take every partition",
+        )
         follower = WorkerProcess("archive", kafka_cli.env, tmp_path / "follower.log")
-        wait_for(lambda: set(status_pids(data_dir, topic).values()) == {leader.pid, follower.pid}, 120,
-                 "two archivers to share the partitions")
+        wait_for(
+            lambda: set(status_pids(data_dir, topic).values()) == {leader.pid, follower.pid},
+            120,
+            "two archivers to share the partitions",
+        )
         time.sleep(3)  # the group settles
         settled = revocations(leader), revocations(follower)
         joiner = WorkerProcess("archive", kafka_cli.env, tmp_path / "joiner.log")
-        wait_for(lambda: (revocations(leader), revocations(follower)) != settled, 120,
-                 "the group to start a rebalance for the third archiver")
+        wait_for(
+            lambda: (revocations(leader), revocations(follower)) != settled,
+            120,
+            "the group to start a rebalance for the third archiver",
+        )
         leader.terminate()  # mid-rebalance, the leader and the follower stop cleanly
         follower.terminate()
         time.sleep(8)
@@ -102,6 +114,7 @@ def test_a_worker_held_out_of_its_group_stops_until_idle_with_an_error(kafka_boo
     archiver = Archiver(kafka_bootstrap, RawStore(data_dir, topic), group_id=group)
     with pytest.raises(NoPartitionAssigned) as refused:
         archiver.run(threading.Event(), until_idle=True, idle_timeout=20)
-    assert str(refused.value).startswith(f"no partition of {topic} was assigned to this member of the group "
-                                         f"'{group}' in 20 s: ")
+    assert str(refused.value).startswith(
+        f"no partition of {topic} was assigned to this member of the group '{group}' in 20 s: "
+    )
     assert not (data_dir / "raw").exists()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import zlib
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -42,8 +42,7 @@ COUNTRIES = ("DE", "US", "IN", "NP", None)
 
 def case_messages(case: int, rng: random.Random) -> list[tuple[str, bytes]]:
     """(key, value) pairs of one case in send order, on the case's own days."""
-    midnight = datetime.combine(FIRST_DAY + timedelta(days=DAYS_PER_CASE * case + 1), datetime.min.time(),
-                                timezone.utc)
+    midnight = datetime.combine(FIRST_DAY + timedelta(days=DAYS_PER_CASE * case + 1), datetime.min.time(), UTC)
     users = [f"c{case}-u{n}" for n in range(rng.randint(1, 5))]
     home = {user: rng.choice(COUNTRIES) for user in users}
     messages = []
@@ -56,8 +55,12 @@ def case_messages(case: int, rng: random.Random) -> list[tuple[str, bytes]]:
         local = at.astimezone(_zone(offset))
         stamp = local.isoformat().replace("+00:00", "Z") if offset == "Z" else local.isoformat()
         reused = n and rng.random() < 0.05  # an id sent again with another user or time: another event
-        event = {"event_id": f"c{case}-e{rng.randrange(n) if reused else n}", "event_type": rng.choice(("signup", "login", "page_view", "order")),
-                 "user_id": user, "occurred_at": stamp}
+        event = {
+            "event_id": f"c{case}-e{rng.randrange(n) if reused else n}",
+            "event_type": rng.choice(("signup", "login", "page_view", "order")),
+            "user_id": user,
+            "occurred_at": stamp,
+        }
         country = home[user] if rng.random() < 0.9 else rng.choice(COUNTRIES)
         if country is not None:
             event["country"] = country
@@ -74,7 +77,7 @@ def case_messages(case: int, rng: random.Random) -> list[tuple[str, bytes]]:
 
 def _zone(offset: str) -> timezone:
     if offset == "Z":
-        return timezone.utc
+        return UTC
     sign = 1 if offset[0] == "+" else -1
     return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
 
@@ -87,8 +90,9 @@ def valid_events(seed: int) -> pl.DataFrame:
     for case in range(CASES):
         for key, value in case_messages(case, rng):
             partition = zlib.crc32(key.encode()) % PARTITIONS  # a user's events share a partition
-            rows.append(("events", partition, next_offset[partition], datetime(2030, 1, 1, tzinfo=timezone.utc),
-                         key.encode(), value))
+            rows.append(
+                ("events", partition, next_offset[partition], datetime(2030, 1, 1, tzinfo=UTC), key.encode(), value)
+            )
             next_offset[partition] += 1
     decoded = classify(pl.DataFrame(rows, schema=RECORD_SCHEMA, orient="row"))
     assert decoded.rejects.height == 0, decoded.rejects.head()
@@ -106,17 +110,36 @@ def write_raw_store(events: pl.DataFrame, work: Path) -> list[Path]:
     return sorted(raw.rglob("*.parquet"))
 
 
-def dbt_build(project: Path, work: Path, raw_files: list[Path], first: date, last: date,
-              full_refresh: bool = False) -> None:
-    variables = {"ds": first.isoformat(), "ds_end": last.isoformat(),
-                 "raw_files": json.dumps([str(p) for p in raw_files]).replace('"', "'")}
+def dbt_build(
+    project: Path, work: Path, raw_files: list[Path], first: date, last: date, full_refresh: bool = False
+) -> None:
+    variables = {
+        "ds": first.isoformat(),
+        "ds_end": last.isoformat(),
+        "raw_files": json.dumps([str(p) for p in raw_files]).replace('"', "'"),
+    }
     build = subprocess.run(
-        [str(Path(sys.executable).parent / "dbt"), "build", "--select", "+fct_hourly_metrics",
-         *(["--full-refresh"] if full_refresh else []),
-         "--vars", json.dumps(variables), "--project-dir", str(project), "--profiles-dir", str(project),
-         "--target-path", str(work / "target"), "--log-path", str(work / "logs")],
+        [
+            str(Path(sys.executable).parent / "dbt"),
+            "build",
+            "--select",
+            "+fct_hourly_metrics",
+            *(["--full-refresh"] if full_refresh else []),
+            "--vars",
+            json.dumps(variables),
+            "--project-dir",
+            str(project),
+            "--profiles-dir",
+            str(project),
+            "--target-path",
+            str(work / "target"),
+            "--log-path",
+            str(work / "logs"),
+        ],
         env={**os.environ, "LAMBDAFLOW_DATA_DIR": str(work / "data"), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stdout[-4000:]
 
@@ -156,8 +179,10 @@ def by_cell(frame: pl.DataFrame) -> dict:
     """{(event_date, hour, country): {metric: value}}, every metric column of the frame."""
     keys = {"event_date", "hour", "country", "event_hour", "kafka_partition", "next_offset", "epoch"}
     names = [c for c in frame.columns if c not in keys]
-    return {(row["event_date"], row["hour"], row["country"]): {m: row[m] for m in names}
-            for row in frame.iter_rows(named=True)}
+    return {
+        (row["event_date"], row["hour"], row["country"]): {m: row[m] for m in names}
+        for row in frame.iter_rows(named=True)
+    }
 
 
 def differences(batch: dict, speed: dict) -> list[str]:
@@ -189,8 +214,12 @@ def project_with_more_metrics(tmp_path: Path) -> Path:
     definition = yaml.safe_load((project / "dbt_project.yml").read_text())
     definition["vars"]["metrics"] += [
         {"name": "logins", "aggregation": "count", "event_types": ["login"], "description": "Login events."},
-        {"name": "buyers", "aggregation": "users", "event_types": ["order"],
-         "description": "Users whose first order of the UTC day falls in this hour and country."},
+        {
+            "name": "buyers",
+            "aggregation": "users",
+            "event_types": ["order"],
+            "description": "Users whose first order of the UTC day falls in this hour and country.",
+        },
     ]
     (project / "dbt_project.yml").write_text(yaml.safe_dump(definition, sort_keys=False))
     return project
@@ -239,9 +268,14 @@ def test_a_metric_added_later_is_null_on_older_days_until_a_backfill_rebuilds_th
     assert {cell[0] for cell in expected} >= {older, newer}  # both days have events
     hours = warehouse_hours(work)
     assert {cell: v["logins"] for cell, v in hours.items() if cell[0] == older} == {
-        cell: None for cell in expected if cell[0] == older}
+        cell: None for cell in expected if cell[0] == older
+    }
     assert {cell: v["logins"] for cell, v in hours.items() if cell[0] == newer} == {
-        cell: v["logins"] for cell, v in expected.items() if cell[0] == newer}
+        cell: v["logins"] for cell, v in expected.items() if cell[0] == newer
+    }
     dbt_build(extended, work, raw_files, older, older)  # the backfill of the older day
-    assert {cell: {"logins": v["logins"], "buyers": v["buyers"]} for cell, v in warehouse_hours(work).items()
-            if cell[0] in (older, newer)} == {cell: v for cell, v in expected.items() if cell[0] in (older, newer)}
+    assert {
+        cell: {"logins": v["logins"], "buyers": v["buyers"]}
+        for cell, v in warehouse_hours(work).items()
+        if cell[0] in (older, newer)
+    } == {cell: v for cell, v in expected.items() if cell[0] in (older, newer)}

@@ -8,18 +8,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from kafka_helpers import read_all
 from worker_helpers import wait_for
+
 from stream_worker.contract import classify, records_frame
 
 ARGS = ["--days", "2", "--events-per-day", "3000", "--seed", "5", "--until", "2026-11-27T06:00:00Z"]
 
 
 def test_produce_sends_what_its_summary_says(kafka_cli, kafka_bootstrap, topic) -> None:
-    result = kafka_cli("produce", *ARGS, "--duplicates", "0.1", "--malformed", "0.05",
-                       "--late", "0.02", "--out-of-order", "0.1")
+    result = kafka_cli(
+        "produce", *ARGS, "--duplicates", "0.1", "--malformed", "0.05", "--late", "0.02", "--out-of-order", "0.1"
+    )
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1  # stdout holds the result only; progress and logs go to stderr
@@ -61,8 +63,9 @@ def test_same_seed_sends_the_same_messages(kafka_cli, kafka_bootstrap, topic) ->
 
 
 def test_table_format_is_for_people(kafka_cli) -> None:
-    result = kafka_cli("produce", "--days", "0", "--events-per-day", "24", "--until", "2026-11-27T02:00:00Z",
-                       "--format", "table")
+    result = kafka_cli(
+        "produce", "--days", "0", "--events-per-day", "24", "--until", "2026-11-27T02:00:00Z", "--format", "table"
+    )
     assert result.exit_code == 0, result.stderr
     assert "messages" in result.stdout and "│" in result.stdout
 
@@ -97,16 +100,23 @@ def test_live_sends_recent_valid_events_until_sigterm(kafka_cli, kafka_bootstrap
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "stream_worker", "produce", "--live", "--rate", "50", "--seed", "9"],
-            env=kafka_cli.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env=kafka_cli.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
         )
     try:
-        wait_for(lambda: "live: sending to" in stderr_path.read_text() or process.poll() is not None,
-                 timeout=60, what="the live producer to start")
-        started = datetime.now(timezone.utc)
+        wait_for(
+            lambda: "live: sending to" in stderr_path.read_text() or process.poll() is not None,
+            timeout=60,
+            what="the live producer to start",
+        )
+        started = datetime.now(UTC)
         time.sleep(2.0)
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=30)
-        stopped = datetime.now(timezone.utc)
+        stopped = datetime.now(UTC)
     finally:
         if process.poll() is None:
             process.kill()

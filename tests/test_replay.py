@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
+from worker_helpers import WorkerProcess, speed_status_pids, wait_for
+
 from stream_worker import synthetic
 from stream_worker.config import Settings
 from stream_worker.produce import produce
 from stream_worker.serving import Question, answer
-from worker_helpers import WorkerProcess, speed_status_pids, wait_for
 
 
 def daily(kafka_cli, days) -> list[dict]:
@@ -20,12 +21,23 @@ def daily(kafka_cli, days) -> list[dict]:
 
 
 def test_a_replay_rebuilds_a_damaged_state_while_queries_keep_their_answers(
-        kafka_cli, kafka_bootstrap, topic, data_dir, tmp_path) -> None:
-    today = datetime.now(timezone.utc).date()
+    kafka_cli, kafka_bootstrap, topic, data_dir, tmp_path
+) -> None:
+    today = datetime.now(UTC).date()
     days = [today - timedelta(days=1), today]
-    sent = produce(kafka_bootstrap, topic, 3, synthetic.Options(
-        days=1, events_per_day=4_000, seed=91, until=datetime.now(timezone.utc), duplicates=0.05, malformed=0.01,
-    ))
+    sent = produce(
+        kafka_bootstrap,
+        topic,
+        3,
+        synthetic.Options(
+            days=1,
+            events_per_day=4_000,
+            seed=91,
+            until=datetime.now(UTC),
+            duplicates=0.05,
+            malformed=0.01,
+        ),
+    )
     counted = kafka_cli("stream", "--until-idle")
     assert counted.exit_code == 0, counted.stderr[-3000:]
     live = data_dir / "speed" / topic
@@ -40,7 +52,11 @@ def test_a_replay_rebuilds_a_damaged_state_while_queries_keep_their_answers(
     # A running worker holds the state: no replay under it.
     worker = WorkerProcess("stream", kafka_cli.env, tmp_path / "worker.log")
     try:
-        wait_for(lambda: set(speed_status_pids(data_dir, topic).values()) == {worker.pid}, 60, "the worker to own every partition")
+        wait_for(
+            lambda: set(speed_status_pids(data_dir, topic).values()) == {worker.pid},
+            60,
+            "the worker to own every partition",
+        )
         refused = kafka_cli("stream", "--replay", "--until-idle")
         assert refused.exit_code == 1
         assert "a stream worker holds" in refused.stderr and "Traceback" not in refused.stderr

@@ -16,15 +16,30 @@ GRACE = timedelta(days=1)
 
 
 def manifest(built: list[date], boundary: date) -> dict:
-    return {"boundary": f"{boundary.isoformat()}T00:00:00+00:00",
-            "days": {day.isoformat(): {"file": f"batch/published/{day}.parquet",
-                                       "built_until": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00"}
-                     for day in built}}
+    return {
+        "boundary": f"{boundary.isoformat()}T00:00:00+00:00",
+        "days": {
+            day.isoformat(): {
+                "file": f"batch/published/{day}.parquet",
+                "built_until": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
+            }
+            for day in built
+        },
+    }
 
 
 def report(data_dir, day: date, unexplained: int, threshold: int = 0) -> list[dict]:
-    rows = judged([{"event_date": day.isoformat(), "metric": "events", "unexplained": unexplained,
-                    "hours_unexplained": [3] if unexplained else []}], threshold)
+    rows = judged(
+        [
+            {
+                "event_date": day.isoformat(),
+                "metric": "events",
+                "unexplained": unexplained,
+                "hours_unexplained": [3] if unexplained else [],
+            }
+        ],
+        threshold,
+    )
     replace_json(report_path(data_dir, day), rows)
     return rows
 

@@ -58,17 +58,21 @@ def test_the_scan_finds_a_planted_credential(line: str) -> None:
     assert CREDENTIAL.search(line)
 
 
-@pytest.mark.parametrize("line", [
-    'password: "${AIRFLOW_ADMIN_PASSWORD:?set it in .env}"',
-    'return user, passwords[user]',
-    '"password": password})',
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        'password: "${AIRFLOW_ADMIN_PASSWORD:?set it in .env}"',
+        "return user, passwords[user]",
+        '"password": password})',
+    ],
+)
 def test_the_scan_lets_references_pass(line: str) -> None:
     assert not CREDENTIAL.search(line)
 
 
-@pytest.mark.parametrize("path", [".env", "data/airflow/simple_auth_manager_passwords.json.generated",
-                                  "data/airflow/airflow.cfg"])
+@pytest.mark.parametrize(
+    "path", [".env", "data/airflow/simple_auth_manager_passwords.json.generated", "data/airflow/airflow.cfg"]
+)
 def test_generated_secrets_and_the_env_file_are_ignored_by_git(path: str) -> None:
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")

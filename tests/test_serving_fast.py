@@ -35,8 +35,12 @@ NAMES = metrics.names()
 
 
 def _cells(rng: random.Random, day: date, hours: range, names: tuple[str, ...]) -> list[dict]:
-    return [{"event_date": day, "hour": hour, "country": country, **{m: rng.randint(0, 40) for m in names}}
-            for hour in hours for country in COUNTRIES if rng.random() < 0.8]
+    return [
+        {"event_date": day, "hour": hour, "country": country, **{m: rng.randint(0, 40) for m in names}}
+        for hour in hours
+        for country in COUNTRIES
+        if rng.random() < 0.8
+    ]
 
 
 def _write(frame_rows: list[dict], path: Path, extra: dict | None = None) -> None:
@@ -62,8 +66,11 @@ def publish_day(data_dir: Path, day: date, rows: list[dict], until: datetime, bo
 
 
 def write_snapshot(data_dir: Path, partition: int, rows: list[dict]) -> None:
-    _write(rows, data_dir / "speed" / "events" / "snapshots" / f"partition-{partition}.parquet",
-           {"kafka_partition": partition, "next_offset": 100, "epoch": 0})
+    _write(
+        rows,
+        data_dir / "speed" / "events" / "snapshots" / f"partition-{partition}.parquet",
+        {"kafka_partition": partition, "next_offset": 100, "epoch": 0},
+    )
 
 
 def make_world(data_dir: Path, seed: int, boundary_hour: int | None = 10, snapshots: bool = True) -> Settings:
@@ -78,8 +85,9 @@ def make_world(data_dir: Path, seed: int, boundary_hour: int | None = 10, snapsh
             end = datetime(day.year, day.month, day.day) + timedelta(days=1)
             publish_day(data_dir, day, _cells(rng, day, range(24), names), end, end, f"{seed}-{index}")
         if boundary_hour:  # no hour of today built: the boundary is today's midnight, the last day's end
-            publish_day(data_dir, TODAY, _cells(rng, TODAY, range(boundary_hour), NAMES), boundary, boundary,
-                        f"{seed}-t")
+            publish_day(
+                data_dir, TODAY, _cells(rng, TODAY, range(boundary_hour), NAMES), boundary, boundary, f"{seed}-t"
+            )
     if snapshots:
         for partition in range(3):
             rows = _cells(rng, DAYS[-1], range(24), NAMES) + _cells(rng, TODAY, range(24), NAMES)
@@ -99,7 +107,7 @@ def reference(settings: Settings, question: Question) -> list[dict]:
         variables = pinned.variables()
         sql = _dbt_template().render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
         result = con.sql(sql)
-        served = [dict(zip(result.columns, row)) for row in result.fetchall()]
+        served = [dict(zip(result.columns, row, strict=False)) for row in result.fetchall()]
     totals: dict[tuple, dict] = {}
     for row in served:
         if not question.date_from <= row["event_date"] <= question.date_to:
@@ -113,7 +121,7 @@ def reference(settings: Settings, question: Question) -> list[dict]:
     answers = []
     for offset in range((question.date_to - question.date_from).days + 1):
         day = question.date_from + timedelta(days=offset)
-        for hour in (range(24) if question.hourly else [None]):
+        for hour in range(24) if question.hourly else [None]:
             cell = totals.get((day, hour) if question.hourly else (day,))
             if question.hourly and cell is None:
                 continue
@@ -133,8 +141,9 @@ def _questions(rng: random.Random, count: int) -> list[Question]:
     for _ in range(count):
         start = first + timedelta(days=rng.randint(0, span))
         end = start + timedelta(days=rng.randint(0, (last - start).days))
-        found.append(Question(start, end, hourly=rng.random() < 0.4,
-                              country=rng.choice([None, None, *COUNTRIES, "US"])))
+        found.append(
+            Question(start, end, hourly=rng.random() < 0.4, country=rng.choice([None, None, *COUNTRIES, "US"]))
+        )
     return found
 
 
@@ -142,8 +151,12 @@ def _questions(rng: random.Random, count: int) -> list[Question]:
 def test_answers_equal_the_model_rendered_as_dbt_is_given_it(tmp_path, boundary_hour, snapshots) -> None:
     settings = make_world(tmp_path / "data", seed=3, boundary_hour=boundary_hour, snapshots=snapshots)
     rng = random.Random(11)
-    fixed = [Question(TODAY - timedelta(days=6), TODAY), Question(DAYS[0], DAYS[1]),  # a week; days without page_views
-             Question(TODAY, TODAY, hourly=True), Question(DAYS[-1], TODAY, hourly=True, country="DE")]
+    fixed = [
+        Question(TODAY - timedelta(days=6), TODAY),
+        Question(DAYS[0], DAYS[1]),  # a week; days without page_views
+        Question(TODAY, TODAY, hourly=True),
+        Question(DAYS[-1], TODAY, hourly=True, country="DE"),
+    ]
     for question in fixed + _questions(rng, 30):
         assert answer(settings, question) == reference(settings, question), question
 
@@ -212,13 +225,17 @@ def test_a_day_the_batch_has_not_built_is_served_by_the_speed_layer_never_as_bat
     publish_day(data_dir, TODAY, _cells(rng, TODAY, range(10), NAMES), boundary, boundary, "today-first")
 
     (yesterday,) = answer(settings, Question(DAYS[-1], DAYS[-1]))
-    assert yesterday == {"event_date": DAYS[-1].isoformat(), **_speed_sums(data_dir, DAYS[-1], range(24)),
-                         "source": "realtime"}
+    assert yesterday == {
+        "event_date": DAYS[-1].isoformat(),
+        **_speed_sums(data_dir, DAYS[-1], range(24)),
+        "source": "realtime",
+    }
     assert yesterday["events"] > 0
     hourly = answer(settings, Question(DAYS[-1], TODAY, hourly=True))
     assert {row["source"] for row in hourly if row["event_date"] == DAYS[-1].isoformat()} == {"realtime"}
-    assert [row["source"] for row in hourly if row["event_date"] == TODAY.isoformat()] == \
-        ["batch"] * 10 + ["realtime"] * 14
+    assert [row["source"] for row in hourly if row["event_date"] == TODAY.isoformat()] == ["batch"] * 10 + [
+        "realtime"
+    ] * 14
     for question in (Question(DAYS[-1], TODAY), Question(DAYS[-1], TODAY, hourly=True, country="FR")):
         assert answer(settings, question) == reference(settings, question)
 

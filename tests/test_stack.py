@@ -12,20 +12,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pytest
+from worker_helpers import wait_for
 
 from stream_worker.broker import free_port
 from stream_worker.config import Settings
 from stream_worker.raw_store import RawStore
 from stream_worker.stack import airflow_service_env, airflow_token, http_json, proc_stat, running_processes
-from worker_helpers import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stack reads /proc")
 
@@ -39,8 +39,14 @@ class Stack:
     report: dict
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def lambdaflow(self, *args: str) -> dict | list:
         done = self.run("-m", "stream_worker", *args)
@@ -69,19 +75,21 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
             monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
     airflow_port, docs_port = _two_free_ports()
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     env = dict(os.environ)
-    env.update({
-        "LAMBDAFLOW_DATA_DIR": str(data_dir),
-        "LAMBDAFLOW_AIRFLOW_PORT": str(airflow_port),
-        "LAMBDAFLOW_DOCS_PORT": str(docs_port),
-        "LAMBDAFLOW_LIVE_RATE": "1",
-        # A closed day is complete once the archiver has caught up, and publishes within seconds.
-        "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
-        "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "2",
-        # No catchup runs: the scheduler builds only what the test asks for.
-        "LAMBDAFLOW_BATCH_START_DATE": today.isoformat(),
-    })
+    env.update(
+        {
+            "LAMBDAFLOW_DATA_DIR": str(data_dir),
+            "LAMBDAFLOW_AIRFLOW_PORT": str(airflow_port),
+            "LAMBDAFLOW_DOCS_PORT": str(docs_port),
+            "LAMBDAFLOW_LIVE_RATE": "1",
+            # A closed day is complete once the archiver has caught up, and publishes within seconds.
+            "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
+            "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "2",
+            # No catchup runs: the scheduler builds only what the test asks for.
+            "LAMBDAFLOW_BATCH_START_DATE": today.isoformat(),
+        }
+    )
     stack = Stack(env, data_dir, report={})
     try:
         with _phase("up"):
@@ -97,7 +105,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
 @pytest.mark.slow
 def test_up_serves_everything_and_down_stops_exactly_what_up_started(stack: Stack) -> None:
     report = stack.report
-    day = datetime.now(timezone.utc).date() - timedelta(days=1)
+    day = datetime.now(UTC).date() - timedelta(days=1)
     with _phase("login"):
         _airflow_needs_the_printed_login(report)
     with _phase("second up"):
@@ -182,9 +190,26 @@ def _backfill_runs_in_the_scheduler(stack: Stack, day: date) -> None:
     port = int(report["airflow_url"].rsplit(":", 1)[1])
     env = {**stack.env, **airflow_service_env(Settings.from_env(stack.env), port)}
     created = subprocess.run(
-        [sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", "lambda_batch",
-         "--from-date", day.isoformat(), "--to-date", day.isoformat(), "--reprocess-behavior", "completed"],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "backfill",
+            "create",
+            "--dag-id",
+            "lambda_batch",
+            "--from-date",
+            day.isoformat(),
+            "--to-date",
+            day.isoformat(),
+            "--reprocess-behavior",
+            "completed",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert created.returncode == 0, created.stderr[-3000:]
 
@@ -195,8 +220,7 @@ def _backfill_runs_in_the_scheduler(stack: Stack, day: date) -> None:
 
     manifest = json.loads((stack.data_dir / "batch" / "manifest.json").read_text())
     assert day.isoformat() in manifest["days"]
-    assert manifest["boundary"] >= (datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-                                    + timedelta(days=1)).isoformat()
+    assert manifest["boundary"] >= (datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)).isoformat()
     served = stack.lambdaflow("query", "--from", day.isoformat(), "--to", day.isoformat())
     assert served["events"] == EVENTS_PER_DAY and served["source"] == "batch"
 
@@ -239,7 +263,7 @@ def socket_inodes(pid: int) -> set[str]:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             target = os.readlink(fd)
             if target.startswith("socket:["):
-                inodes.add(target[len("socket:["):-1])
+                inodes.add(target[len("socket:[") : -1])
     except (FileNotFoundError, PermissionError, ProcessLookupError):
         pass  # exited meanwhile
     return inodes
@@ -297,21 +321,35 @@ def _down_stops_every_recorded_group(stack: Stack) -> None:
 
 # `down` on its own, with stand-in services: fast, no Airflow.
 
-STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ready', flush=True); time.sleep(600)")
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+)
 
 
 def _record(data_dir: Path, services: list[dict]) -> None:
     (data_dir / "run").mkdir(parents=True, exist_ok=True)
-    (data_dir / "run" / "stack.json").write_text(json.dumps({
-        "stack_id": "test", "data_dir": str(data_dir), "started_at": "2026-11-27T00:00:00+00:00",
-        "services": services, "urls": {},
-    }))
+    (data_dir / "run" / "stack.json").write_text(
+        json.dumps(
+            {
+                "stack_id": "test",
+                "data_dir": str(data_dir),
+                "started_at": "2026-11-27T00:00:00+00:00",
+                "services": services,
+                "urls": {},
+            }
+        )
+    )
 
 
 def _service(name: str, process: subprocess.Popen, command: list[str], started: int | None = None) -> dict:
-    return {"name": name, "pid": process.pid, "pgid": os.getpgid(process.pid), "command": command,
-            "started": proc_stat(process.pid).started if started is None else started, "log": ""}
+    return {
+        "name": name,
+        "pid": process.pid,
+        "pgid": os.getpgid(process.pid),
+        "command": command,
+        "started": proc_stat(process.pid).started if started is None else started,
+        "log": "",
+    }
 
 
 def _down(data_dir: Path, monkeypatch: pytest.MonkeyPatch, grace: float) -> dict:
@@ -328,15 +366,21 @@ def test_down_kills_a_group_that_ignores_sigterm_and_leaves_other_processes_alon
     bystander = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
         assert stubborn.stdout.readline() == bystander.stdout.readline() == "ready\n"  # SIGTERM is ignored now
-        _record(tmp_path, [
-            _service("stubborn", stubborn, command),
-            # The number now names another process: one that started at another time, or runs another command.
-            _service("reused", bystander, command, started=proc_stat(bystander.pid).started - 1),
-            _service("renamed", bystander, [sys.executable, "-m", "something_else"]),
-        ])
+        _record(
+            tmp_path,
+            [
+                _service("stubborn", stubborn, command),
+                # The number now names another process: one that started at another time, or runs another command.
+                _service("reused", bystander, command, started=proc_stat(bystander.pid).started - 1),
+                _service("renamed", bystander, [sys.executable, "-m", "something_else"]),
+            ],
+        )
         result = _down(tmp_path, monkeypatch, grace=1.0)
         assert {s["name"]: s["stopped_by"] for s in result["stopped"]} == {
-            "stubborn": "SIGKILL", "reused": "not ours", "renamed": "not ours"}
+            "stubborn": "SIGKILL",
+            "reused": "not ours",
+            "renamed": "not ours",
+        }
         assert stubborn.wait(10) == -9
         assert bystander.poll() is None
         assert not (tmp_path / "run" / "stack.json").exists()

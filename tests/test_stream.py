@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pytest
-
 from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
+from worker_helpers import Producer, WorkerProcess, kill_9_one_after_another, speed_status_pids, wait_for
+
 from stream_worker import synthetic
 from stream_worker.produce import produce
-from worker_helpers import Producer, WorkerProcess, kill_9_one_after_another, speed_status_pids, wait_for
 
 
 def served_by_speed_layer(data_dir, topic) -> dict:
@@ -23,16 +23,24 @@ def served_by_speed_layer(data_dir, topic) -> dict:
         group by all
     """).fetchall()
     return {
-        (event_date, hour, country): dict(zip(METRICS, values))
+        (event_date, hour, country): dict(zip(METRICS, values, strict=False))
         for event_date, hour, country, *values in rows
         if any(values)
     }
 
 
 def two_days(seed: int, per_day: int) -> synthetic.Options:
-    until = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return synthetic.Options(days=2, events_per_day=per_day, seed=seed, until=until,
-                             duplicates=0.05, out_of_order=0.05, late=0.01, malformed=0.01)
+    until = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return synthetic.Options(
+        days=2,
+        events_per_day=per_day,
+        seed=seed,
+        until=until,
+        duplicates=0.05,
+        out_of_order=0.05,
+        late=0.01,
+        malformed=0.01,
+    )
 
 
 def produce_two_days(bootstrap, topic, seed: int, per_day: int = 50_000):
@@ -62,17 +70,31 @@ def stream_workers(kafka_cli, tmp_path):
     ],
 )
 def test_kill_9_at_random_moments_keeps_every_hour_exact(
-    kafka_bootstrap, topic, data_dir, stream_workers, kills: int, per_day: int, live: bool,
+    kafka_bootstrap,
+    topic,
+    data_dir,
+    stream_workers,
+    kills: int,
+    per_day: int,
+    live: bool,
     pause: tuple[float, float],
 ) -> None:
     with Producer(kafka_bootstrap, topic, two_days(61, per_day), live_rate=200 if live else None) as producer:
-        kill_9_one_after_another(stream_workers, kills, pause, seed=10,
-                                 reported=(lambda: speed_status_pids(data_dir, topic)) if live else None)
+        kill_9_one_after_another(
+            stream_workers,
+            kills,
+            pause,
+            seed=10,
+            reported=(lambda: speed_status_pids(data_dir, topic)) if live else None,
+        )
     summary = producer.summary
     assert summary.events == 2 * per_day + producer.live_events
     # What a kill in the middle of replacing a status file or a snapshot leaves behind:
     speed = data_dir / "speed" / topic
-    planted = [speed / "status-1.json.0123456789ab.tmp", data_dir / "tmp" / "speed" / "partition-1.parquet.0123456789ab.tmp"]
+    planted = [
+        speed / "status-1.json.0123456789ab.tmp",
+        data_dir / "tmp" / "speed" / "partition-1.parquet.0123456789ab.tmp",
+    ]
     for temp in planted:
         temp.parent.mkdir(parents=True, exist_ok=True)
         temp.write_text("half")
@@ -98,8 +120,11 @@ def test_two_workers_share_partitions_and_the_survivor_keeps_totals_exact(
     one.kill_9()
     second = produce_two_days(kafka_bootstrap, topic, 72, per_day=15_000)
     total = first.messages + second.messages
-    wait_for(lambda: "assigned" in two.log_path.read_text().split("revoked")[-1], 60,
-             "the survivor to take the partitions over")
+    wait_for(
+        lambda: "assigned" in two.log_path.read_text().split("revoked")[-1],
+        60,
+        "the survivor to take the partitions over",
+    )
     truth = hourly_metrics(read_all(kafka_bootstrap, topic, total))
     wait_for(lambda: served_by_speed_layer(data_dir, topic) == truth, 90, "the totals to be exact")
     two.terminate()

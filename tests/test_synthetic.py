@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from stream_worker import synthetic
 
-UNTIL = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+UNTIL = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def options(**changes) -> synthetic.Options:
@@ -29,7 +29,7 @@ def test_whole_days_and_today_so_far() -> None:
     plan = synthetic.generate(options())
     assert plan.events_per_date == {"2026-11-25": 2000, "2026-11-26": 2000, "2026-11-27": 1000}
     instants = [datetime.fromisoformat(json.loads(m.value)["occurred_at"]) for m in plan.messages]
-    assert min(instants) >= datetime(2026, 11, 25, tzinfo=timezone.utc)
+    assert min(instants) >= datetime(2026, 11, 25, tzinfo=UTC)
     assert max(instants) < UNTIL
     assert instants == sorted(instants)  # no disorder asked for
 
@@ -38,7 +38,7 @@ def test_event_ids_are_unique_and_keys_are_user_ids() -> None:
     plan = synthetic.generate(options())
     docs = [json.loads(m.value) for m in plan.messages]
     assert len({d["event_id"] for d in docs}) == len(docs)
-    assert all(m.key == d["user_id"].encode() for m, d in zip(plan.messages, docs))
+    assert all(m.key == d["user_id"].encode() for m, d in zip(plan.messages, docs, strict=False))
 
 
 def test_duplicates_repeat_an_earlier_message_exactly() -> None:
@@ -60,7 +60,7 @@ def test_every_malformed_kind_is_made() -> None:
 def test_late_events_come_after_the_others() -> None:
     plan = synthetic.generate(options(late=0.05))
     assert plan.late > 0
-    tail_dates = {m.event_date.isoformat() for m in plan.messages[-plan.late:]}
+    tail_dates = {m.event_date.isoformat() for m in plan.messages[-plan.late :]}
     assert "2026-11-25" in tail_dates
 
 

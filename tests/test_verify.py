@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from stream_worker import synthetic
 from stream_worker.produce import produce
@@ -14,12 +14,22 @@ def reports(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_verify_passes_on_an_archive_and_finds_a_lost_and_a_doubled_file(kafka_cli, kafka_bootstrap, topic,
-                                                                          data_dir) -> None:
-    sent = produce(kafka_bootstrap, topic, 3, synthetic.Options(
-        days=1, events_per_day=3_000, seed=5, until=datetime.now(timezone.utc),
-        duplicates=0.05, malformed=0.02,
-    ))
+def test_verify_passes_on_an_archive_and_finds_a_lost_and_a_doubled_file(
+    kafka_cli, kafka_bootstrap, topic, data_dir
+) -> None:
+    sent = produce(
+        kafka_bootstrap,
+        topic,
+        3,
+        synthetic.Options(
+            days=1,
+            events_per_day=3_000,
+            seed=5,
+            until=datetime.now(UTC),
+            duplicates=0.05,
+            malformed=0.02,
+        ),
+    )
     nothing = kafka_cli("archive", "--verify")
     assert nothing.exit_code == 1 and "nothing archived" in nothing.stderr
     archived = kafka_cli("archive", "--until-idle")

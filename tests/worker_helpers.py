@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
-
 from kafka_helpers import read_all
+
+from stream_worker import synthetic
 from stream_worker.broker import EmbeddedBroker
 from stream_worker.clients import ensure_topic
-from stream_worker import synthetic
 from stream_worker.contract import classify, records_frame
 from stream_worker.produce import Summary, produce, produce_live
 from stream_worker.raw_store import RawStore
@@ -31,8 +31,12 @@ class WorkerProcess:
         self.log_path = log_path
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream_worker", command, *args], env=env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+                [sys.executable, "-m", "stream_worker", command, *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
             )
 
     @property
@@ -145,7 +149,7 @@ def kill_9_one_after_another(start, kills: int, pause: tuple[float, float], seed
     for _ in range(kills):
         worker = start()
         if reported is not None:
-            wait_for(lambda: worker.pid in reported().values(), 60, "the worker to report a partition")
+            wait_for(lambda worker=worker: worker.pid in reported().values(), 60, "the worker to report a partition")
         time.sleep(rng.uniform(*pause))
         worker.kill_9()
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 
@@ -27,8 +27,15 @@ from stream_worker.boundary import manifest_path, read_manifest
 from stream_worker.config import Settings
 from stream_worker.contract import EVENT_SCHEMA
 from stream_worker.errors import InputError, LambdaflowError
-from stream_worker.files import (PROGRESS_ONLY, DamagedFile, fsync_file, publish_replacing, read_json, replace_json,
-                                 temp_path_for)
+from stream_worker.files import (
+    PROGRESS_ONLY,
+    DamagedFile,
+    fsync_file,
+    publish_replacing,
+    read_json,
+    replace_json,
+    temp_path_for,
+)
 from stream_worker.raw_store import RawStore, read_ends
 from stream_worker.warehouse import warehouse_lock
 
@@ -51,7 +58,7 @@ def run_day(params: dict | None, data_interval_start: datetime | None) -> date:
     """The day a lambda_batch run builds: its `ds` param when triggered by hand, else its data interval."""
     chosen = (params or {}).get("ds")
     if chosen is not None:
-        return parse_day(chosen, latest=datetime.now(timezone.utc).date(), what="ds")
+        return parse_day(chosen, latest=datetime.now(UTC).date(), what="ds")
     if data_interval_start is None:
         raise InputError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")
     return data_interval_start.date()
@@ -239,8 +246,9 @@ def _dbt_failure(result) -> str:
 # publishing (invariant 5)
 
 
-def publish(settings: Settings, day: date, until: datetime, variables: dict,
-            covered: dict[str, dict[str, int]] | None = None) -> dict:
+def publish(
+    settings: Settings, day: date, until: datetime, variables: dict, covered: dict[str, dict[str, int]] | None = None
+) -> dict:
     """Export the day's built hours and swap the batch manifest to include them, with what the build
     read of each partition (``covered``): the speed layer tells by it which users the batch counted."""
     batch_dir = settings.data_dir / "batch"
@@ -257,13 +265,16 @@ def publish(settings: Settings, day: date, until: datetime, variables: dict,
     days[day.isoformat()] = {
         "file": str(final.relative_to(settings.data_dir)),
         "built_until": until.isoformat(),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "covered": covered or {},
     }
     previous = manifest.get("boundary")
     boundary = _contiguous_end(days, since=datetime.fromisoformat(previous) if previous else None)
-    document = {"boundary": boundary.isoformat(), "days": dict(sorted(days.items())),
-                "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    document = {
+        "boundary": boundary.isoformat(),
+        "days": dict(sorted(days.items())),
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     replace_json(manifest_path(settings.data_dir), document)
     if replaced:
         _remove_later(settings, replaced["file"])
@@ -290,7 +301,7 @@ def _remove_later(settings: Settings, relative: str) -> None:
     """A replaced file may still be read by a query that began before the swap: keep it a while."""
     retired = settings.data_dir / "batch" / "retired.json"
     entries = _retired_entries(retired)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     keep = []
     for entry in entries + [{"file": relative, "retired_at": now.isoformat()}]:
         if now - datetime.fromisoformat(entry["retired_at"]) > timedelta(minutes=10):
@@ -325,7 +336,7 @@ def _retired_entries(path: Path) -> list[dict]:
 
 
 def _start_of(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _sql_string(text: str) -> str:
@@ -351,7 +362,7 @@ def hours_to_build(settings: Settings, day: date) -> datetime:
 
 def build_today(settings: Settings, ds: object = None, now: datetime | None = None) -> dict:
     """The manual run: the complete hours of ``ds`` (None: today), boundary moved to the last of them."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     day = now.date() if ds is None else parse_day(ds, latest=now.date(), what="ds")
     until = hours_to_build(settings, day)
     if until <= _start_of(day):

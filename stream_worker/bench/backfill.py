@@ -23,19 +23,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
+from stream_worker import airflow_home
 from stream_worker.bench import plots
 from stream_worker.bench.batch_build import dbt_env
 from stream_worker.bench.core import Context, Row, Section
 from stream_worker.bench.history import DirectBuilds, build_directly, past_days, write_history
 from stream_worker.bench.procs import Child, bench_command, run, tail
-from stream_worker import airflow_home
 from stream_worker.broker import HOST, free_port, port_answers
 from stream_worker.config import Settings
 from stream_worker.files import read_json
@@ -86,15 +86,21 @@ def _without_airflow_settings() -> Iterator[None]:
 def _airflow_env(ctx: Context, data_dir: Path, port: int) -> dict[str, str]:
     """The environment `make up` gives Airflow's components (lambdaflow's Airflow home), for this data
     directory and port. Airflow 3 tasks report to the API server, so the scheduler must know its URL."""
-    today = datetime.now(timezone.utc).date()
-    base = {**dbt_env(ctx, data_dir, "backfill-airflow"),
-            # No catchup: the scheduler runs only what the backfill asks for.
-            "LAMBDAFLOW_BATCH_START_DATE": today.isoformat()}
+    today = datetime.now(UTC).date()
+    base = {
+        **dbt_env(ctx, data_dir, "backfill-airflow"),
+        # No catchup: the scheduler runs only what the backfill asks for.
+        "LAMBDAFLOW_BATCH_START_DATE": today.isoformat(),
+    }
     with _without_airflow_settings():
         defaults = airflow_home.airflow_env(Settings.from_env(base))
-    return {**base, **defaults, "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", os.defpath)])}
+    return {
+        **base,
+        **defaults,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", os.defpath)]),
+    }
 
 
 def _start_airflow(env: dict[str, str], logs: Path, port: int) -> list[Child]:
@@ -125,19 +131,26 @@ def _through_airflow(ctx: Context, data_dir: Path, days: list[date]) -> dict:
         token = _wait_until_ready(base, Path(env["AIRFLOW_HOME"]), components)
         ready = time.monotonic() - started
         log.info("backfill: Airflow is up (%.0f s); creating the backfill of %d days", ready, len(days))
-        began, began_at = time.monotonic(), datetime.now(timezone.utc)
+        began, began_at = time.monotonic(), datetime.now(UTC)
         created, attempts = _create_backfill(env, logs, days, base, token, scheduler=components[-1])
         runs = _wait_for_runs(base, token, len(days), components, began_at)
         seconds = time.monotonic() - began
     finally:
         for component in reversed(components):
             component.stop(grace=60)
-    return {"seconds": round(seconds, 3), "create_seconds": round(created, 3), "create_attempts": attempts,
-            "prepare_seconds": round(prepared.wall_seconds, 3), "startup_seconds": round(ready, 1), "runs": runs}
+    return {
+        "seconds": round(seconds, 3),
+        "create_seconds": round(created, 3),
+        "create_attempts": attempts,
+        "prepare_seconds": round(prepared.wall_seconds, 3),
+        "startup_seconds": round(ready, 1),
+        "runs": runs,
+    }
 
 
-def _create_backfill(env: dict, logs: Path, days: list[date], base: str, token: str,
-                     scheduler: Child) -> tuple[float, int]:
+def _create_backfill(
+    env: dict, logs: Path, days: list[date], base: str, token: str, scheduler: Child
+) -> tuple[float, int]:
     """`airflow backfill create`, with the scheduler paused meanwhile; tried again when SQLite was locked
     and nothing was created. Returns the seconds all attempts took and how many there were.
 
@@ -148,8 +161,19 @@ def _create_backfill(env: dict, logs: Path, days: list[date], base: str, token: 
     the middle of a write keeps the lock, though, so it runs between attempts
     and finishes that write.
     """
-    args = [str(Path(sys.executable).parent / "airflow"), "backfill", "create", "--dag-id", DAG_ID,
-            "--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat(), "--reprocess-behavior", "completed"]
+    args = [
+        str(Path(sys.executable).parent / "airflow"),
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        "--from-date",
+        days[0].isoformat(),
+        "--to-date",
+        days[-1].isoformat(),
+        "--reprocess-behavior",
+        "completed",
+    ]
     started = time.monotonic()
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         name = f"airflow-backfill-create-{attempt}"
@@ -215,8 +239,9 @@ def _require_running(components: list[Child], when: str) -> None:
 
 def _ready_now(base: str, home: Path) -> str | None:
     status, health = _http_json("GET", f"{base}/api/v2/monitor/health")
-    if status != 200 or not all((health.get(c) or {}).get("status") == "healthy"
-                                for c in ("metadatabase", "scheduler", "dag_processor")):
+    if status != 200 or not all(
+        (health.get(c) or {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")
+    ):
         return None
     passwords = read_json(home / "simple_auth_manager_passwords.json.generated")
     if not passwords:
@@ -235,8 +260,9 @@ def _ready_now(base: str, home: Path) -> str | None:
     return token
 
 
-def _wait_for_runs(base: str, token: str, expected: int, components: list[Child], began_at: datetime,
-                   timeout: float = 7200) -> list[dict]:
+def _wait_for_runs(
+    base: str, token: str, expected: int, components: list[Child], began_at: datetime, timeout: float = 7200
+) -> list[dict]:
     """Every backfill run once all have succeeded, with the seconds after ``began_at`` at which it ended;
     fails at once when one fails."""
     deadline = time.monotonic() + timeout
@@ -249,9 +275,16 @@ def _wait_for_runs(base: str, token: str, expected: int, components: list[Child]
         if failed:
             raise RuntimeError(f"backfill runs failed: {failed}; see the Airflow logs")
         if len(runs) >= expected and all(r["state"] == "success" for r in runs):
-            return [{"day": r["data_interval_start"][:10], "start": r["start_date"], "end": r["end_date"],
-                     "seconds": _between(r["start_date"], r["end_date"]),
-                     "done_after": _between(began_at.isoformat(), r["end_date"])} for r in runs]
+            return [
+                {
+                    "day": r["data_interval_start"][:10],
+                    "start": r["start_date"],
+                    "end": r["end_date"],
+                    "seconds": _between(r["start_date"], r["end_date"]),
+                    "done_after": _between(began_at.isoformat(), r["end_date"]),
+                }
+                for r in runs
+            ]
         time.sleep(1.0)
     raise TimeoutError(f"the backfill did not finish in {timeout:.0f} s")
 
@@ -264,6 +297,7 @@ def _between(start: str | None, end: str | None) -> float | None:
 
 def _same_days(direct_dir: Path, airflow_dir: Path, days: list[date]) -> bool:
     """Did both ways publish the same hours for every day?"""
+
     def published(data_dir: Path) -> dict[str, Path]:
         manifest = read_json(data_dir / "batch" / "manifest.json") or {}
         return {day: data_dir / entry["file"] for day, entry in manifest.get("days", {}).items()}
@@ -287,61 +321,94 @@ def _pace(direct: DirectBuilds, airflow: dict) -> dict[str, list[float]]:
     for day in direct.days:
         done += day["seconds"]
         direct_times.append(round(done, 1))
-    return {"directly, one process": direct_times,
-            "through Airflow": sorted(r["done_after"] for r in airflow["runs"] if r["done_after"] is not None)}
+    return {
+        "directly, one process": direct_times,
+        "through Airflow": sorted(r["done_after"] for r in airflow["runs"] if r["done_after"] is not None),
+    }
 
 
 def _summarize(ctx: Context, days: list[date], direct: DirectBuilds, airflow: dict, same: bool) -> Section:
     overhead = airflow["seconds"] / direct.wall_seconds
     row = Row(
-        id="backfill.overhead", what=f"backfill: {len(days)} days through Airflow",
-        figure=airflow["seconds"], unit="s", peer=f"the same {len(days)} dbt builds directly, one process",
-        peer_figure=direct.wall_seconds, ratio=round(overhead, 3), target=None, met=None,
+        id="backfill.overhead",
+        what=f"backfill: {len(days)} days through Airflow",
+        figure=airflow["seconds"],
+        unit="s",
+        peer=f"the same {len(days)} dbt builds directly, one process",
+        peer_figure=direct.wall_seconds,
+        ratio=round(overhead, 3),
+        target=None,
+        met=None,
         why="" if same else "the two ways did not publish the same hours",
-        detail={"per_day_airflow_s": round(airflow["seconds"] / len(days), 2),
-                "per_day_direct_s": round(direct.wall_seconds / len(days), 2), "same_tables": same,
-                "airflow_startup_s": airflow["startup_seconds"], "repetitions": 1},
+        detail={
+            "per_day_airflow_s": round(airflow["seconds"] / len(days), 2),
+            "per_day_direct_s": round(direct.wall_seconds / len(days), 2),
+            "same_tables": same,
+            "airflow_startup_s": airflow["startup_seconds"],
+            "repetitions": 1,
+        },
     )
     pace = _pace(direct, airflow)
     details = {"direct": direct.__dict__, "airflow": airflow, "same_tables": same, "pace": pace}
     text = _text(days, direct, airflow, overhead, same, ctx.sizes.backfill_events_per_day, pace)
-    return Section(5, "Backfill", [row], text, details, plots=[
-        lambda out: plots.lines(out / "backfill_pace.png", "Backfill: days published over time",
-                                {way: (times, list(range(1, len(times) + 1))) for way, times in pace.items()},
-                                "seconds since the start", "days published"),
-    ])
+    return Section(
+        5,
+        "Backfill",
+        [row],
+        text,
+        details,
+        plots=[
+            lambda out: plots.lines(
+                out / "backfill_pace.png",
+                "Backfill: days published over time",
+                {way: (times, list(range(1, len(times) + 1))) for way, times in pace.items()},
+                "seconds since the start",
+                "days published",
+            ),
+        ],
+    )
 
 
-def _text(days: list[date], direct: DirectBuilds, airflow: dict, overhead: float, same: bool,
-          events_per_day: int, pace: dict[str, list[float]]) -> str:
+def _text(
+    days: list[date],
+    direct: DirectBuilds,
+    airflow: dict,
+    overhead: float,
+    same: bool,
+    events_per_day: int,
+    pace: dict[str, list[float]],
+) -> str:
     count = len(days)
     first = {way: times[0] for way, times in pace.items() if times}
-    return "\n".join([
-        f"{count} days ({days[0]} to {days[-1]}) of {events_per_day:,} synthetic events each, rebuilt both ways, "
-        "once: one pass through Airflow costs as much as the rest of the benchmark, so it is not repeated. "
-        "Directly first (Airflow not running), then through Airflow.",
-        "",
-        "| way | total s | per day s |",
-        "|---|---:|---:|",
-        f"| directly, one process (`dbt build` and export per day) | {direct.wall_seconds:.1f} | "
-        f"{direct.wall_seconds / count:.1f} |",
-        f"| `airflow backfill create` to the last run's success | {airflow['seconds']:.1f} | "
-        f"{airflow['seconds'] / count:.1f} |",
-        "",
-        f"Overhead ratio {overhead:.2f}. Not counted: preparing the Airflow database "
-        f"({airflow['prepare_seconds']:.0f} s) and starting its components until healthy "
-        f"({airflow['startup_seconds']:.0f} s), which a running deployment has done already. Counted: the "
-        f"`airflow backfill create` command itself ({airflow['create_seconds']:.1f} s, "
-        f"{airflow['create_attempts']} attempt(s)). Airflow's database here is SQLite, which takes one writer "
-        "at a time: with the scheduler running, the command failed with \"database is locked\", and once the "
-        "scheduler itself exited on it, so the scheduler is paused (SIGSTOP) while the command runs; it has "
-        "nothing of the backfill to do before it exists. The backfill starts several runs at once and the "
-        "one-slot `warehouse` pool queues their tasks, so a run's own start-to-end time says little; the plot "
-        "shows the pace at which days were published (the first after "
-        f"{first.get('through Airflow', 0):.0f} s through Airflow, after {first.get('directly, one process', 0):.0f} s "
-        "directly). Through Airflow each day costs two task processes (the completeness sensor and the build, "
-        "each starting Airflow's task runner, the build also importing dbt) and the scheduler's turns between "
-        "them; directly, one process imports dbt once. In both, dbt reports that it cannot parse partially "
-        "because the vars change per day, so every build parses the project again. "
-        f"Both ways published {'the same' if same else 'DIFFERENT'} hours for every day.",
-    ])
+    return "\n".join(
+        [
+            f"{count} days ({days[0]} to {days[-1]}) of {events_per_day:,} synthetic events each, rebuilt both ways, "
+            "once: one pass through Airflow costs as much as the rest of the benchmark, so it is not repeated. "
+            "Directly first (Airflow not running), then through Airflow.",
+            "",
+            "| way | total s | per day s |",
+            "|---|---:|---:|",
+            f"| directly, one process (`dbt build` and export per day) | {direct.wall_seconds:.1f} | "
+            f"{direct.wall_seconds / count:.1f} |",
+            f"| `airflow backfill create` to the last run's success | {airflow['seconds']:.1f} | "
+            f"{airflow['seconds'] / count:.1f} |",
+            "",
+            f"Overhead ratio {overhead:.2f}. Not counted: preparing the Airflow database "
+            f"({airflow['prepare_seconds']:.0f} s) and starting its components until healthy "
+            f"({airflow['startup_seconds']:.0f} s), which a running deployment has done already. Counted: the "
+            f"`airflow backfill create` command itself ({airflow['create_seconds']:.1f} s, "
+            f"{airflow['create_attempts']} attempt(s)). Airflow's database here is SQLite, which takes one writer "
+            'at a time: with the scheduler running, the command failed with "database is locked", and once the '
+            "scheduler itself exited on it, so the scheduler is paused (SIGSTOP) while the command runs; it has "
+            "nothing of the backfill to do before it exists. The backfill starts several runs at once and the "
+            "one-slot `warehouse` pool queues their tasks, so a run's own start-to-end time says little; the plot "
+            "shows the pace at which days were published (the first after "
+            f"{first.get('through Airflow', 0):.0f} s through Airflow, "
+            f"after {first.get('directly, one process', 0):.0f} s "
+            "directly). Through Airflow each day costs two task processes (the completeness sensor and the build, "
+            "each starting Airflow's task runner, the build also importing dbt) and the scheduler's turns between "
+            "them; directly, one process imports dbt once. In both, dbt reports that it cannot parse partially "
+            "because the vars change per day, so every build parses the project again. "
+            f"Both ways published {'the same' if same else 'DIFFERENT'} hours for every day.",
+        ]
+    )

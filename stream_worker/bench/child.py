@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from stream_worker.output import configure_logging
@@ -78,14 +78,22 @@ def bare_consume(group: str) -> None:
             assigned = {tp.partition for tp in consumer.assignment()}
             partitions = consumer.partitions_for_topic(topic) or set()
             ends = {p: consumer.highwater(TopicPartition(topic, p)) for p in assigned}
-            if assigned and assigned >= partitions and all(
-                end is not None and positions.get(p, 0) >= end for p, end in ends.items()
+            if (
+                assigned
+                and assigned >= partitions
+                and all(end is not None and positions.get(p, 0) >= end for p, end in ends.items())
             ):
                 break
     finally:
         consumer.close()
-    _emit({"messages": messages, "value_bytes": value_bytes, "seconds": round(time.monotonic() - started, 3),
-           "first_message_after": round(first_at - started, 3) if first_at else None})
+    _emit(
+        {
+            "messages": messages,
+            "value_bytes": value_bytes,
+            "seconds": round(time.monotonic() - started, 3),
+            "first_message_after": round(first_at - started, 3) if first_at else None,
+        }
+    )
 
 
 # freshness
@@ -104,7 +112,7 @@ def produce_paced(rate: float, seconds: float, seed: int, send_log: Path) -> Non
 
     bootstrap, topic = os.environ["KAFKA_BOOTSTRAP"], os.environ["LAMBDAFLOW_TOPIC"]
     total = int(rate * seconds)
-    batch = kafka_messages(total, seed, datetime.now(timezone.utc), timedelta(minutes=1), 3)
+    batch = kafka_messages(total, seed, datetime.now(UTC), timedelta(minutes=1), 3)
     producer = clients.producer(bootstrap)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
     _emit({"ready": True, "messages": total})
@@ -136,9 +144,16 @@ def produce_paced(rate: float, seconds: float, seed: int, send_log: Path) -> Non
     producer.flush()
     producer.close()
     send_log.write_text(json.dumps({"checkpoints": checkpoints}))
-    _emit({"messages": sent, "asked": total, "value_bytes": sum(len(v) for v in batch.values[:sent]),
-           "started_at": started, "send_seconds": round(finished_sending - started, 3),
-           "rate": round(sent / max(finished_sending - started, 1e-9), 1)})
+    _emit(
+        {
+            "messages": sent,
+            "asked": total,
+            "value_bytes": sum(len(v) for v in batch.values[:sent]),
+            "started_at": started,
+            "send_seconds": round(finished_sending - started, 3),
+            "rate": round(sent / max(finished_sending - started, 1e-9), 1),
+        }
+    )
 
 
 # batch
@@ -176,8 +191,12 @@ def model_timings(run_results: dict) -> dict[str, object]:
             models[name.split(".", 1)[1]] = round(result["execution_time"], 3)
         elif kind in ("test", "unit_test"):
             tests += result["execution_time"]
-    return {"models": models, "model_seconds": round(sum(models.values()), 3), "test_seconds": round(tests, 3),
-            "dbt_elapsed_seconds": round(run_results.get("elapsed_time", 0.0), 3)}
+    return {
+        "models": models,
+        "model_seconds": round(sum(models.values()), 3),
+        "test_seconds": round(tests, 3),
+        "dbt_elapsed_seconds": round(run_results.get("elapsed_time", 0.0), 3),
+    }
 
 
 def build(days: list[str]) -> None:

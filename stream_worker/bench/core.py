@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,29 @@ class Sizes:
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(repetitions=3, ingest_events=1_000_000, freshness_rate=20_000, freshness_seconds=60,
-                   batch_events=(1_000_000, 5_000_000, 10_000_000), queries_per_block=80,
-                   backfill_days=30, backfill_events_per_day=20_000)
+        return cls(
+            repetitions=3,
+            ingest_events=1_000_000,
+            freshness_rate=20_000,
+            freshness_seconds=60,
+            batch_events=(1_000_000, 5_000_000, 10_000_000),
+            queries_per_block=80,
+            backfill_days=30,
+            backfill_events_per_day=20_000,
+        )
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(repetitions=1, ingest_events=100_000, freshness_rate=2_000, freshness_seconds=5,
-                   batch_events=(20_000, 50_000), queries_per_block=20,
-                   backfill_days=2, backfill_events_per_day=2_000)
+        return cls(
+            repetitions=1,
+            ingest_events=100_000,
+            freshness_rate=2_000,
+            freshness_seconds=5,
+            batch_events=(20_000, 50_000),
+            queries_per_block=20,
+            backfill_days=2,
+            backfill_events_per_day=2_000,
+        )
 
 
 @dataclass

@@ -13,7 +13,7 @@ them) and, for orders, an amount in cents.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -29,7 +29,7 @@ ROWS_PER_RAW_FILE = 330_000
 def _draws_sql(count: int, seed: int, start: datetime, span_seconds: float, partitions: int) -> str:
     """One row per event, in time order: its fields, its index ``i`` and its partition."""
     users = max(20, count // 4)
-    start_literal = start.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    start_literal = start.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     return f"""
     with draws as (
         select
@@ -137,8 +137,15 @@ class RawDay:
     bytes: int
 
 
-def write_raw_day(data_dir: Path, day: date, count: int, seed: int, partitions: int = 3,
-                  first_offsets: dict[int, int] | None = None, topic: str = TOPIC) -> RawDay:
+def write_raw_day(
+    data_dir: Path,
+    day: date,
+    count: int,
+    seed: int,
+    partitions: int = 3,
+    first_offsets: dict[int, int] | None = None,
+    topic: str = TOPIC,
+) -> RawDay:
     """One UTC day of ``count`` events in the raw store's layout, as the archiver would publish it.
 
     Files are named by topic, epoch, partition and offset range and hold about
@@ -151,7 +158,7 @@ def write_raw_day(data_dir: Path, day: date, count: int, seed: int, partitions: 
     """
     first_offsets = first_offsets if first_offsets is not None else {}
     store = RawStore(data_dir, topic)
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     folder = store.events_dir / f"event_date={day.isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
     files = 0
@@ -184,16 +191,31 @@ def write_raw_day(data_dir: Path, day: date, count: int, seed: int, partitions: 
     return RawDay(day, count, files, written)
 
 
-def write_manifests(data_dir: Path, next_offsets: dict[int, int], partitions: int = 3, topic: str = TOPIC,
-                    caught_up_at: datetime | None = None) -> None:
+def write_manifests(
+    data_dir: Path,
+    next_offsets: dict[int, int],
+    partitions: int = 3,
+    topic: str = TOPIC,
+    caught_up_at: datetime | None = None,
+) -> None:
     """The archiver's manifests (every file above is covered) and status files (every past day complete)."""
     store = RawStore(data_dir, topic)
-    caught_up = (caught_up_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
+    caught_up = (caught_up_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
     for partition in range(partitions):
         offset = next_offsets.get(partition, 0)
         store.write_manifest(Manifest(topic=topic, partition=partition, next_offset=offset, updated_at=caught_up))
-        replace_json(store.status_path(partition), {
-            "topic": topic, "partition": partition, "epoch": 0, "next_offset": offset,
-            "published_offset": offset - 1, "end_offset": offset, "watermark": None,
-            "caught_up_at": caught_up, "updated_at": caught_up, "pid": None,
-        })
+        replace_json(
+            store.status_path(partition),
+            {
+                "topic": topic,
+                "partition": partition,
+                "epoch": 0,
+                "next_offset": offset,
+                "published_offset": offset - 1,
+                "end_offset": offset,
+                "watermark": None,
+                "caught_up_at": caught_up,
+                "updated_at": caught_up,
+                "pid": None,
+            },
+        )

@@ -41,26 +41,48 @@ def run_section(ctx: Context, ingest: dict, freshness: dict) -> Section:
     floor = files_per_partition_per_day(0, value_bytes, defaults.archive_roll_bytes, defaults.archive_roll_seconds)
     files = files_per_partition_per_day(rate, value_bytes, defaults.archive_roll_bytes, defaults.archive_roll_seconds)
     rates = sorted({100.0, 1_000.0, round(rate), float(ctx.sizes.freshness_rate), 100_000.0})
-    table = {r: files_per_partition_per_day(r, value_bytes, defaults.archive_roll_bytes, defaults.archive_roll_seconds)
-             for r in rates}
+    table = {
+        r: files_per_partition_per_day(r, value_bytes, defaults.archive_roll_bytes, defaults.archive_roll_seconds)
+        for r in rates
+    }
     rows = [
-        Row(id="state.speed_state_per_million", what="state: speed layer state per million events",
-            figure=round(state_mb, 2), unit="MB", peer="raw store Parquet for the same events",
-            peer_figure=round(raw_mb, 2), ratio=round(state_mb / raw_mb, 3) if raw_mb else None, target=None,
-            met=None, why="measured after the last ingest repetition's stream worker",
-            detail={**footprint}),
-        Row(id="files.raw_per_partition_per_day", what="files: raw files per partition per day at the default roll",
-            figure=files, unit="files", peer="the roll-time floor (one file per 300 s)", peer_figure=floor,
-            ratio=round(files / floor, 3), target=None, met=None,
-            why=(f"derived from the roll policy at the freshness run's {rate:,.0f} events/s, not counted from a run"
-                 if measured else f"derived from the roll policy at {rate:,.0f} events/s (no freshness run)"),
-            detail={"rate": rate, "value_bytes_per_message": value_bytes, "by_rate": table}),
+        Row(
+            id="state.speed_state_per_million",
+            what="state: speed layer state per million events",
+            figure=round(state_mb, 2),
+            unit="MB",
+            peer="raw store Parquet for the same events",
+            peer_figure=round(raw_mb, 2),
+            ratio=round(state_mb / raw_mb, 3) if raw_mb else None,
+            target=None,
+            met=None,
+            why="measured after the last ingest repetition's stream worker",
+            detail={**footprint},
+        ),
+        Row(
+            id="files.raw_per_partition_per_day",
+            what="files: raw files per partition per day at the default roll",
+            figure=files,
+            unit="files",
+            peer="the roll-time floor (one file per 300 s)",
+            peer_figure=floor,
+            ratio=round(files / floor, 3),
+            target=None,
+            met=None,
+            why=(
+                f"derived from the roll policy at the freshness run's {rate:,.0f} events/s, not counted from a run"
+                if measured
+                else f"derived from the roll policy at {rate:,.0f} events/s (no freshness run)"
+            ),
+            detail={"rate": rate, "value_bytes_per_message": value_bytes, "by_rate": table},
+        ),
     ]
     return Section(6, "State and files", rows, _text(footprint, state_mb, raw_mb, value_bytes, defaults, table, rate))
 
 
-def _text(footprint: dict, state_mb: float, raw_mb: float, value_bytes: float, defaults: Settings,
-          table: dict, rate: float) -> str:
+def _text(
+    footprint: dict, state_mb: float, raw_mb: float, value_bytes: float, defaults: Settings, table: dict, rate: float
+) -> str:
     roll_mb = defaults.archive_roll_bytes / 1024 / 1024
     lines = [
         f"After the last ingest repetition, the stream worker's state for {footprint['events']:,} events was "

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -158,12 +158,27 @@ def run_section(ctx: Context) -> Section:
     data_dir = ctx.folder("freshness", "data")
     with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
         clients.ensure_topic(broker.bootstrap, TOPIC, 3)
-        env = {**ctx.env, "KAFKA_BOOTSTRAP": broker.bootstrap, "LAMBDAFLOW_TOPIC": TOPIC,
-               "LAMBDAFLOW_DATA_DIR": str(data_dir)}
+        env = {
+            **ctx.env,
+            "KAFKA_BOOTSTRAP": broker.bootstrap,
+            "LAMBDAFLOW_TOPIC": TOPIC,
+            "LAMBDAFLOW_DATA_DIR": str(data_dir),
+        }
         send_log = ctx.work / "freshness" / "send-log.json"
-        producer = Child("producer", bench_command("produce-paced", "--rate", str(sizes.freshness_rate),
-                                                   "--seconds", str(sizes.freshness_seconds),
-                                                   "--send-log", str(send_log)), env, logs).start()
+        producer = Child(
+            "producer",
+            bench_command(
+                "produce-paced",
+                "--rate",
+                str(sizes.freshness_rate),
+                "--seconds",
+                str(sizes.freshness_seconds),
+                "--send-log",
+                str(send_log),
+            ),
+            env,
+            logs,
+        ).start()
         worker = Child("stream-worker", lambdaflow_command("stream"), env, logs)
         try:
             _wait_for_ready(producer, "the paced producer")
@@ -181,7 +196,7 @@ def run_section(ctx: Context) -> Section:
 def _measure(env: dict, data_dir: Path, producer: Child, seconds: float) -> tuple[Watch, dict]:
     """Start the producer, then watch until the snapshots hold every event sent (or give up)."""
     settings = Settings.from_env(env)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     question = Question((now - timedelta(minutes=2)).date(), (now + timedelta(seconds=seconds + 600)).date())
     snapshots = data_dir / "speed" / TOPIC / "snapshots"
     watch = Watch()
@@ -193,8 +208,13 @@ def _measure(env: dict, data_dir: Path, producer: Child, seconds: float) -> tupl
         raise RuntimeError(f"the paced producer failed:\n{tail(producer.log_path)}")
     produced = json.loads(finished.stdout.strip().splitlines()[-1])
     deadline = time.monotonic() + DRAIN_SECONDS
-    visible = _watch_until(settings, question, snapshots, watch,
-                           lambda visible: visible >= produced["messages"] or time.monotonic() > deadline)
+    visible = _watch_until(
+        settings,
+        question,
+        snapshots,
+        watch,
+        lambda visible: visible >= produced["messages"] or time.monotonic() > deadline,
+    )
     watch.answers.append((time.time(), sum(row["events"] or 0 for row in answer(settings, question))))
     produced["visible_at_end"] = visible
     produced["answered_at_end"] = watch.answers[-1][1]
@@ -210,89 +230,145 @@ def _summarize(ctx: Context, checkpoints: list, watch: Watch, produced: dict, wo
     query_p50 = percentile(watch.answer_seconds, 0.5)
     met = p99 < TARGET_P99_SECONDS and missing == 0
     row = Row(
-        id="freshness.p99", what="freshness: send to visible to serving answers, p99", figure=round(p99, 3),
-        unit="s", peer="target", peer_figure=TARGET_P99_SECONDS, ratio=round(p99 / TARGET_P99_SECONDS, 3),
-        target=f"p99 < {TARGET_P99_SECONDS:g} s", met=met,
+        id="freshness.p99",
+        what="freshness: send to visible to serving answers, p99",
+        figure=round(p99, 3),
+        unit="s",
+        peer="target",
+        peer_figure=TARGET_P99_SECONDS,
+        ratio=round(p99 / TARGET_P99_SECONDS, 3),
+        target=f"p99 < {TARGET_P99_SECONDS:g} s",
+        met=met,
         why="" if met else _why(p99, missing, via_snapshots, commit_interval(watch.snapshots)),
-        detail={"p50_seconds": round(p50, 3), "rate_achieved": produced["rate"],
-                "rate_asked": ctx.sizes.freshness_rate, "answer_p50_seconds": round(answer_p50, 3),
-                "answer_p99_seconds": round(answer_p99, 3), "query_p50_seconds": round(query_p50, 4),
-                "answers": len(watch.answers), "never_visible": missing,
-                "commit_interval_seconds": commit_interval(watch.snapshots),
-                "worker_peak_rss_mb": round(worker.peak_rss_mb, 1) if worker else None},
+        detail={
+            "p50_seconds": round(p50, 3),
+            "rate_achieved": produced["rate"],
+            "rate_asked": ctx.sizes.freshness_rate,
+            "answer_p50_seconds": round(answer_p50, 3),
+            "answer_p99_seconds": round(answer_p99, 3),
+            "query_p50_seconds": round(query_p50, 4),
+            "answers": len(watch.answers),
+            "never_visible": missing,
+            "commit_interval_seconds": commit_interval(watch.snapshots),
+            "worker_peak_rss_mb": round(worker.peak_rss_mb, 1) if worker else None,
+        },
     )
     start = pairs[0][0] if pairs else 0.0
     text = _text(ctx, produced, (p50, p99), (answer_p50, answer_p99), query_p50, len(watch.answers), missing)
-    details = {"produced": produced, "p50_seconds": p50, "p99_seconds": p99,
-               "answer_p50_seconds": answer_p50, "answer_p99_seconds": answer_p99}
-    return Section(2, "Freshness", [row], text, details, plots=[
-        lambda out: plots.distribution(out / "freshness_cdf.png", "Freshness: send to visible (CDF)",
-                                       {"in the partition's snapshot (every 50 ms)": via_snapshots,
-                                        "in a serving answer (twice a second)": via_answers},
-                                       "seconds", reference=(TARGET_P99_SECONDS, "target for p99")),
-        lambda out: plots.lines(out / "freshness_over_time.png", "Freshness over the run: send to visible",
-                                {"latency": ([t - start for t, _ in pairs], [lat for _, lat in pairs])},
-                                "seconds since the first send", "seconds",
-                                reference=(TARGET_P99_SECONDS, "target for p99")),
-    ])
+    details = {
+        "produced": produced,
+        "p50_seconds": p50,
+        "p99_seconds": p99,
+        "answer_p50_seconds": answer_p50,
+        "answer_p99_seconds": answer_p99,
+    }
+    return Section(
+        2,
+        "Freshness",
+        [row],
+        text,
+        details,
+        plots=[
+            lambda out: plots.distribution(
+                out / "freshness_cdf.png",
+                "Freshness: send to visible (CDF)",
+                {
+                    "in the partition's snapshot (every 50 ms)": via_snapshots,
+                    "in a serving answer (twice a second)": via_answers,
+                },
+                "seconds",
+                reference=(TARGET_P99_SECONDS, "target for p99"),
+            ),
+            lambda out: plots.lines(
+                out / "freshness_over_time.png",
+                "Freshness over the run: send to visible",
+                {"latency": ([t - start for t, _ in pairs], [lat for _, lat in pairs])},
+                "seconds since the first send",
+                "seconds",
+                reference=(TARGET_P99_SECONDS, "target for p99"),
+            ),
+        ],
+    )
 
 
 def commit_interval(snapshots: list[tuple[float, list[int]]]) -> float | None:
     """The median time between two changes of a partition's snapshot: how often the worker commits."""
     gaps = []
     for partition in range(3):
-        changed = [t for (t, counts), (_, before) in zip(snapshots[1:], snapshots)
-                   if counts[partition] != before[partition]]
-        gaps += [later - earlier for earlier, later in zip(changed, changed[1:])]
+        changed = [
+            t
+            for (t, counts), (_, before) in zip(snapshots[1:], snapshots, strict=False)
+            if counts[partition] != before[partition]
+        ]
+        gaps += [later - earlier for earlier, later in zip(changed, changed[1:], strict=False)]
     return percentile(gaps, 0.5) if gaps else None
 
 
 def _why(p99: float, missing: int, in_send_order: list[float], interval: float | None) -> str:
     """By how much, and whether a backlog built up: latency late in the run against early in it."""
     head = in_send_order[: max(1, len(in_send_order) // 10)]
-    tail_ = in_send_order[-max(1, len(in_send_order) // 10):]
+    tail_ = in_send_order[-max(1, len(in_send_order) // 10) :]
     early, late = percentile(head, 0.5), percentile(tail_, 0.5)
-    why = (f"p99 {p99:.2f} s is {p99 - TARGET_P99_SECONDS:.2f} s over the 2 s target" if missing == 0 else
-           f"{missing} checkpoints never became visible within {DRAIN_SECONDS:.0f} s")
+    why = (
+        f"p99 {p99:.2f} s is {p99 - TARGET_P99_SECONDS:.2f} s over the 2 s target"
+        if missing == 0
+        else f"{missing} checkpoints never became visible within {DRAIN_SECONDS:.0f} s"
+    )
     if late > 2 * early:
-        return (why + f"; latency grew from {early:.2f} s (median, first tenth of the run) to {late:.2f} s (last "
-                "tenth): the worker fell behind the producer, each sharing the two cores with the broker and the "
-                "serving queries, and the backlog grew")
+        return (
+            why + f"; latency grew from {early:.2f} s (median, first tenth of the run) to {late:.2f} s (last "
+            "tenth): the worker fell behind the producer, each sharing the two cores with the broker and the "
+            "serving queries, and the backlog grew"
+        )
     cadence = f"the worker published a partition's snapshot every {interval:.2f} s (median), " if interval else ""
-    return why + (f"; latency stayed level ({early:.2f} s early, {late:.2f} s late), so no backlog built: "
-                  f"{cadence}and an event waits for the micro-batch in progress, then for its own (poll, contract, "
-                  "state transaction, snapshot; section 1 profiles that work), on two cores shared with the "
-                  "producer and the broker")
+    return why + (
+        f"; latency stayed level ({early:.2f} s early, {late:.2f} s late), so no backlog built: "
+        f"{cadence}and an event waits for the micro-batch in progress, then for its own (poll, contract, "
+        "state transaction, snapshot; section 1 profiles that work), on two cores shared with the "
+        "producer and the broker"
+    )
 
 
-def _text(ctx: Context, produced: dict, snapshot: tuple[float, float], answered: tuple[float, float],
-          query_p50: float, answers: int, missing: int) -> str:
+def _text(
+    ctx: Context,
+    produced: dict,
+    snapshot: tuple[float, float],
+    answered: tuple[float, float],
+    query_p50: float,
+    answers: int,
+    missing: int,
+) -> str:
     asked = ctx.sizes.freshness_rate
-    rate_note = ("" if produced["rate"] >= 0.98 * asked else
-                 f" The producer reached {produced['rate']:,.0f} events/s of the {asked:,.0f} asked: one "
-                 "kafka-python producer sharing two cores with the broker, the worker and the watcher sends no "
-                 "faster, so it sent what it could in the time.")
-    return "\n".join([
-        f"{produced['messages']:,} events sent over {produced['send_seconds']} s ({asked:,.0f} events/s asked, "
-        f"{produced['rate']:,.0f} achieved) to 3 partitions, with `lambdaflow stream` running.{rate_note}",
-        "",
-        "*Send to visible*: from the moment the producer handed an event to kafka-python's `send()` (noted "
-        "every 100 messages, per partition) to the moment its partition's published snapshot first held it. "
-        "That snapshot is the file every serving answer reads, replaced atomically after each micro-batch "
-        "commit, so from then on `lambdaflow query` shows the event. The snapshots were read every 50 ms; a "
-        "partition is consumed in offset order, so its n-th event is in its snapshot exactly when the snapshot "
-        f"counts n. An answer asked at that moment returns after the query's own time (median "
-        f"{query_p50 * 1000:.0f} ms here, under this load; section 4 has it alone).",
-        "",
-        "As a check, the serving layer itself was asked twice a second, counting the n-th event sent as shown "
-        "once an answer (over the run's dates, summed) counted n events: that includes the query and up to "
-        "half a second of waiting for the next question.",
-        "",
-        "| measured at | p50 s | p99 s |",
-        "|---|---:|---:|",
-        f"| the partition's snapshot (the figure judged) | {snapshot[0]:.3f} | {snapshot[1]:.3f} |",
-        f"| a serving answer (check) | {answered[0]:.3f} | {answered[1]:.3f} |",
-        "",
-        f"{answers:,} answers were asked; {missing} checkpoints never became visible; at the end the answer "
-        f"counted {produced['answered_at_end']:,} events of the {produced['messages']:,} sent.",
-    ])
+    rate_note = (
+        ""
+        if produced["rate"] >= 0.98 * asked
+        else f" The producer reached {produced['rate']:,.0f} events/s of the {asked:,.0f} asked: one "
+        "kafka-python producer sharing two cores with the broker, the worker and the watcher sends no "
+        "faster, so it sent what it could in the time."
+    )
+    return "\n".join(
+        [
+            f"{produced['messages']:,} events sent over {produced['send_seconds']} s ({asked:,.0f} events/s asked, "
+            f"{produced['rate']:,.0f} achieved) to 3 partitions, with `lambdaflow stream` running.{rate_note}",
+            "",
+            "*Send to visible*: from the moment the producer handed an event to kafka-python's `send()` (noted "
+            "every 100 messages, per partition) to the moment its partition's published snapshot first held it. "
+            "That snapshot is the file every serving answer reads, replaced atomically after each micro-batch "
+            "commit, so from then on `lambdaflow query` shows the event. The snapshots were read every 50 ms; a "
+            "partition is consumed in offset order, so its n-th event is in its snapshot exactly when the snapshot "
+            f"counts n. An answer asked at that moment returns after the query's own time (median "
+            f"{query_p50 * 1000:.0f} ms here, under this load; section 4 has it alone).",
+            "",
+            "As a check, the serving layer itself was asked twice a second, counting the n-th event sent as shown "
+            "once an answer (over the run's dates, summed) counted n events: that includes the query and up to "
+            "half a second of waiting for the next question.",
+            "",
+            "| measured at | p50 s | p99 s |",
+            "|---|---:|---:|",
+            f"| the partition's snapshot (the figure judged) | {snapshot[0]:.3f} | {snapshot[1]:.3f} |",
+            f"| a serving answer (check) | {answered[0]:.3f} | {answered[1]:.3f} |",
+            "",
+            f"{answers:,} answers were asked; {missing} checkpoints never became visible; at the end the answer "
+            f"counted {produced['answered_at_end']:,} events of the {produced['messages']:,} sent.",
+        ]
+    )

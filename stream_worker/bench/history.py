@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from stream_worker.bench.batch_build import dbt_env
@@ -21,7 +21,7 @@ SEED = 5
 
 def past_days(count: int) -> list[date]:
     """The ``count`` closed UTC days before today, oldest first."""
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     return [today - timedelta(days=count - i) for i in range(count)]
 
 
@@ -44,7 +44,11 @@ class DirectBuilds:
 def build_directly(ctx: Context, data_dir: Path, days: list[date], name: str) -> DirectBuilds:
     """Build and publish every day in one process, one `dbt build` each, as a loop over the DAG's task would."""
     args = [a for day in days for a in ("--day", day.isoformat())]
-    done = run(name, bench_command("build", *args), dbt_env(ctx, data_dir, name), ctx.folder(name, "logs"),
-               timeout=7200)
-    return DirectBuilds(round(done.wall_seconds, 3), round(done.peak_rss_mb, 1),
-                        [json.loads(line) for line in done.stdout.strip().splitlines()])
+    done = run(
+        name, bench_command("build", *args), dbt_env(ctx, data_dir, name), ctx.folder(name, "logs"), timeout=7200
+    )
+    return DirectBuilds(
+        round(done.wall_seconds, 3),
+        round(done.peak_rss_mb, 1),
+        [json.loads(line) for line in done.stdout.strip().splitlines()],
+    )

@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from stream_worker import clients
@@ -37,33 +37,43 @@ SEED = 1
 PROFILE_EVENTS = 100_000
 POLL = "Kafka poll (kafka-python: fetch, CRC check, decoding)"
 PROFILE_FOCUS = {
-    "archiver": {POLL: "group.poll",
-                 "records to a frame": "contract.records_frame", "contract (DuckDB)": "contract.classify",
-                 "publishing (Parquet, fsync, manifest)": "archiver._publish"},
-    "stream worker": {POLL: "group.poll",
-                      "records to a frame": "contract.records_frame", "contract (DuckDB)": "contract.classify",
-                      "state transaction (dedupe, aggregates, offsets)": "speed_state.apply",
-                      "snapshot publishing": "speed_state.publish_snapshot"},
+    "archiver": {
+        POLL: "group.poll",
+        "records to a frame": "contract.records_frame",
+        "contract (DuckDB)": "contract.classify",
+        "publishing (Parquet, fsync, manifest)": "archiver._publish",
+    },
+    "stream worker": {
+        POLL: "group.poll",
+        "records to a frame": "contract.records_frame",
+        "contract (DuckDB)": "contract.classify",
+        "state transaction (dedupe, aggregates, offsets)": "speed_state.apply",
+        "snapshot publishing": "speed_state.publish_snapshot",
+    },
 }
 
 
 def produce_once(bootstrap: str, topic: str, count: int) -> dict:
     """Send ``count`` events as fast as kafka-python allows: values drawn in bulk, partition precomputed."""
     started = time.monotonic()
-    batch = kafka_messages(count, SEED, datetime.now(timezone.utc), timedelta(hours=23), partitions=3)
+    batch = kafka_messages(count, SEED, datetime.now(UTC), timedelta(hours=23), partitions=3)
     drawn = time.monotonic()
     producer = clients.producer(bootstrap)
     send = producer.send
     try:
-        for key, value, partition in zip(batch.keys, batch.values, batch.partitions):
+        for key, value, partition in zip(batch.keys, batch.values, batch.partitions, strict=False):
             send(topic, key=key, value=value, partition=partition)
         producer.flush()
     finally:
         producer.close()
     sent = time.monotonic()
-    return {"messages": count, "draw_seconds": round(drawn - started, 2), "send_seconds": round(sent - drawn, 2),
-            "messages_per_second": round(count / (sent - drawn)),
-            "value_bytes_per_message": round(batch.value_bytes / max(count, 1), 1)}
+    return {
+        "messages": count,
+        "draw_seconds": round(drawn - started, 2),
+        "send_seconds": round(sent - drawn, 2),
+        "messages_per_second": round(count / (sent - drawn)),
+        "value_bytes_per_message": round(batch.value_bytes / max(count, 1), 1),
+    }
 
 
 def _command(tool: str) -> list[str]:
@@ -82,8 +92,12 @@ def _consume(ctx: Context, tool: str, bootstrap: str, topic: str, data_dir: Path
     env = _env(ctx, bootstrap, topic, data_dir)
     finished: Finished = run(name, _command(tool), env, ctx.folder("ingest", "logs"), timeout=1800)
     summary = json.loads(finished.stdout.strip().splitlines()[-1])
-    return {"wall_seconds": round(finished.wall_seconds, 3), "own_seconds": summary["seconds"],
-            "messages": summary["messages"], "peak_rss_mb": round(finished.peak_rss_mb, 1)}
+    return {
+        "wall_seconds": round(finished.wall_seconds, 3),
+        "own_seconds": summary["seconds"],
+        "messages": summary["messages"],
+        "peak_rss_mb": round(finished.peak_rss_mb, 1),
+    }
 
 
 def _baselines(ctx: Context, bootstrap: str, empty: str) -> dict[str, dict]:
@@ -92,8 +106,12 @@ def _baselines(ctx: Context, bootstrap: str, empty: str) -> dict[str, dict]:
     for tool in TOOLS:
         slug = tool.split()[0]
         found[tool] = _consume(ctx, tool, bootstrap, empty, ctx.work / "ingest" / f"{slug}-empty", f"{slug}-empty")
-        log.info("ingest: %s on an empty topic: own %.1f s, wall %.1f s", tool, found[tool]["own_seconds"],
-                 found[tool]["wall_seconds"])
+        log.info(
+            "ingest: %s on an empty topic: own %.1f s, wall %.1f s",
+            tool,
+            found[tool]["own_seconds"],
+            found[tool]["wall_seconds"],
+        )
     return found
 
 
@@ -105,13 +123,23 @@ def _repetition(ctx: Context, rep: int, bootstrap: str, topic: str, baselines: d
         data_dir = ctx.work / "ingest" / f"{slug}-{rep}"
         full = _consume(ctx, tool, bootstrap, topic, data_dir, f"{slug}-{rep}")
         consuming = max(full["own_seconds"] - idle["own_seconds"], 1e-3)
-        full.update(startup_seconds=idle["wall_seconds"], idle_own_seconds=idle["own_seconds"],
-                    consuming_seconds=round(consuming, 3),
-                    messages_per_second=round(full["messages"] / consuming),
-                    messages_per_wall_second=round(full["messages"] / full["wall_seconds"]), data_dir=str(data_dir))
+        full.update(
+            startup_seconds=idle["wall_seconds"],
+            idle_own_seconds=idle["own_seconds"],
+            consuming_seconds=round(consuming, 3),
+            messages_per_second=round(full["messages"] / consuming),
+            messages_per_wall_second=round(full["messages"] / full["wall_seconds"]),
+            data_dir=str(data_dir),
+        )
         results[tool] = full
-        log.info("ingest rep %d %s: %d msg/s while consuming (own %.1f s), peak RSS %.0f MB", rep + 1, tool,
-                 full["messages_per_second"], full["own_seconds"], full["peak_rss_mb"])
+        log.info(
+            "ingest rep %d %s: %d msg/s while consuming (own %.1f s), peak RSS %.0f MB",
+            rep + 1,
+            tool,
+            full["messages_per_second"],
+            full["own_seconds"],
+            full["peak_rss_mb"],
+        )
     return results
 
 
@@ -123,8 +151,13 @@ def _footprint(last: dict[str, dict]) -> dict:
     snapshots = sum(p.stat().st_size for p in speed_dir.rglob("snapshots/*.parquet"))
     raw = sum(p.stat().st_size for p in (archive_dir / "raw").rglob("*.parquet"))
     files = len(list((archive_dir / "raw").rglob("*.parquet")))
-    return {"state_bytes": state, "snapshot_bytes": snapshots, "raw_bytes": raw, "raw_files": files,
-            "events": last["stream worker"]["messages"]}
+    return {
+        "state_bytes": state,
+        "snapshot_bytes": snapshots,
+        "raw_bytes": raw,
+        "raw_files": files,
+        "events": last["stream worker"]["messages"],
+    }
 
 
 def run_section(ctx: Context) -> Section:
@@ -171,56 +204,105 @@ def _profiles(ctx: Context, bootstrap: str, topic: str, tools: list[str]) -> dic
         slug = tool.split()[0]
         stats = ctx.work / "ingest" / f"{slug}.prof"
         log.info("ingest: %s missed its target; profiling it", tool)
-        run(f"{slug}-profiled", profiling.profiled(_command(tool), stats),
-            _env(ctx, bootstrap, topic, ctx.work / "ingest" / f"{slug}-profiled"), ctx.folder("ingest", "logs"),
-            timeout=1800)
+        run(
+            f"{slug}-profiled",
+            profiling.profiled(_command(tool), stats),
+            _env(ctx, bootstrap, topic, ctx.work / "ingest" / f"{slug}-profiled"),
+            ctx.folder("ingest", "logs"),
+            timeout=1800,
+        )
         found[tool] = profiling.summarize(stats, PROFILE_FOCUS[tool], waits_in=POLL)
     return found
 
 
 def _summarize(ctx: Context, reps: list[dict[str, dict]], produced: dict, profiles: dict[str, dict]) -> Section:
-    medians = {tool: {key: median(r[tool][key] for r in reps) for key in
-                      ("messages_per_second", "peak_rss_mb", "startup_seconds", "wall_seconds", "own_seconds",
-                                  "idle_own_seconds")}
-               for tool in TOOLS}
+    medians = {
+        tool: {
+            key: median(r[tool][key] for r in reps)
+            for key in (
+                "messages_per_second",
+                "peak_rss_mb",
+                "startup_seconds",
+                "wall_seconds",
+                "own_seconds",
+                "idle_own_seconds",
+            )
+        }
+        for tool in TOOLS
+    }
     bare = medians["bare consumer"]
     rows = []
     for tool in ("archiver", "stream worker"):
         share = _share(reps, tool)
         met = share >= TARGET_SHARE
-        rows.append(Row(
-            id=f"ingest.{tool.split()[0]}", what=f"ingest: {tool} msgs/s while consuming",
-            figure=round(medians[tool]["messages_per_second"]), unit="msg/s",
-            peer="bare kafka-python consumer (ceiling)", peer_figure=round(bare["messages_per_second"]),
-            ratio=round(share, 3), target=f"ratio >= {TARGET_SHARE}", met=met,
-            why="" if met else _why_slow(tool, share, profiles.get(tool)),
-            detail={"peak_rss_mb": medians[tool]["peak_rss_mb"], "ceiling_peak_rss_mb": bare["peak_rss_mb"],
+        rows.append(
+            Row(
+                id=f"ingest.{tool.split()[0]}",
+                what=f"ingest: {tool} msgs/s while consuming",
+                figure=round(medians[tool]["messages_per_second"]),
+                unit="msg/s",
+                peer="bare kafka-python consumer (ceiling)",
+                peer_figure=round(bare["messages_per_second"]),
+                ratio=round(share, 3),
+                target=f"ratio >= {TARGET_SHARE}",
+                met=met,
+                why="" if met else _why_slow(tool, share, profiles.get(tool)),
+                detail={
+                    "peak_rss_mb": medians[tool]["peak_rss_mb"],
+                    "ceiling_peak_rss_mb": bare["peak_rss_mb"],
                     "startup_seconds": medians[tool]["startup_seconds"],
-                    "ceiling_startup_seconds": bare["startup_seconds"]},
-        ))
-    details = {"produced": produced, "medians": medians, "repetitions": reps, "footprint": _footprint(reps[-1]),
-               "profiles": profiles}
-    return Section(1, "Ingest ceiling", rows, _text(ctx, medians, produced, reps, profiles), details,
-                   plots=[lambda out: plots.bars(
-                       out / "ingest_throughput.png", "Ingest: messages/s while consuming (median, dots: repetitions)",
-                       list(TOOLS), [medians[t]["messages_per_second"] for t in TOOLS],
-                       [[r[t]["messages_per_second"] for r in reps] for t in TOOLS], "messages/s",
-                       reference=(TARGET_SHARE * bare["messages_per_second"], "80% of the bare consumer")),
-                          lambda out: plots.bars(
-                       out / "ingest_peak_rss.png", "Ingest: peak RSS per process (median)", list(TOOLS),
-                       [medians[t]["peak_rss_mb"] for t in TOOLS],
-                       [[r[t]["peak_rss_mb"] for r in reps] for t in TOOLS], "MB")])
+                    "ceiling_startup_seconds": bare["startup_seconds"],
+                },
+            )
+        )
+    details = {
+        "produced": produced,
+        "medians": medians,
+        "repetitions": reps,
+        "footprint": _footprint(reps[-1]),
+        "profiles": profiles,
+    }
+    return Section(
+        1,
+        "Ingest ceiling",
+        rows,
+        _text(ctx, medians, produced, reps, profiles),
+        details,
+        plots=[
+            lambda out: plots.bars(
+                out / "ingest_throughput.png",
+                "Ingest: messages/s while consuming (median, dots: repetitions)",
+                list(TOOLS),
+                [medians[t]["messages_per_second"] for t in TOOLS],
+                [[r[t]["messages_per_second"] for r in reps] for t in TOOLS],
+                "messages/s",
+                reference=(TARGET_SHARE * bare["messages_per_second"], "80% of the bare consumer"),
+            ),
+            lambda out: plots.bars(
+                out / "ingest_peak_rss.png",
+                "Ingest: peak RSS per process (median)",
+                list(TOOLS),
+                [medians[t]["peak_rss_mb"] for t in TOOLS],
+                [[r[t]["peak_rss_mb"] for r in reps] for t in TOOLS],
+                "MB",
+            ),
+        ],
+    )
 
 
 def _why_slow(tool: str, share: float, profile: dict | None) -> str:
-    work = ("classifies each batch with the contract in DuckDB, buffers Polars frames and writes zstd Parquet"
-            if tool == "archiver" else
-            "classifies each micro-batch, dedupes against its DuckDB state and commits state, offsets and a "
-            "snapshot per partition in each transaction")
+    work = (
+        "classifies each batch with the contract in DuckDB, buffers Polars frames and writes zstd Parquet"
+        if tool == "archiver"
+        else "classifies each micro-batch, dedupes against its DuckDB state and commits state, offsets and a "
+        "snapshot per partition in each transaction"
+    )
     where = f" (cProfile: {profiling.describe(profile)})" if profile else ""
-    return (f"{share:.0%} of the ceiling, {TARGET_SHARE - share:.0%} short: on top of polling, the {tool} {work} "
-            f"in the same thread{where}, and on two cores that work competes with kafka-python's own decoding "
-            "and the broker")
+    return (
+        f"{share:.0%} of the ceiling, {TARGET_SHARE - share:.0%} short: on top of polling, the {tool} {work} "
+        f"in the same thread{where}, and on two cores that work competes with kafka-python's own decoding "
+        "and the broker"
+    )
 
 
 def _text(ctx: Context, medians: dict, produced: dict, reps: list, profiles: dict[str, dict]) -> str:
@@ -243,16 +325,25 @@ def _text(ctx: Context, medians: dict, produced: dict, reps: list, profiles: dic
     ]
     for tool in TOOLS:
         m = medians[tool]
-        lines.append(f"| {tool} | {m['messages_per_second']:,.0f} | {m['own_seconds']:.1f} | "
-                     f"{m['idle_own_seconds']:.1f} | {m['wall_seconds']:.1f} | {m['startup_seconds']:.1f} | "
-                     f"{m['peak_rss_mb']:.0f} |")
-    lines += ["", "Medians over the repetitions; the ratio in the summary is the median of the per-repetition "
-              "ratios (each consumer against the bare consumer of the same repetition)."]
+        lines.append(
+            f"| {tool} | {m['messages_per_second']:,.0f} | {m['own_seconds']:.1f} | "
+            f"{m['idle_own_seconds']:.1f} | {m['wall_seconds']:.1f} | {m['startup_seconds']:.1f} | "
+            f"{m['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Medians over the repetitions; the ratio in the summary is the median of the per-repetition "
+        "ratios (each consumer against the bare consumer of the same repetition).",
+    ]
     events = min(ctx.sizes.ingest_events, PROFILE_EVENTS)
     if profiles:
-        lines += ["", "The bare consumer pays the same Kafka poll; everything else in a profile below is what that "
-                  "consumer adds on top of the ceiling, in the same thread."]
+        lines += [
+            "",
+            "The bare consumer pays the same Kafka poll; everything else in a profile below is what that "
+            "consumer adds on top of the ceiling, in the same thread.",
+        ]
     for tool, profile in profiles.items():
-        lines += [""] + profiling.markdown(profile, f"The {tool} missed its target, so it read {events:,} events "
-                                                    "once more under cProfile")
+        lines += [""] + profiling.markdown(
+            profile, f"The {tool} missed its target, so it read {events:,} events once more under cProfile"
+        )
     return "\n".join(lines)

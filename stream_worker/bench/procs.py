@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 log = logging.getLogger("lambdaflow.bench")
 
@@ -78,8 +78,9 @@ class Child:
             self.started = time.monotonic()
             self.rusage_path.unlink(missing_ok=True)
             launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(self.rusage_path), *self.args]
-            self.process = subprocess.Popen(launcher, env=self.env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                            stderr=stderr, start_new_session=True)
+            self.process = subprocess.Popen(
+                launcher, env=self.env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True
+            )
         log.debug("started %s (pid %d)", self.name, self.process.pid)
         return self
 
@@ -159,8 +160,9 @@ def run(name: str, args: list[str], env: Mapping[str, str], logs: Path, timeout:
     """Run a child to the end; fail with the tail of its log when it exits non-zero."""
     finished = Child(name, args, env, logs).start().wait(timeout)
     if finished.returncode != 0:
-        raise RuntimeError(f"{name} exited with code {finished.returncode}; the end of its log:\n"
-                           + tail(logs / f"{name}.log"))
+        raise RuntimeError(
+            f"{name} exited with code {finished.returncode}; the end of its log:\n" + tail(logs / f"{name}.log")
+        )
     return finished
 
 
@@ -180,7 +182,7 @@ def _start_time(pid: int) -> int | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
@@ -189,7 +191,7 @@ def _parent_of(pid: int) -> int | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(text[text.rindex(")") + 2:].split()[1])
+    return int(text[text.rindex(")") + 2 :].split()[1])
 
 
 def descendants_of(root: int) -> list[tuple[int, int]]:
@@ -216,6 +218,7 @@ def stop_leftovers(processes: list[tuple[int, int]], grace: float = 10.0) -> Non
     They get two seconds to go by themselves first: a helper such as
     multiprocessing's resource tracker exits once its parent has.
     """
+
     def alive() -> list[tuple[int, int]]:
         return [(pid, started) for pid, started in processes if _start_time(pid) == started]
 

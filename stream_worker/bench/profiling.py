@@ -51,16 +51,25 @@ def summarize(stats_file: Path, focus: dict[str, str], waits_in: str | None = No
     busy = max(total - waiting, 1e-9)
     focused = {}
     for label, name in focus.items():
-        matches = [(cumulative, key) for key, (_, _, _, cumulative, _) in stats.items()
-                   if f"{Path(key[0]).stem}.{key[2]}" == name]
+        matches = [
+            (cumulative, key)
+            for key, (_, _, _, cumulative, _) in stats.items()
+            if f"{Path(key[0]).stem}.{key[2]}" == name
+        ]
         if matches:
             seconds = max(matches)[0] - (waiting if label == waits_in else 0.0)
             focused[label] = {"seconds": round(max(seconds, 0.0), 2), "share": round(max(seconds, 0.0) / busy, 3)}
     own = sorted(((own, key) for key, (_, _, own, _, _) in stats.items() if key[2] not in WAITING), reverse=True)
-    return {"total_seconds": round(total, 2), "waiting_seconds": round(waiting, 2), "busy_seconds": round(busy, 2),
-            "focus": focused,
-            "own_time": [{"function": _label(key), "seconds": round(seconds, 2), "share": round(seconds / busy, 3)}
-                         for seconds, key in own[:keep]]}
+    return {
+        "total_seconds": round(total, 2),
+        "waiting_seconds": round(waiting, 2),
+        "busy_seconds": round(busy, 2),
+        "focus": focused,
+        "own_time": [
+            {"function": _label(key), "seconds": round(seconds, 2), "share": round(seconds / busy, 3)}
+            for seconds, key in own[:keep]
+        ],
+    }
 
 
 def describe(summary: dict) -> str:
@@ -69,9 +78,13 @@ def describe(summary: dict) -> str:
 
 
 def markdown(summary: dict, title: str) -> list[str]:
-    lines = [f"{title}: {summary['total_seconds']:.1f} s profiled, {summary['waiting_seconds']:.1f} s of it "
-             f"blocked (the group join, waiting for fetches), {summary['busy_seconds']:.1f} s busy.", "",
-             "| part | busy s (with callees) | share of busy |", "|---|---:|---:|"]
+    lines = [
+        f"{title}: {summary['total_seconds']:.1f} s profiled, {summary['waiting_seconds']:.1f} s of it "
+        f"blocked (the group join, waiting for fetches), {summary['busy_seconds']:.1f} s busy.",
+        "",
+        "| part | busy s (with callees) | share of busy |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {label} | {e['seconds']:.1f} | {e['share']:.0%} |" for label, e in summary["focus"].items()]
     lines += ["", "| most time of its own | s | share of busy |", "|---|---:|---:|"]
     lines += [f"| `{e['function']}` | {e['seconds']:.1f} | {e['share']:.0%} |" for e in summary["own_time"]]

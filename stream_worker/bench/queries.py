@@ -20,16 +20,16 @@ import pstats
 import signal
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from stream_worker import clients
 from stream_worker.bench import plots
 from stream_worker.bench.batch_build import dbt_env
 from stream_worker.bench.core import Context, Row, Section, percentile
+from stream_worker.bench.events import TOPIC
 from stream_worker.bench.history import build_directly, past_days, write_history
 from stream_worker.bench.procs import Child, bench_command, run, tail
-from stream_worker.bench.events import TOPIC
 from stream_worker.broker import EmbeddedBroker
 from stream_worker.config import Settings
 from stream_worker.processes import lambdaflow_command
@@ -48,7 +48,7 @@ def run_section(ctx: Context, history: Path | None = None) -> Section:
         days = past_days(6)
         write_history(history, days, ctx.sizes.backfill_events_per_day)
         build_directly(ctx, history, days, "queries-history")
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     question = Question(today - timedelta(days=6), today)
     logs = ctx.folder("queries", "logs")
     rate = "500" if ctx.quick else "2000"
@@ -56,10 +56,16 @@ def run_section(ctx: Context, history: Path | None = None) -> Section:
         clients.ensure_topic(broker.bootstrap, TOPIC, 3)
         env = {**dbt_env(ctx, history, "queries"), "KAFKA_BOOTSTRAP": broker.bootstrap, "LAMBDAFLOW_TOPIC": TOPIC}
         settings = Settings.from_env(env)
-        load = [Child("stream-worker", lambdaflow_command("stream"), env, logs),
-                Child("producer", lambdaflow_command("produce", "--live", "--rate", rate), env, logs),
-                Child("rebuild-loop", bench_command("rebuild-loop", "--day", (today - timedelta(days=1)).isoformat()),
-                      env, logs)]
+        load = [
+            Child("stream-worker", lambdaflow_command("stream"), env, logs),
+            Child("producer", lambdaflow_command("produce", "--live", "--rate", rate), env, logs),
+            Child(
+                "rebuild-loop",
+                bench_command("rebuild-loop", "--day", (today - timedelta(days=1)).isoformat()),
+                env,
+                logs,
+            ),
+        ]
         try:
             for child in load:
                 child.start()
@@ -74,8 +80,12 @@ def run_section(ctx: Context, history: Path | None = None) -> Section:
     cli = _cli_runs(ctx, env, question, logs)
     inputs = ServingInputs.current(settings)
     read = inputs.within(question.date_from, question.date_to)
-    files = {"batch_days": len(inputs.batch_files), "snapshots": len(inputs.speed_snapshots),
-             "batch_files_read": len(read.batch_files), "snapshots_read": len(read.speed_snapshots)}
+    files = {
+        "batch_days": len(inputs.batch_files),
+        "snapshots": len(inputs.speed_snapshots),
+        "batch_files_read": len(read.batch_files),
+        "snapshots_read": len(read.speed_snapshots),
+    }
     return _summarize(ctx, samples, cli, builds, settings, question, rate, files)
 
 
@@ -112,8 +122,13 @@ def _alternate(ctx: Context, settings: Settings, question: Question, load: list[
             time.sleep(SETTLE_SECONDS)
             block = _block(settings, question, ctx.sizes.queries_per_block)
             samples[condition] += block
-            log.info("queries rep %d %s: p50 %.1f ms, p99 %.1f ms", rep + 1, condition,
-                     percentile(block, 0.5) * 1000, percentile(block, 0.99) * 1000)
+            log.info(
+                "queries rep %d %s: p50 %.1f ms, p99 %.1f ms",
+                rep + 1,
+                condition,
+                percentile(block, 0.5) * 1000,
+                percentile(block, 0.99) * 1000,
+            )
     for child in writers:
         _resume(child)
     return samples
@@ -148,17 +163,32 @@ def profile_answers(settings: Settings, question: Question, count: int = 20, kee
         if cumulative < 0.03 * total:
             continue
         where = "/".join(Path(path).parts[-2:]) if path != "~" else ""
-        rows.append({"function": f"{where}:{line}({function})" if where else function,
-                     "ms_per_answer": round(cumulative / count * 1000, 2), "share": round(cumulative / total, 3),
-                     "own_ms_per_answer": round(own / count * 1000, 2)})
+        rows.append(
+            {
+                "function": f"{where}:{line}({function})" if where else function,
+                "ms_per_answer": round(cumulative / count * 1000, 2),
+                "share": round(cumulative / total, 3),
+                "own_ms_per_answer": round(own / count * 1000, 2),
+            }
+        )
     rows.sort(key=lambda row: row["ms_per_answer"], reverse=True)
     return rows[:keep]
 
 
-def _summarize(ctx: Context, samples: dict, cli: list[float], builds: int, settings: Settings,
-               question: Question, rate: str, files: dict[str, int]) -> Section:
-    stats = {c: {"p50_ms": percentile(v, 0.5) * 1000, "p99_ms": percentile(v, 0.99) * 1000, "n": len(v)}
-             for c, v in samples.items()}
+def _summarize(
+    ctx: Context,
+    samples: dict,
+    cli: list[float],
+    builds: int,
+    settings: Settings,
+    question: Question,
+    rate: str,
+    files: dict[str, int],
+) -> Section:
+    stats = {
+        c: {"p50_ms": percentile(v, 0.5) * 1000, "p99_ms": percentile(v, 0.99) * 1000, "n": len(v)}
+        for c, v in samples.items()
+    }
     missed = any(s["p99_ms"] >= TARGET_P99_MS for s in stats.values())
     profile = profile_answers(settings, question) if missed else []
     rows = []
@@ -166,38 +196,74 @@ def _summarize(ctx: Context, samples: dict, cli: list[float], builds: int, setti
         s = stats[condition]
         met = s["p99_ms"] < TARGET_P99_MS
         why = "" if met else _why(condition, s, profile, files)
-        rows.append(Row(
-            id=f"queries.{condition}", what=f"queries: 7-day serving answer in process, p99, {condition}",
-            figure=round(s["p99_ms"], 2), unit="ms", peer="target", peer_figure=TARGET_P99_MS,
-            ratio=round(s["p99_ms"] / TARGET_P99_MS, 3), target=f"p99 < {TARGET_P99_MS:g} ms", met=met, why=why,
-            detail={"p50_ms": round(s["p50_ms"], 2), "answers": s["n"]},
-        ))
+        rows.append(
+            Row(
+                id=f"queries.{condition}",
+                what=f"queries: 7-day serving answer in process, p99, {condition}",
+                figure=round(s["p99_ms"], 2),
+                unit="ms",
+                peer="target",
+                peer_figure=TARGET_P99_MS,
+                ratio=round(s["p99_ms"] / TARGET_P99_MS, 3),
+                target=f"p99 < {TARGET_P99_MS:g} ms",
+                met=met,
+                why=why,
+                detail={"p50_ms": round(s["p50_ms"], 2), "answers": s["n"]},
+            )
+        )
     cli_ms = statistics.median(cli) * 1000
-    rows.append(Row(
-        id="queries.cli", what="queries: `lambdaflow query` wall time (start-up included)", figure=round(cli_ms, 1),
-        unit="ms", peer="the same answer in process (idle p50)", peer_figure=round(stats["idle"]["p50_ms"], 2),
-        ratio=round(cli_ms / stats["idle"]["p50_ms"], 3), target=None, met=None,
-        why="reported apart: start-up is the interpreter and imports (polars, duckdb, jinja2, click)",
-        detail={"runs_ms": [round(c * 1000, 1) for c in cli]},
-    ))
+    rows.append(
+        Row(
+            id="queries.cli",
+            what="queries: `lambdaflow query` wall time (start-up included)",
+            figure=round(cli_ms, 1),
+            unit="ms",
+            peer="the same answer in process (idle p50)",
+            peer_figure=round(stats["idle"]["p50_ms"], 2),
+            ratio=round(cli_ms / stats["idle"]["p50_ms"], 3),
+            target=None,
+            met=None,
+            why="reported apart: start-up is the interpreter and imports (polars, duckdb, jinja2, click)",
+            detail={"runs_ms": [round(c * 1000, 1) for c in cli]},
+        )
+    )
     text = _text(stats, cli_ms, builds, profile, rate, files)
-    details = {"stats": stats, "cli_seconds": cli, "rebuilds_during_run": builds, "profile": profile,
-               "files_read": files}
-    return Section(4, "Queries", rows, text, details, plots=[
-        lambda out: plots.distribution(out / "queries_latency.png", "Queries: 7-day answer in process (CDF)",
-                                       {c: [v * 1000 for v in samples[c]] for c in ("idle", "busy")}, "ms",
-                                       reference=(TARGET_P99_MS, "target for p99")),
-    ])
+    details = {
+        "stats": stats,
+        "cli_seconds": cli,
+        "rebuilds_during_run": builds,
+        "profile": profile,
+        "files_read": files,
+    }
+    return Section(
+        4,
+        "Queries",
+        rows,
+        text,
+        details,
+        plots=[
+            lambda out: plots.distribution(
+                out / "queries_latency.png",
+                "Queries: 7-day answer in process (CDF)",
+                {c: [v * 1000 for v in samples[c]] for c in ("idle", "busy")},
+                "ms",
+                reference=(TARGET_P99_MS, "target for p99"),
+            ),
+        ],
+    )
 
 
 def _why(condition: str, s: dict, profile: list[dict], files: dict[str, int]) -> str:
     load = ", and it shares two cores with the worker, the producer and dbt" if condition == "busy" else ""
-    heaviest = "; ".join(f"`{p['function']}` {p['ms_per_answer']:.1f} ms (own {p['own_ms_per_answer']:.1f})"
-                         for p in profile[:3])
-    return (f"p99 {s['p99_ms']:.0f} ms is {s['p99_ms'] - TARGET_P99_MS:.0f} ms over the 50 ms target{load}; "
-            f"the median answer takes {s['p50_ms']:.0f} ms. An answer reads {files['batch_files_read']} batch "
-            f"files and {files['snapshots_read']} snapshots; per answer (cProfile, idle): "
-            f"{heaviest or 'no function stands out'}")
+    heaviest = "; ".join(
+        f"`{p['function']}` {p['ms_per_answer']:.1f} ms (own {p['own_ms_per_answer']:.1f})" for p in profile[:3]
+    )
+    return (
+        f"p99 {s['p99_ms']:.0f} ms is {s['p99_ms'] - TARGET_P99_MS:.0f} ms over the 50 ms target{load}; "
+        f"the median answer takes {s['p50_ms']:.0f} ms. An answer reads {files['batch_files_read']} batch "
+        f"files and {files['snapshots_read']} snapshots; per answer (cProfile, idle): "
+        f"{heaviest or 'no function stands out'}"
+    )
 
 
 def _text(stats: dict, cli_ms: float, builds: int, profile: list[dict], rate: str, files: dict[str, int]) -> str:
@@ -216,13 +282,23 @@ def _text(stats: dict, cli_ms: float, builds: int, profile: list[dict], rate: st
     for condition in ("idle", "busy"):
         s = stats[condition]
         lines.append(f"| {condition} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
-    lines += ["", f"`lambdaflow query` for the same range, end to end in a fresh process (idle): median "
-              f"{cli_ms:.0f} ms, of which about {cli_ms - stats['idle']['p50_ms']:.0f} ms is start-up."]
+    lines += [
+        "",
+        f"`lambdaflow query` for the same range, end to end in a fresh process (idle): median "
+        f"{cli_ms:.0f} ms, of which about {cli_ms - stats['idle']['p50_ms']:.0f} ms is start-up.",
+    ]
     if profile:
-        lines += ["", "The target is missed, so 20 idle answers were run under cProfile; the functions with the "
-                  "most cumulative time per answer (own: in the function itself, which for `answer` is DuckDB's C++ "
-                  "code planning and running the query):", "",
-                  "| function | ms per answer | own ms | share |", "|---|---:|---:|---:|"]
-        lines += [f"| `{p['function']}` | {p['ms_per_answer']:.1f} | {p['own_ms_per_answer']:.1f} | "
-                  f"{p['share']:.0%} |" for p in profile]
+        lines += [
+            "",
+            "The target is missed, so 20 idle answers were run under cProfile; the functions with the "
+            "most cumulative time per answer (own: in the function itself, which for `answer` is DuckDB's C++ "
+            "code planning and running the query):",
+            "",
+            "| function | ms per answer | own ms | share |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| `{p['function']}` | {p['ms_per_answer']:.1f} | {p['own_ms_per_answer']:.1f} | {p['share']:.0%} |"
+            for p in profile
+        ]
     return "\n".join(lines)

@@ -41,8 +41,15 @@ def write(out: Path, header: dict, sections: list[Section]) -> dict:
         **header,
         "rows": [row.as_dict() for row in rows],
         "missed": [row.id for row in rows if row.met is False],
-        "sections": {str(s.number): {"title": s.title, "seconds": s.seconds, "details": s.details,
-                                     "plots": drawn.get(s.number, [])} for s in sections},
+        "sections": {
+            str(s.number): {
+                "title": s.title,
+                "seconds": s.seconds,
+                "details": s.details,
+                "plots": drawn.get(s.number, []),
+            }
+            for s in sections
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(_markdown(summary, sections, drawn))
@@ -51,9 +58,20 @@ def write(out: Path, header: dict, sections: list[Section]) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     """The short table on stdout: one line per row."""
-    emit([{"what": r["what"], "figure": f"{_number(r['figure'])} {r['unit']}",
-           "peer": _number(r["peer_figure"]), "ratio": _number(r["ratio"]), "target": r["target"] or "",
-           "result": "reported" if r["met"] is None else ("met" if r["met"] else "MISSED")} for r in rows], "table")
+    emit(
+        [
+            {
+                "what": r["what"],
+                "figure": f"{_number(r['figure'])} {r['unit']}",
+                "peer": _number(r["peer_figure"]),
+                "ratio": _number(r["ratio"]),
+                "target": r["target"] or "",
+                "result": "reported" if r["met"] is None else ("met" if r["met"] else "MISSED"),
+            }
+            for r in rows
+        ],
+        "table",
+    )
 
 
 def _markdown(summary: dict, sections: list[Section], drawn: dict[int, list[str]]) -> str:
@@ -76,8 +94,10 @@ def _markdown(summary: dict, sections: list[Section], drawn: dict[int, list[str]
     for section in sections:
         for row in section.rows:
             peer = f"{row.peer}: {_number(row.peer_figure)}" if row.peer_figure is not None else row.peer
-            lines.append(f"| {section.number} | {row.what} | {_number(row.figure)} {row.unit} | {peer} | "
-                         f"{_number(row.ratio)} | {row.target or '—'} | {_verdict(row)} |")
+            lines.append(
+                f"| {section.number} | {row.what} | {_number(row.figure)} {row.unit} | {peer} | "
+                f"{_number(row.ratio)} | {row.target or '—'} | {_verdict(row)} |"
+            )
     for section in sorted(sections, key=lambda s: s.number):
         took = f"{section.seconds:.0f} s" if section.seconds < 120 else f"{section.seconds / 60:.1f} minutes"
         lines += ["", f"## {section.number}. {section.title}", "", section.text, "", f"*This section took {took}.*"]
@@ -87,12 +107,13 @@ def _markdown(summary: dict, sections: list[Section], drawn: dict[int, list[str]
     if missed:
         lines.append(f"{len(missed)} target(s) missed:")
         lines.append("")
-        lines += [f"- **{r.what}** ({n}): {_number(r.figure)} {r.unit} against {r.target}. {r.why}."
-                  for n, r in missed]
+        lines += [f"- **{r.what}** ({n}): {_number(r.figure)} {r.unit} against {r.target}. {r.why}." for n, r in missed]
     else:
         lines.append("Every target was met.")
     derived = [r for s in sections for r in s.rows if r.met is None and r.why]
     if derived:
-        lines += ["", "Rows without a target, reported only: " + "; ".join(f"{r.what} ({r.why})" for r in derived)
-                  + "."]
+        lines += [
+            "",
+            "Rows without a target, reported only: " + "; ".join(f"{r.what} ({r.why})" for r in derived) + ".",
+        ]
     return "\n".join(lines) + "\n"
