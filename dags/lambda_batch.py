@@ -37,7 +37,10 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 def _start_date() -> pendulum.DateTime:
     configured = os.environ.get("LAMBDAFLOW_BATCH_START_DATE")
     if configured:
-        return pendulum.parse(configured, tz="UTC")
+        parsed = pendulum.parse(configured, tz="UTC")
+        if not isinstance(parsed, pendulum.DateTime):
+            raise ValueError(f"LAMBDAFLOW_BATCH_START_DATE {configured!r} is not a date (YYYY-MM-DD)")
+        return parsed
     return pendulum.today("UTC").subtract(days=7)
 
 

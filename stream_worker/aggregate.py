@@ -16,13 +16,13 @@ from stream_worker.metrics import Metric
 
 FIRST_SEEN_SCHEMA = pl.Schema(
     {
-        "event_date": pl.Date,
-        "user_id": pl.String,
-        "kind": pl.String,
+        "event_date": pl.Date(),
+        "user_id": pl.String(),
+        "kind": pl.String(),
         "occurred_at": pl.Datetime("us", "UTC"),
-        "kafka_offset": pl.Int64,
+        "kafka_offset": pl.Int64(),
         "event_hour": pl.Datetime("us"),
-        "country": pl.String,
+        "country": pl.String(),
     }
 )
 
@@ -34,7 +34,7 @@ def counted(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
 
 def hourly_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
     return pl.Schema(
-        {"event_hour": pl.Datetime("us"), "country": pl.String, **{m.name: pl.Int64 for m in counted(metrics)}}
+        {"event_hour": pl.Datetime("us"), "country": pl.String(), **{m.name: pl.Int64() for m in counted(metrics)}}
     )
 
 

@@ -230,7 +230,7 @@ class Archiver(ConsumerRebalanceListener):
         """Does the broker's log still hold what this epoch archived? None: cannot tell now."""
         if manifest.next_offset > 0 and manifest.last_record is not None:
             offset, expected = manifest.next_offset - 1, manifest.last_record
-        elif buffer is not None and not buffer.empty:
+        elif buffer is not None and buffer.first_record is not None:
             offset, expected = buffer.first_record["offset"], buffer.first_record
         else:
             return True  # nothing read from this log yet
@@ -319,6 +319,7 @@ class Archiver(ConsumerRebalanceListener):
                 f"the record before offset {max(owned.manifest.next_offset, buffer.start)} is not the one archived",
             )
             return
+        assert buffer.last is not None and buffer.last_record is not None  # not empty: checked above
         batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
         ingested_at = datetime.now(UTC)
         stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
@@ -345,8 +346,10 @@ class Archiver(ConsumerRebalanceListener):
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
         if events.height:
-            latest = _arrived_by(events["occurred_at"].max(), ingested_at)
-            owned.watermark = max(owned.watermark or latest, latest)
+            newest = events["occurred_at"].max()
+            latest = _arrived_by(newest if isinstance(newest, datetime) else None, ingested_at)
+            if latest is not None:
+                owned.watermark = latest if owned.watermark is None else max(owned.watermark, latest)
         clients.commit_for_lag_tools(self._consumer, self.topic, partition, manifest.next_offset)
         self.totals.messages += buffer.messages
         self.totals.events += events.height

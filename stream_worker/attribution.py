@@ -49,7 +49,7 @@ create table if not exists late_firsts (
 _IS_BATCH_HOUR = "{hour} < d.served_until"
 _IS_READ = "({hour} < d.served_until and {offset} < d.covered_end)"
 
-_DAYS_SCHEMA = {"event_date": pl.Date, "served_until": pl.Datetime("us"), "covered_end": pl.Int64}
+_DAYS_SCHEMA = {"event_date": pl.Date(), "served_until": pl.Datetime("us"), "covered_end": pl.Int64()}
 
 
 def batch_days(
@@ -57,12 +57,13 @@ def batch_days(
 ) -> pl.DataFrame:
     """Per day of ``days`` and of ``late_firsts``: the end of its batch-served hours and the offset
     below which its build read the partition, in the log counted (``log``, else its ``epoch``)."""
-    days = sorted(set(days) | {day for (day,) in con.execute("select distinct event_date from late_firsts").fetchall()})
+    held = {day for (day,) in con.execute("select distinct event_date from late_firsts").fetchall()}
+    ordered = sorted(set(days) | held)
     return pl.DataFrame(
         {
-            "event_date": days,
-            "served_until": [batch.until(day) for day in days],
-            "covered_end": [batch.covered_end(day, partition, epoch, log) for day in days],
+            "event_date": ordered,
+            "served_until": [batch.until(day) for day in ordered],
+            "covered_end": [batch.covered_end(day, partition, epoch, log) for day in ordered],
         },
         schema=_DAYS_SCHEMA,
     )

@@ -42,7 +42,8 @@ def run_batch(settings: Settings, day: str | None) -> dict:
         parsed = batch.parse_day(day, latest=now.date(), what="--date")
         batch.require_complete(settings, parsed)  # fail fast instead of waiting in the sensor
         batch.check_inputs(settings, parsed)  # the definition and raw files, before the DAG writes anything
-        dag_id, run = "lambda_batch", {"run_conf": {"ds": parsed.isoformat()}}
+        run: dict[str, dict[str, str | None]] = {"run_conf": {"ds": parsed.isoformat()}}
+        dag_id = "lambda_batch"
     else:
         batch.check_inputs(settings, now.date())
         until = batch.hours_to_build(settings, now.date())

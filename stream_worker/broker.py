@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 from stream_worker.config import Settings
 from stream_worker.errors import BrokerUnavailable, LambdaflowError
@@ -93,7 +94,7 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_OVERRIDES}
-        output = subprocess.DEVNULL
+        output: int | BinaryIO = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = self.log_path.open("ab")
@@ -107,7 +108,7 @@ class EmbeddedBroker:
                 preexec_fn=_die_with_parent,
             )
         finally:
-            if output is not subprocess.DEVNULL:
+            if not isinstance(output, int):
                 output.close()
         deadline = time.monotonic() + timeout
         while not port_answers(HOST, self.port):

@@ -106,7 +106,7 @@ class BrokerWatch:
                 self.bootstrap,
                 clients.RECONNECT_BACKOFF_MAX_MS / 1000,
             )
-        elif not answers and now - self._last_report >= REPORT_EVERY_SECONDS:
+        elif not answers and self.away_since is not None and now - self._last_report >= REPORT_EVERY_SECONDS:
             self._last_report = now
             log.warning(
                 "%s: the broker at %s is still away (%.0f s); still retrying",

@@ -79,16 +79,18 @@ def broker(port: int | None) -> None:
     stop = _stop_on_signals()
     embedded = EmbeddedBroker(port, log_path=config.data_dir / "broker" / "tansu.log")
     embedded.start()
-    announcement = BrokerAnnouncement(embedded.bootstrap, os.getpid(), embedded.pid)
+    process = embedded.process
+    assert process is not None  # started
+    announcement = BrokerAnnouncement(embedded.bootstrap, os.getpid(), process.pid)
     try:
         ensure_topic(embedded.bootstrap, config.topic, config.partitions)
         announcement.write(config.broker_file)
         click.echo(f"bootstrap: {embedded.bootstrap}")
         sys.stdout.flush()
         while not stop.wait(0.5):
-            if embedded.process.poll() is not None:
+            if process.poll() is not None:
                 raise LambdaflowError(
-                    f"the embedded broker exited with code {embedded.process.returncode}; see {embedded.log_path}"
+                    f"the embedded broker exited with code {process.returncode}; see {embedded.log_path}"
                 )
         log.info("stopping the embedded broker")
     finally:

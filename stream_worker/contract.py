@@ -37,32 +37,32 @@ MAX_AMOUNT_CENTS = 10**12
 
 RECORD_SCHEMA = pl.Schema(
     {
-        "kafka_topic": pl.String,
-        "kafka_partition": pl.Int32,
-        "kafka_offset": pl.Int64,
+        "kafka_topic": pl.String(),
+        "kafka_partition": pl.Int32(),
+        "kafka_offset": pl.Int64(),
         "kafka_timestamp": pl.Datetime("ms", "UTC"),
-        "key": pl.Binary,
-        "value": pl.Binary,
+        "key": pl.Binary(),
+        "value": pl.Binary(),
     }
 )
 
 EVENT_SCHEMA = pl.Schema(
     {
-        "event_id": pl.String,
-        "event_type": pl.String,
-        "user_id": pl.String,
+        "event_id": pl.String(),
+        "event_type": pl.String(),
+        "user_id": pl.String(),
         "occurred_at": pl.Datetime("us", "UTC"),
-        "event_date": pl.Date,
-        "country": pl.String,
-        "amount_cents": pl.Int64,
-        "kafka_topic": pl.String,
-        "kafka_partition": pl.Int32,
-        "kafka_offset": pl.Int64,
+        "event_date": pl.Date(),
+        "country": pl.String(),
+        "amount_cents": pl.Int64(),
+        "kafka_topic": pl.String(),
+        "kafka_partition": pl.Int32(),
+        "kafka_offset": pl.Int64(),
         "kafka_timestamp": pl.Datetime("ms", "UTC"),
     }
 )
 
-REJECT_SCHEMA = pl.Schema({"reason": pl.String, **RECORD_SCHEMA})
+REJECT_SCHEMA = pl.Schema({"reason": pl.String(), **RECORD_SCHEMA})
 
 # ISO-8601 date and time; the offset is mandatory ("Z" or a numeric offset).
 _ISO_LOCAL = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?"

@@ -35,7 +35,7 @@ def read_build_record(settings: Settings, day: date) -> dict | None:
 def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:
     """Which raw files the day's last build read (a file published later holds late events), and
     their SHA-256, so that the next build or reconciliation notices one that went missing or changed."""
-    document = {
+    document: dict[str, object] = {
         "event_date": day.isoformat(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "raw_files": sorted(f.name for f in files),

@@ -53,7 +53,7 @@ class Metric:
         """The metric over one group of distinct events (count and sum metrics only)."""
         if self.aggregation == "count":
             return self.selects().sum().cast(pl.Int64).alias(self.name)
-        if self.aggregation == "sum":
+        if self.aggregation == "sum" and self.field is not None:  # load() refuses a sum without one
             value = pl.when(self.selects()).then(pl.col(self.field)).otherwise(0)
             return value.sum().cast(pl.Int64).alias(self.name)
         raise ValueError(f"{self.name} counts users: see aggregate.first_seen")

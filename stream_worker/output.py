@@ -7,9 +7,10 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 FORMATS = ("json", "table")
@@ -83,7 +84,7 @@ class ProgressBar:
         self._log_every = log_every
         self._last_log = 0.0
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> ProgressBar:
         if self._console.is_terminal:
@@ -100,7 +101,7 @@ class ProgressBar:
         return self
 
     def update(self, done: int, total: int) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=done, total=total)
             return
         now = time.monotonic()
@@ -108,6 +109,6 @@ class ProgressBar:
             self._last_log = now
             logging.getLogger("lambdaflow").info("%s: %d/%d", self._description, done, total)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc_info)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Service:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> Service:
-        stderr = subprocess.DEVNULL
+        stderr: int | TextIO = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             stderr = self.log_path.open("a")
@@ -55,7 +56,7 @@ class Service:
                 text=True,
             )
         finally:
-            if stderr is not subprocess.DEVNULL:
+            if not isinstance(stderr, int):
                 stderr.close()
         log.info("started %s (pid %d)", self.name, self.process.pid)
         return self

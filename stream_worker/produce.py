@@ -136,7 +136,7 @@ def produce_live(
                 break
             message = next(events)
             producer.send(topic, key=message.key, value=message.value).add_errback(failures.append)
-            per_date[message.event_date.isoformat()] += 1
+            per_date[message.event_date.isoformat() if message.event_date else "unknown"] += 1
             if time.monotonic() - last_report >= LIVE_PROGRESS_EVERY_SECONDS:
                 last_report = time.monotonic()
                 log.info("live: %d events sent to %s", sum(per_date.values()), topic)

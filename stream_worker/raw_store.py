@@ -139,9 +139,9 @@ class Manifest:
         return end is not None and batch.last < end
 
     def advanced(self, batch: BatchRange, last_record: dict, first_record: dict | None = None) -> Manifest:
-        log_ids = self.log_ids
-        if batch.first == 0 and log_id(first_record):
-            log_ids = {**log_ids, str(batch.epoch): log_id(first_record)}
+        log_ids, identity = self.log_ids, log_id(first_record)
+        if batch.first == 0 and identity:
+            log_ids = {**log_ids, str(batch.epoch): identity}
         return replace(self, next_offset=batch.last + 1, last_record=last_record, log_ids=log_ids, updated_at=_now())
 
     def new_epoch(self) -> Manifest:

@@ -242,7 +242,7 @@ def _events(
         if positions is not None:
             batch = BatchRange.parse(path.name)
             position = positions.get(batch.partition) if batch else None
-            if position is None:
+            if batch is None or position is None:
                 continue
             seen = position.has_seen(batch, (archived or {}).get(batch.partition))
             frame = frame.filter(seen) if isinstance(seen, pl.Expr) else (frame if seen else frame.clear())

@@ -276,10 +276,10 @@ def answer(settings: Settings, question: Question) -> list[dict]:
     keys = ("event_date", "hour") if question.hourly else ("event_date",)
     with inputs.pinned() as pinned, _cursor() as cursor:
         served, values = pinned.statement()
-        values = {**values, "date_from": question.date_from, "date_to": question.date_to}
+        bound: dict[str, object] = {**values, "date_from": question.date_from, "date_to": question.date_to}
         if question.country:
-            values["country"] = question.country
-        found = cursor.execute(_totals_statement(served, keys, bool(question.country)), values).fetchall()
+            bound["country"] = question.country
+        found = cursor.execute(_totals_statement(served, keys, bool(question.country)), bound).fetchall()
     width = len(keys)
     totals = {row[:width]: dict(zip(metrics.names(), row[width:], strict=False)) for row in found}
     answers = []

@@ -86,13 +86,20 @@ class SpeedPaths:
 
 @dataclass
 class Owned:
-    state: PartitionState | None = None
+    state: PartitionState | None = None  # opened by _open_pending once the previous owner let go
     position: int = 0
     end_offset: int | None = None
     last_commit: float | None = None
     next_open_attempt: float = 0.0
     status_written: float = 0.0
     check_log: bool = False  # connected anew since the last commit: is the log still the one counted?
+
+    @property
+    def open_state(self) -> PartitionState:
+        """The state file; only code that runs after _open_pending opened it asks for it."""
+        if self.state is None:
+            raise RuntimeError("the partition's state file is not open yet")
+        return self.state
 
 
 @dataclass
@@ -190,8 +197,8 @@ class StreamWorker(ConsumerRebalanceListener):
 
     def _count(self, polled: dict) -> None:
         if self._connections.since_last_asked():
-            for owned in self.owned.values():
-                owned.check_log = True
+            for each in self.owned.values():
+                each.check_log = True
         batches = {}
         for tp, records in polled.items():
             owned = self.owned.get(tp.partition)
@@ -221,7 +228,7 @@ class StreamWorker(ConsumerRebalanceListener):
         if events is None:
             events = pl.DataFrame(schema=EVENT_SCHEMA)
         try:
-            new = owned.state.apply(events, start, end, fingerprint(records[-1]), batch, fingerprint(records[0]))
+            new = owned.open_state.apply(events, start, end, fingerprint(records[-1]), batch, fingerprint(records[0]))
         except StaleBatch as error:
             self.totals.stale_batches += 1
             log.warning("%s[%d] batch %d..%d not counted: %s; re-seeking", self.topic, partition, start, end - 1, error)
@@ -231,7 +238,7 @@ class StreamWorker(ConsumerRebalanceListener):
         owned.last_commit = time.monotonic()
         self.totals.new_events += new
         self.totals.commits += 1
-        owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+        owned.open_state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
         clients.commit_for_lag_tools(self._consumer, self.topic, partition, end)
         self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
@@ -248,7 +255,7 @@ class StreamWorker(ConsumerRebalanceListener):
 
     def _holds_last_counted(self, tp: TopicPartition, owned: Owned) -> bool | None:
         """Does the broker's log hold the last record counted? None when the broker does not answer."""
-        consumed = owned.state.consumed()
+        consumed = owned.open_state.consumed()
         return self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) if consumed.last_record else True
 
     def _still_the_log_counted(self, tp: TopicPartition, owned: Owned) -> bool:
@@ -279,8 +286,8 @@ class StreamWorker(ConsumerRebalanceListener):
 
     def _restart_log(self, partition: int, why: str) -> None:
         owned = self.owned[partition]
-        epoch = owned.state.consumed().epoch + 1
-        owned.state.restart_log(epoch)
+        epoch = owned.open_state.consumed().epoch + 1
+        owned.open_state.restart_log(epoch)
         self.totals.log_restarts += 1
         log.warning(
             "%s[%d] LOG RESTARTED: %s. Counting the new log (epoch %d) from its beginning; "
@@ -351,7 +358,7 @@ class StreamWorker(ConsumerRebalanceListener):
 
     def _seek_to_stored(self, partition: int) -> None:
         owned = self.owned[partition]
-        owned.position = owned.state.consumed().next_offset
+        owned.position = owned.open_state.consumed().next_offset
         self._consumer.seek(TopicPartition(self.topic, partition), owned.position)
 
     def _close(self, partition: int) -> None:

@@ -134,8 +134,8 @@ def generate(options: Options) -> Plan:
         day_start = day_end
 
     plan = Plan(messages=[])
-    for _, message in events:
-        plan.events_per_date[message.event_date.isoformat()] += 1
+    for occurred_at, _ in events:
+        plan.events_per_date[occurred_at.date().isoformat()] += 1
     ordered = [message for _, message in events]
     ordered, plan.late = _delay(rng, ordered, options.late)
     ordered, plan.out_of_order = _disorder(rng, ordered, options.out_of_order)
@@ -229,7 +229,8 @@ def _delay(rng: random.Random, messages: list[Message], share: float) -> tuple[l
     """Hold back a share of events and send them after everything else."""
     if share <= 0:
         return messages, 0
-    on_time, late = [], []
+    on_time: list[Message] = []
+    late: list[Message] = []
     for message in messages:
         (late if rng.random() < share else on_time).append(message)
     return on_time + late, len(late)
@@ -313,7 +314,7 @@ def malformed(kind: str, rng: random.Random, until: datetime) -> Message:
     elif kind == "missing_key":
         key = None
     elif kind == "occurred_at_no_offset":
-        event["occurred_at"] = event["occurred_at"].rstrip("Z")
+        event["occurred_at"] = str(event["occurred_at"]).rstrip("Z")
     elif kind == "occurred_at_unparseable":
         event["occurred_at"] = "yesterday at noon"
     elif kind == "occurred_at_after_kafka_timestamp":

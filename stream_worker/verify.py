@@ -62,7 +62,9 @@ def _read_log(consumer, topic: str, manifest: Manifest) -> tuple[Counter, Counte
     tp = TopicPartition(topic, manifest.partition)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
-    valid, rejected, first, end = Counter(), Counter(), None, 0
+    valid: Counter[tuple] = Counter()
+    rejected: Counter[tuple] = Counter()
+    first, end = None, 0
     while True:
         records = [r for batch in consumer.poll(timeout_ms=1000).values() for r in batch]
         end = max(end, consumer.highwater(tp) or 0)

@@ -294,6 +294,8 @@ def _contiguous_end(days: dict[str, dict], since: datetime | None) -> datetime:
         if start > end:  # a day not built (or built only in part) lies in between
             break
         end = max(end, datetime.fromisoformat(days[key]["built_until"]))
+    if end is None:
+        raise ValueError("no day built and no boundary: there is no contiguous run of built hours")
     return end
 
 

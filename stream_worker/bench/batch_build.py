@@ -127,7 +127,7 @@ def _same_table(data_dir: Path, day: date, database: Path) -> bool:
                 union all
                 (select {columns} from hand.hourly_metrics except all select {columns} from read_parquet('{published}'))
             )
-        """).fetchone()[0]
+        """).fetchall()[0][0]
     return differing == 0
 
 
@@ -277,7 +277,7 @@ def _summarize(
 def _why(share: float, reps: list[dict], profile: list[dict], same: bool) -> str:
     if not same:
         return "the hand-written statement and the dbt build disagree, so the comparison does not hold"
-    models = {}
+    models: dict[str, list[float]] = {}
     for rep in reps:
         for name, seconds in rep["dbt"]["models"].items():
             models.setdefault(name, []).append(seconds)

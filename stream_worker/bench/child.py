@@ -242,7 +242,7 @@ def hand_sql(day: str, database: Path) -> None:
         started = time.monotonic()
         con.execute(HOURLY_SQL, {"files": files, "day": day})
         seconds = time.monotonic() - started
-        rows = con.execute("select count(*) from hourly_metrics").fetchone()[0]
+        rows = con.execute("select count(*) from hourly_metrics").fetchall()[0][0]
     _emit({"day": day, "seconds": round(seconds, 3), "rows": rows, "files": len(files)})
 
 

@@ -143,7 +143,7 @@ def per_partition(checkpoints: list, snapshots: list[tuple[float, list[int]]]) -
     pairs in send order and how many checkpoints never showed."""
     found, expected = [], 0
     for partition in range(3):
-        points = []
+        points: list[tuple[float, int]] = []
         for t, _, counts in checkpoints:
             if counts[partition] and (not points or points[-1][1] != counts[partition]):
                 points.append((t, counts[partition]))

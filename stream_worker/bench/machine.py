@@ -32,7 +32,7 @@ def machine() -> dict:
 
 
 def versions(project: Path) -> dict:
-    found = {"python": platform.python_version()}
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for package in PACKAGES:
         try:
             found[package] = metadata.version(package)

@@ -125,6 +125,7 @@ class Child:
                 _group_signal(self.pid, signal.SIGKILL)
                 finished = self._reap(block=True)
         stop_leftovers(descendants)
+        assert finished is not None  # a blocking reap always finds the process
         return finished
 
     def result(self) -> Finished:

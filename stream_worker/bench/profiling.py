@@ -45,7 +45,7 @@ def summarize(stats_file: Path, focus: dict[str, str], waits_in: str | None = No
     Blocked time is left out of the shares; it is taken off the ``waits_in``
     entry (a consumer blocks inside its poll), and off nothing else.
     """
-    stats = pstats.Stats(str(stats_file)).stats
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]  # the table, undocumented
     total = sum(own for _, _, own, _, _ in stats.values()) or 1.0
     waiting = sum(own for key, (_, _, own, _, _) in stats.items() if key[2] in WAITING)
     busy = max(total - waiting, 1e-9)

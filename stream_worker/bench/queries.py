@@ -156,7 +156,7 @@ def profile_answers(settings: Settings, question: Question, count: int = 20, kee
     for _ in range(count):
         answer(settings, question)
     profiler.disable()
-    stats = pstats.Stats(profiler).stats
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]  # the table, undocumented
     total = max(cumulative for _, _, _, cumulative, _ in stats.values())
     rows = []
     for (path, line, function), (_, _, own, cumulative, _) in stats.items():
