@@ -527,13 +527,26 @@ def digests(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('{"boundary": "2026-11-2', "Unterminated string starting at: line 1 column 14 (char 13)"),
-        ("[]", "a JSON list, not an object"),
-        ('{"boundary": "soon", "days": {}}', "\"boundary\" 'soon' is not an ISO date and time"),
-        ('{"days": {"../x": {"file": "f", "built_until": "u"}}}', "the day '../x' is not YYYY-MM-DD"),
-        ('{"days": {"2026-11-01": {"file": 1}}}', 'the entry for 2026-11-01 lacks "file" or "built_until"'),
+        pytest.param(
+            '{"boundary": "2026-11-2', "Unterminated string starting at: line 1 column 14 (char 13)", id="cut-short"
+        ),
+        pytest.param("[]", "a JSON list, not an object", id="not-an-object", marks=pytest.mark.slow),
+        pytest.param(
+            '{"boundary": "soon", "days": {}}', "\"boundary\" 'soon' is not an ISO date and time", id="boundary"
+        ),
+        pytest.param(
+            '{"days": {"../x": {"file": "f", "built_until": "u"}}}',
+            "the day '../x' is not YYYY-MM-DD",
+            id="day",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            '{"days": {"2026-11-01": {"file": 1}}}',
+            'the entry for 2026-11-01 lacks "file" or "built_until"',
+            id="entry",
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["cut-short", "not-an-object", "boundary", "day", "entry"],
 )
 def test_a_damaged_batch_manifest_gets_one_line_naming_the_rebuild(world, text: str, reason: str) -> None:
     path = world.data_dir / "batch" / "manifest.json"
@@ -566,14 +579,22 @@ def test_a_damaged_batch_manifest_gets_one_line_naming_the_rebuild(world, text: 
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('{"topic": "ev', "Unterminated string starting at: line 1 column 11 (char 10)"),
-        (
+        pytest.param(
+            '{"topic": "ev',
+            "Unterminated string starting at: line 1 column 11 (char 10)",
+            id="cut-short",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             '{"topic": "{topic}", "partition": 1, "next_offset": 5, "offset": 9}',
             "Manifest.__init__() got an unexpected keyword argument 'offset'",
+            id="other-keys",
+            marks=pytest.mark.slow,
         ),
-        ('{"topic": "other", "partition": 1, "next_offset": 5}', "it names other[1] at offset 5"),
+        pytest.param(
+            '{"topic": "other", "partition": 1, "next_offset": 5}', "it names other[1] at offset 5", id="other-topic"
+        ),
     ],
-    ids=["cut-short", "other-keys", "other-topic"],
 )
 def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, text: str, reason: str) -> None:
     """The manifest says which raw files count: the archiver neither guesses nor deletes files it
@@ -602,8 +623,10 @@ def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, t
 
 @pytest.mark.parametrize(
     "text",
-    ['[{"file": "batch/publ', '[{"file": "../outside", "retired_at": "2026-01-01T00:00:00+00:00"}]'],
-    ids=["cut-short", "outside-the-data"],
+    [
+        pytest.param('[{"file": "batch/publ', id="cut-short", marks=pytest.mark.slow),
+        pytest.param('[{"file": "../outside", "retired_at": "2026-01-01T00:00:00+00:00"}]', id="outside-the-data"),
+    ],
 )
 def test_a_damaged_list_of_retired_files_fails_no_build(world, text: str) -> None:
     """The list only schedules deletions, and it is read after the day is published: the build

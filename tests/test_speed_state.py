@@ -174,7 +174,7 @@ def test_a_damaged_state_file_is_refused_with_the_way_out(tmp_path) -> None:
         PartitionState(path, 0)
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", [*range(4), *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(4, 8))])
 def test_each_user_day_is_served_once_across_both_layers_whatever_the_order(tmp_path, seed) -> None:
     """One partition, a day of events arriving out of order, counted in random micro-batches while
     the batch builds ever more of the day (the boundary moving on, rebuilds reading late events).
