@@ -147,7 +147,7 @@ class Archiver(ConsumerRebalanceListener):
                     raise self._fatal
                 if self._watch.departures > self._departures_seen:
                     self._publish_on_departure()
-                polled = self._consumer.poll(timeout_ms=500)
+                polled = clients.poll(self._consumer, self._watch.client_complained, timeout_ms=500)
                 if self._connections.since_last_asked():
                     self._publish_before_new_connection()
                 self._accept(polled)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -62,6 +64,20 @@ def consumer(bootstrap: str, group_id: str | None, **overrides: object) -> Kafka
 
 # The cluster id Tansu, the embedded broker, reports unless told otherwise.
 TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+def poll(consumer: KafkaConsumer, complained: Callable[[], object], **options: Any) -> dict:
+    """``consumer.poll(**options)`` that outlasts a broker going away. kafka-python 3.0 mostly retries
+    on its own, but some connection errors (its coordinator lookup, refused while the broker is down)
+    it raises out of poll; those are an empty poll here, after telling the broker watch
+    (``complained``), and the client reconnects on the next one."""
+    try:
+        return consumer.poll(**options)
+    except (KafkaConnectionError, KafkaTimeoutError) as error:
+        complained()
+        log.debug("poll: %s; polling again", error)
+        time.sleep(0.2)  # it raised at once: do not spin
+        return {}
 
 
 def close_consumer(consumer: KafkaConsumer) -> None:

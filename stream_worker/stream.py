@@ -170,7 +170,12 @@ class StreamWorker(ConsumerRebalanceListener):
                 self._open_pending()
                 if self._fatal is not None:
                     raise self._fatal
-                polled = self._consumer.poll(timeout_ms=MAX_BATCH_WAIT_MS, max_records=MAX_BATCH_MESSAGES)
+                polled = clients.poll(
+                    self._consumer,
+                    self._watch.client_complained,
+                    timeout_ms=MAX_BATCH_WAIT_MS,
+                    max_records=MAX_BATCH_MESSAGES,
+                )
                 self._count(polled)
                 self._follow_batch()
                 self._read_end_offsets()
