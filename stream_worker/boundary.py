@@ -67,10 +67,7 @@ def boundary_of(manifest: dict | None) -> datetime | None:
     """The boundary a manifest holds, as a naive UTC datetime."""
     if not manifest or not manifest.get("boundary"):
         return None
-    boundary = datetime.fromisoformat(manifest["boundary"])
-    if boundary.tzinfo is not None:
-        boundary = boundary.astimezone(UTC).replace(tzinfo=None)
-    return boundary
+    return _naive_utc(datetime.fromisoformat(manifest["boundary"]))
 
 
 def log_id(first_record: dict | None) -> str | None:
@@ -86,7 +83,8 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
-def _start_of(day: date) -> datetime:
+def start_of(day: date) -> datetime:
+    """Midnight UTC starting ``day``, naive like the boundary."""
     return datetime(day.year, day.month, day.day)
 
 
@@ -113,13 +111,13 @@ class BatchHours:
             if boundary is None:
                 continue
             until = min(boundary, _naive_utc(datetime.fromisoformat(entry["built_until"])))
-            if until > _start_of(day):
+            if until > start_of(day):
                 served_until[day] = until
         return cls(boundary, served_until, covered)
 
     def until(self, day: date) -> datetime:
         """The end of ``day``'s batch-served hours: its start when the batch serves none of them."""
-        return self.served_until.get(day, _start_of(day))
+        return self.served_until.get(day, start_of(day))
 
     def serves(self, hour: datetime) -> bool:
         """Does the batch serve the hour starting at ``hour``?"""

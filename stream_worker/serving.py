@@ -29,7 +29,7 @@ import jinja2
 import polars as pl
 
 from stream_worker import metrics
-from stream_worker.boundary import BatchHours, boundary_of, read_manifest
+from stream_worker.boundary import BatchHours, boundary_of, read_manifest, start_of
 from stream_worker.config import Settings
 from stream_worker.errors import LambdaflowError
 
@@ -110,7 +110,7 @@ class ServingInputs:
             if start <= day <= end and day in self.served_until
         ]
         speed_serves = any(
-            self._until(start + timedelta(days=n)) < _start_of(start + timedelta(days=n + 1))
+            self._until(start + timedelta(days=n)) < start_of(start + timedelta(days=n + 1))
             for n in range((end - start).days + 1)
         )
         return replace(
@@ -122,7 +122,7 @@ class ServingInputs:
         )
 
     def _until(self, day: date) -> datetime:
-        return self.served_until.get(day, _start_of(day))
+        return self.served_until.get(day, start_of(day))
 
     @contextmanager
     def pinned(self) -> Iterator[ServingInputs]:
@@ -323,15 +323,10 @@ def _total(metric: str) -> str:
     return f"cast(case when bool_or({metric} is null) then null else sum({metric}) end as bigint) as {metric}"
 
 
-def _start_of(day: date) -> datetime:
-    """Midnight UTC starting ``day``, naive like the boundary."""
-    return datetime(day.year, day.month, day.day)
-
-
 def _source(day: date, hour: int | None, served_until: datetime | None) -> str:
     """Which layer serves the hour (or the day, when ``hour`` is None), given the end of the day's
     batch-served hours (None: the batch serves none of them)."""
-    start = _start_of(day) + timedelta(hours=hour or 0)
+    start = start_of(day) + timedelta(hours=hour or 0)
     end = start + (timedelta(hours=1) if hour is not None else timedelta(days=1))
     if served_until is None or served_until <= start:
         return "realtime"

@@ -34,7 +34,7 @@ import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from stream_worker import clients, reconcile
-from stream_worker.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest
+from stream_worker.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest, start_of
 from stream_worker.broker_watch import BrokerWatch
 from stream_worker.contract import EVENT_SCHEMA, Classifier, records_frame
 from stream_worker.errors import LambdaflowError
@@ -464,10 +464,6 @@ class StreamWorker(ConsumerRebalanceListener):
         progress.messages_at_last_report = self.totals.messages
 
 
-def _start_of(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day)
-
-
 def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
     """The first day the speed layer keeps (None: keep all): it drops the days before the boundary (less
     the grace) that the batch serves whole and whose reconciliation passed, never a day the batch has
@@ -478,7 +474,7 @@ def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace:
     first_kept = (hours.boundary - grace).date()
     day = earliest
     while day < first_kept:
-        if hours.until(day) < _start_of(day + timedelta(days=1)) or not reconcile.passed(data_dir, day):
+        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconcile.passed(data_dir, day):
             return day
         day += timedelta(days=1)
     return first_kept

@@ -55,14 +55,16 @@ def test_an_earlier_event_arriving_later_moves_the_attribution(state) -> None:
 
 
 def built(until_hour: int, read_below: int, epoch: int = 0) -> BatchHours:
-    """2026-11-26 built until ``until_hour`` (the boundary), its build having read partition 0 below ``read_below``."""
+    """2026-11-26 built until ``until_hour`` (the boundary; 24 is the whole day), its build having read
+    partition 0 below ``read_below``."""
+    until = (datetime(2026, 11, 26, tzinfo=UTC) + timedelta(hours=until_hour)).isoformat()
     return BatchHours.of(
         {
-            "boundary": f"2026-11-26T{until_hour:02d}:00:00+00:00",
+            "boundary": until,
             "days": {
                 "2026-11-26": {
                     "file": "batch/published/x.parquet",
-                    "built_until": f"2026-11-26T{until_hour:02d}:00:00+00:00",
+                    "built_until": until,
                     "covered": {"0": {"epoch": epoch, "offset": read_below}},
                 }
             },
@@ -204,30 +206,11 @@ def test_each_user_day_is_served_once_across_both_layers_whatever_the_order(tmp_
         if rng.random() < 0.3:  # a build: the boundary moves on (or stays), reading what has arrived
             boundary_hour = min(24, boundary_hour + rng.randrange(0, 6))
             read_below = consumed
-            batch = (
-                built(until_hour=boundary_hour, read_below=read_below)
-                if boundary_hour < 24
-                else built_whole_day(read_below)
-            )
+            batch = built(until_hour=boundary_hour, read_below=read_below)
             state.follow(batch)
         expected = _served_once(rows[:consumed], boundary_hour, read_below)
         assert served_users(state, batch or BatchHours.of(None)) == expected, (seed, consumed)
     state.close()
-
-
-def built_whole_day(read_below: int) -> BatchHours:
-    return BatchHours.of(
-        {
-            "boundary": "2026-11-27T00:00:00+00:00",
-            "days": {
-                "2026-11-26": {
-                    "file": "batch/published/x.parquet",
-                    "built_until": "2026-11-27T00:00:00+00:00",
-                    "covered": {"0": {"epoch": 0, "offset": read_below}},
-                }
-            },
-        }
-    )
 
 
 def _served_once(arrived: list[tuple], boundary_hour: int, read_below: int) -> list[tuple[int, str, int]]:
