@@ -131,7 +131,12 @@ class _QuietWhileAway(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("kafka") or record.levelno < logging.WARNING:
             return True
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+        if record.exc_info and not verbose:
+            # The client's own tracebacks (a socket reset as the broker leaves, logged before the
+            # probe can tell the broker is gone) say nothing a user can act on: its line stays.
+            record.exc_info, record.exc_text = None, None
         if not self.watch.client_complained():
             return True
         self.watch.quieted += 1
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return verbose
