@@ -31,12 +31,12 @@ test-all: install
 	$(PYTEST)
 
 demo: install
-	$(BIN)/python -m stream_worker.demo
+	$(BIN)/python -m lambdaflow.ops.demo
 
 # Every layer against its ceiling or peer; results in bench/results/ (report.md, summary.json,
 # PNG plots). QUICK=1: small sizes, minutes instead of half an hour; `make test-all` runs it.
 bench: install
-	$(BIN)/python -m stream_worker.bench $(if $(QUICK),--quick)
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
 # A seeded, randomized fault run checked against the log: kill -9s, rebalances, a paused broker,
 # builds and a backfill while events flow. SEED=<n> replays a run; `make test-all` runs a short one.
@@ -58,15 +58,15 @@ docs: install
 up: export LAMBDAFLOW_DATA_DIR ?= $(CURDIR)/data
 up: export LAMBDAFLOW_DOCS_PORT ?= $(DOCS_PORT)
 up: install
-	$(BIN)/python -m stream_worker.stack up --format table
+	$(BIN)/python -m lambdaflow.ops.stack up --format table
 
 down: export LAMBDAFLOW_DATA_DIR ?= $(CURDIR)/data
 down:
-	$(BIN)/python -m stream_worker.stack down --format table
+	$(BIN)/python -m lambdaflow.ops.stack down --format table
 
 # Re-resolve requirements.txt from pyproject.toml's direct dependencies.
 lock:
-	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --quiet -o requirements.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --quiet -o requirements.txt
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -67,35 +67,36 @@ def _start_date() -> pendulum.DateTime:
 def lambda_batch():
     @task.sensor(poke_interval=60, timeout=6 * 3600, mode="reschedule")
     def wait_for_complete_day(params=None, data_interval_start=None) -> PokeReturnValue:
-        from lambdaflow_dags import batch
-        from stream_worker.config import settings
+        from lambdaflow.batch import build
+        from lambdaflow.batch.completeness import completeness
+        from lambdaflow.core.config import settings
 
         config = settings()
-        state = batch.completeness(config)
-        with batch.failing_at_once():  # a ds in the future or not a date: no retry makes it right
-            day = batch.run_day(params, data_interval_start)
+        state = completeness(config)
+        with build.failing_at_once():  # a ds in the future or not a date: no retry makes it right
+            day = build.run_day(params, data_interval_start)
         if not state.day_is_complete(day):
             print(state.explain(day, config.allowed_lateness))
         return PokeReturnValue(is_done=state.day_is_complete(day))
 
     @task
     def build_day(params=None, data_interval_start=None) -> str:
-        from lambdaflow_dags import batch
-        from stream_worker.config import settings
+        from lambdaflow.batch import build
+        from lambdaflow.core.config import settings
 
-        with batch.failing_at_once():  # a bad definition or raw file: nothing is written, no retry
-            manifest = batch.build(settings(), batch.run_day(params, data_interval_start))
+        with build.failing_at_once():  # a bad definition or raw file: nothing is written, no retry
+            manifest = build.build_day(settings(), build.run_day(params, data_interval_start))
         return manifest["boundary"]
 
     @task
     def reconcile_day(params=None, data_interval_start=None) -> dict:
-        from lambdaflow_dags import batch
-        from stream_worker.config import settings
-        from stream_worker.reconcile import reconcile, require_within_threshold
+        from lambdaflow.batch import build
+        from lambdaflow.core.config import settings
+        from lambdaflow.serving.reconcile import reconcile, require_within_threshold
 
         config = settings()
-        with batch.failing_at_once():
-            rows = reconcile(config, batch.run_day(params, data_interval_start))
+        with build.failing_at_once():
+            rows = reconcile(config, build.run_day(params, data_interval_start))
         for row in rows:
             print(
                 {

@@ -29,23 +29,23 @@ from airflow.sdk import dag, task
 def lambda_batch_late():
     @task
     def rebuild_late_days() -> list[str]:
-        from lambdaflow_dags import batch
-        from stream_worker.config import settings
+        from lambdaflow.batch import build
+        from lambdaflow.core.config import settings
 
-        with batch.failing_at_once():
-            return batch.rebuild_late_days(settings())
+        with build.failing_at_once():
+            return build.rebuild_late_days(settings())
 
     @task
     def reconcile_rebuilt_days(days: list[str]) -> None:
         from datetime import date
 
-        from lambdaflow_dags import batch
-        from stream_worker.config import settings
-        from stream_worker.reconcile import reconcile, require_within_threshold
+        from lambdaflow.batch import build
+        from lambdaflow.core.config import settings
+        from lambdaflow.serving.reconcile import reconcile, require_within_threshold
 
         config = settings()
         for day in days:
-            with batch.failing_at_once():
+            with build.failing_at_once():
                 rows = reconcile(config, date.fromisoformat(day))
             require_within_threshold(rows, config.reconcile_threshold)
 

@@ -37,11 +37,11 @@ from airflow.sdk import Param, dag, task
 def lambda_batch_today():
     @task
     def build_complete_hours(params=None) -> str:
-        from lambdaflow_dags import batch
-        from stream_worker.config import settings
+        from lambdaflow.batch import build
+        from lambdaflow.core.config import settings
 
-        with batch.failing_at_once():  # a bad ds, definition or raw file: nothing is written, no retry
-            return batch.build_today(settings(), params.get("ds"))["boundary"]
+        with build.failing_at_once():  # a bad ds, definition or raw file: nothing is written, no retry
+            return build.build_today(settings(), params.get("ds"))["boundary"]
 
     build_complete_hours()
 

@@ -1,2 +1,1 @@
-"""lambdaflow's Kafka-facing code: the event contract, the embedded broker, the
-workers of both consumer groups, and the `lambdaflow` command line."""
+"""The speed layer: the stream worker, its state and replay (consumer group `speed`)."""

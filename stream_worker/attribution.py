@@ -26,8 +26,8 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from stream_worker import aggregate
-from stream_worker.boundary import BatchHours
+from lambdaflow.core import aggregate
+from lambdaflow.core.boundary import BatchHours
 
 SCHEMA = """
 create table if not exists late_firsts (

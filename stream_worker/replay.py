@@ -24,8 +24,8 @@ from pathlib import Path
 
 import duckdb
 
-from stream_worker.errors import LambdaflowError
-from stream_worker.stream import GENERATIONS, SpeedPaths, StreamWorker, Totals
+from lambdaflow.core.errors import LambdaflowError
+from stream_worker.worker import GENERATIONS, SpeedPaths, StreamWorker, Totals
 
 log = logging.getLogger(__name__)
 

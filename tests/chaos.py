@@ -65,9 +65,10 @@ from ground_truth import METRICS, hourly_metrics  # noqa: E402
 from kafka_helpers import read_all  # noqa: E402
 from worker_helpers import WorkerProcess, archived_rows, assert_nothing_half_written  # noqa: E402
 
-from stream_worker import clients, synthetic  # noqa: E402
-from stream_worker.broker import EmbeddedBroker  # noqa: E402
-from stream_worker.produce import RateLimiter  # noqa: E402
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.broker import EmbeddedBroker  # noqa: E402
+from lambdaflow.synthetic import generator  # noqa: E402
+from lambdaflow.synthetic.producer import RateLimiter  # noqa: E402
 
 log = logging.getLogger("chaos")
 
@@ -241,9 +242,9 @@ def served_once(tally: Tally, moment: str) -> None:
     """One reading of what is served now: every (day, hour) must come from exactly the layer the
     manifest assigns it (the batch for a built day's hours before both the boundary and its
     built_until, the speed layer for every other hour), never from both, never from neither."""
-    from stream_worker.boundary import BatchHours, read_manifest
-    from stream_worker.config import settings
-    from stream_worker.serving import ServingInputs, hourly_rows
+    from lambdaflow.core.boundary import BatchHours, read_manifest
+    from lambdaflow.core.config import settings
+    from lambdaflow.serving.query import ServingInputs, hourly_rows
 
     config = settings()
     manifest = read_manifest(config.data_dir)
@@ -274,12 +275,10 @@ def build_server() -> int:
     ("today": the manual batch, "late": the late DAG), one JSON result per line on stdout."""
     results = os.fdopen(os.dup(1), "w")  # the results alone; whatever Airflow and dbt print goes to stderr
     os.dup2(2, 1)
-    from stream_worker.batch_runner import run_batch, run_late
-    from stream_worker.config import settings
-    from stream_worker.errors import LambdaflowError
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
-    from lambdaflow_dags.batch import DayNotComplete
+    from lambdaflow.batch.completeness import DayNotComplete
+    from lambdaflow.batch.runner import run_batch, run_late
+    from lambdaflow.core.config import settings
+    from lambdaflow.core.errors import LambdaflowError
 
     for day in (day for line in sys.stdin for day in line.split()):
         try:
@@ -299,7 +298,7 @@ def build_server() -> int:
 class Producer(threading.Thread):
     """Sends the seed's plan at a steady rate and remembers how many messages the broker acknowledged."""
 
-    def __init__(self, bootstrap: str, plan: synthetic.Plan, seconds: float, seed: int) -> None:
+    def __init__(self, bootstrap: str, plan: generator.Plan, seconds: float, seed: int) -> None:
         super().__init__(name="producer", daemon=True)
         self.bootstrap = bootstrap
         self.plan = plan
@@ -360,8 +359,8 @@ def run(scenario: Scenario, work: Path) -> int:
     now = datetime.now(UTC)
     today = now.date()
     closed_days = [(today - timedelta(days=n)).isoformat() for n in range(HISTORY_DAYS, 0, -1)]
-    plan = synthetic.generate(
-        synthetic.Options(
+    plan = generator.generate(
+        generator.Options(
             days=HISTORY_DAYS,
             events_per_day=scenario.events_per_day,
             seed=scenario.seed,
@@ -484,9 +483,8 @@ def _act(
 def _until_an_hour_of_today_is_complete(builds: Builds, deadline: float) -> None:
     """Wait (taking build results meanwhile) until the archivers have made an hour of today complete,
     so that the first batch builds today while every day behind it is still unbuilt."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
-    from lambdaflow_dags.batch import complete_hours_of
-    from stream_worker.config import settings
+    from lambdaflow.batch.completeness import complete_hours_of
+    from lambdaflow.core.config import settings
 
     today = datetime.now(UTC).date()
     midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
@@ -498,7 +496,7 @@ def _two_triggers(env: dict[str, str], tally: Tally) -> None:
     """Two `lambdaflow batch --today` at once: each builds, or refuses with one clear line."""
     both = [
         subprocess.Popen(
-            [sys.executable, "-m", "stream_worker", "batch", "--today"],
+            [sys.executable, "-m", "lambdaflow", "batch", "--today"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -628,7 +626,7 @@ def _verify(
 
 def _query(env: dict[str, str], *args: str) -> list[dict]:
     done = subprocess.run(
-        [sys.executable, "-m", "stream_worker", "query", *args],
+        [sys.executable, "-m", "lambdaflow", "query", *args],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stream_worker.config import Settings
+from lambdaflow.core.config import Settings
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Cli:
 
     def __call__(self, *args: str, timeout: float = 300, cwd: Path | None = None) -> CliResult:
         done = subprocess.run(
-            [sys.executable, "-m", "stream_worker", *args],
+            [sys.executable, "-m", "lambdaflow", *args],
             env=self.env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 A `lambdaflow batch` process spends most of its time importing Airflow and dbt before the DAG
 run starts. A test world that builds many times starts this process once (its environment is
 the world's, fixed for its life, as Airflow reads its configuration on import) and sends it each
-command line: it runs `stream_worker.cli.main` with that argv, its file descriptors 1 and 2
+command line: it runs `lambdaflow.cli.main` with that argv, its file descriptors 1 and 2
 pointed at the files the request names, and replies with the exit code. Output, exit code and
 the DAG run are those of the real command; only the imports are paid once.
 
@@ -20,7 +20,7 @@ import traceback
 
 
 def run(args: list[str], stdout_path: str, stderr_path: str) -> int:
-    from stream_worker.cli import main
+    from lambdaflow.cli import main
 
     sys.stdout.flush()
     sys.stderr.flush()

@@ -16,8 +16,8 @@ import pytest
 from cli_helpers import Cli
 from worker_helpers import RestartableBroker
 
-from stream_worker.broker import EmbeddedBroker
-from stream_worker.clients import ensure_topic
+from lambdaflow.kafka.broker import EmbeddedBroker
+from lambdaflow.kafka.clients import ensure_topic
 
 # The modules that take longest (the chaos and bench runs and the stack in the slow tier, a shared
 # world to build, kill loops, replays) are handed out first under `pytest -n`, so that no worker

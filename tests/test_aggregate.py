@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from stream_worker import aggregate
-from stream_worker.contract import EVENT_SCHEMA
+from lambdaflow.core import aggregate
+from lambdaflow.core.contract import EVENT_SCHEMA
 
 
 def events(*rows: tuple) -> pl.DataFrame:

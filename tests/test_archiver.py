@@ -22,17 +22,17 @@ from worker_helpers import (
     wait_for,
 )
 
-from stream_worker import synthetic
-from stream_worker.produce import produce
-from stream_worker.raw_store import BatchRange, RawStore
+from lambdaflow.core.raw_store import BatchRange, RawStore
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def midnight_today() -> datetime:
     return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def options(days: int, per_day: int, seed: int, **shares: float) -> synthetic.Options:
-    return synthetic.Options(days=days, events_per_day=per_day, seed=seed, until=midnight_today(), **shares)
+def options(days: int, per_day: int, seed: int, **shares: float) -> generator.Options:
+    return generator.Options(days=days, events_per_day=per_day, seed=seed, until=midnight_today(), **shares)
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_a_crashed_batch_is_ignored_by_readers_and_removed_on_assignment(
 
 
 def test_a_published_name_is_never_replaced(tmp_path) -> None:
-    from stream_worker.files import publish_new
+    from lambdaflow.core.files import publish_new
 
     final = tmp_path / "out" / "events-0-0-0-9.parquet"
     final.parent.mkdir()

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from cli_helpers import CliResult, TopicWorld
 
-from stream_worker import synthetic
-from stream_worker.clients import ensure_topic
-from stream_worker.produce import produce
-from stream_worker.raw_store import BatchRange
+from lambdaflow.core.raw_store import BatchRange
+from lambdaflow.kafka.clients import ensure_topic
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 PROJECT = Path(__file__).resolve().parents[1]
 METRICS = ["events", "new_users", "active_users", "orders", "revenue_cents", "page_views"]
@@ -77,7 +77,7 @@ def world(kafka_bootstrap, tmp_path_factory) -> World:
         kafka_bootstrap,
         world.topic,
         3,
-        synthetic.Options(days=2, events_per_day=1_500, seed=1313, until=midnight, duplicates=0.02, malformed=0.02),
+        generator.Options(days=2, events_per_day=1_500, seed=1313, until=midnight, duplicates=0.02, malformed=0.02),
     )
     for command in (["archive", "--until-idle"], ["stream", "--until-idle"], ["batch", "--date", str(world.built)]):
         done = world.lambdaflow(*command)
@@ -189,16 +189,16 @@ def test_a_bad_date_gets_one_line_and_writes_nothing(world, command: str, value:
 
 DAG_RUNS = """
 import json, sys
-from stream_worker import airflow_home, batch_runner
-from stream_worker.config import settings
+from lambdaflow.batch import airflow_home
+from lambdaflow.batch import runner
+from lambdaflow.core.config import settings
 
 airflow_home.prepare(settings())
-sys.path.insert(0, str(airflow_home.DAGS_FOLDER))
 results = []
 for ds in json.loads(sys.argv[1]):
-    with batch_runner._stdout_to_stderr():  # Airflow logs to stdout
+    with runner.stdout_to_stderr():  # Airflow logs to stdout
         try:
-            run = batch_runner._load_dag("lambda_batch").test(logical_date=None, run_conf={"ds": ds})
+            run = runner.load_dag("lambda_batch").test(logical_date=None, run_conf={"ds": ds})
         except Exception as error:
             results.append({"ds": ds, "refused": f"{type(error).__name__}: {error}"})
             continue
@@ -284,11 +284,11 @@ def defined_metrics() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory) -> Path:
-    """A copy of the project's code, DAGs and dbt project: `python -m stream_worker` run in it reads
+    """A copy of the project's code, DAGs and dbt project: `python -m lambdaflow` run in it reads
     the copy's definition, as test_parity.py builds a copy of the dbt project."""
     root = tmp_path_factory.mktemp("project")
     ignore = shutil.ignore_patterns("__pycache__", "target", "logs", "dbt_packages", "bench")
-    for part in ("stream_worker", "dags", "dbt_project"):
+    for part in ("lambdaflow", "stream_worker", "dags", "dbt_project"):
         shutil.copytree(PROJECT / part, root / part, ignore=ignore)
     return root
 
@@ -652,7 +652,7 @@ def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(
     the last boundary it read; moved aside, the manifest is no longer in the way of queries."""
     midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
     yesterday = str((midnight - timedelta(days=1)).date())
-    sent = produce(kafka_bootstrap, topic, 3, synthetic.Options(days=1, events_per_day=300, seed=17, until=midnight))
+    sent = produce(kafka_bootstrap, topic, 3, generator.Options(days=1, events_per_day=300, seed=17, until=midnight))
     manifest = data_dir / "batch" / "manifest.json"
     manifest.parent.mkdir(parents=True)
     manifest.write_text("{")

@@ -22,13 +22,15 @@ from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from worker_helpers import WorkerProcess
 
-from stream_worker import airflow_home, clients, synthetic
-from stream_worker import metrics as metric_definitions
-from stream_worker.clients import ensure_topic
-from stream_worker.produce import produce
-from stream_worker.serving import Question, answer
-from stream_worker.speed_state import PartitionState
-from stream_worker.stream import SpeedPaths
+from lambdaflow.batch import airflow_home
+from lambdaflow.core import metrics as metric_definitions
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.clients import ensure_topic
+from lambdaflow.serving.query import Question, answer
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
+from stream_worker.state import PartitionState
+from stream_worker.worker import SpeedPaths
 
 
 class BatchWorld(TopicWorld):
@@ -72,7 +74,7 @@ def world(kafka_bootstrap, tmp_path_factory) -> Iterator[BatchWorld]:
         kafka_bootstrap,
         world.topic,
         3,
-        synthetic.Options(
+        generator.Options(
             days=3,
             events_per_day=6_000,
             seed=81,
@@ -87,7 +89,7 @@ def world(kafka_bootstrap, tmp_path_factory) -> Iterator[BatchWorld]:
         kafka_bootstrap,
         world.topic,
         3,
-        synthetic.Options(
+        generator.Options(
             days=0,
             events_per_day=6_000,
             seed=82,
@@ -243,7 +245,7 @@ def test_two_batches_at_once_both_finish_and_delete_no_run_triggered_in_the_ui(w
     ]
     batches = [
         subprocess.Popen(
-            [sys.executable, "-m", "stream_worker", "batch", "--today"],
+            [sys.executable, "-m", "lambdaflow", "batch", "--today"],
             env=world.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -295,7 +297,7 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world, tmp_path) -> None:
     import time
     import urllib.request
 
-    from stream_worker.broker import free_port
+    from lambdaflow.kafka.broker import free_port
 
     port = free_port()
     project = Path(__file__).resolve().parents[1]
@@ -551,7 +553,7 @@ def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(wo
     producer = threading.Thread(target=live_events, args=(world.bootstrap, world.topic, stop, sent))
     producer.start()
     build = subprocess.Popen(
-        [sys.executable, "-m", "stream_worker", "batch", "--date", rebuilt.isoformat()],
+        [sys.executable, "-m", "lambdaflow", "batch", "--date", rebuilt.isoformat()],
         env=world.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -58,7 +58,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW", "DBT_"))}
     env["TMPDIR"] = str(scratch)  # the benchmark's scratch folder, and so every child's environment, names it
     done = subprocess.run(
-        [sys.executable, "-m", "stream_worker.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -121,7 +121,7 @@ def test_quick_bench_leaves_no_process_and_no_scratch_behind(quick_run) -> None:
 
 
 def test_percentile_is_the_nearest_rank() -> None:
-    from stream_worker.bench.core import percentile
+    from bench.core import percentile
 
     values = list(range(1, 101))
     assert percentile(values, 0.5) == 50
@@ -130,7 +130,7 @@ def test_percentile_is_the_nearest_rank() -> None:
 
 
 def test_an_event_is_visible_from_the_first_answer_that_counts_it() -> None:
-    from stream_worker.bench.freshness import latencies
+    from bench.freshness import latencies
 
     sent = [(10.0, 100), (10.5, 200), (11.0, 300)]
     shown = [(10.2, 50), (10.7, 150), (11.1, 250), (11.4, 300)]
@@ -139,7 +139,7 @@ def test_an_event_is_visible_from_the_first_answer_that_counts_it() -> None:
 
 
 def test_raw_files_per_day_follow_the_roll_policy() -> None:
-    from stream_worker.bench.footprint import files_per_partition_per_day
+    from bench.footprint import files_per_partition_per_day
 
     mb64 = 64 * 1024 * 1024
     assert files_per_partition_per_day(0, 140, mb64, 300) == 289  # a quiet topic rolls on time

@@ -21,16 +21,17 @@ import duckdb
 import pytest
 from worker_helpers import WorkerProcess, wait_for
 
-from stream_worker import clients, synthetic
-from stream_worker.broker_watch import BrokerWatch
-from stream_worker.produce import produce
-from stream_worker.raw_store import RawStore
+from lambdaflow.core.raw_store import RawStore
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.broker_watch import BrokerWatch
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 AWAY_SECONDS = 12
 
 
-def today_so_far(seed: int, per_day: int) -> synthetic.Options:
-    return synthetic.Options(days=0, events_per_day=per_day, seed=seed, until=datetime.now(UTC))
+def today_so_far(seed: int, per_day: int) -> generator.Options:
+    return generator.Options(days=0, events_per_day=per_day, seed=seed, until=datetime.now(UTC))
 
 
 def read_offsets(store: RawStore) -> dict[int, tuple[int | None, int | None]]:
@@ -122,7 +123,7 @@ def send_to_partition_0(bootstrap: str, topic: str, count: int, seed: int) -> No
     clients.ensure_topic(bootstrap, topic, 3)
     producer = clients.producer(bootstrap)
     try:
-        for message in itertools.islice(synthetic.live(seed, events_per_day=10_000), count):
+        for message in itertools.islice(generator.live(seed, events_per_day=10_000), count):
             producer.send(topic, key=message.key, value=message.value, partition=0).get(timeout=30)
     finally:
         producer.close()
@@ -175,7 +176,7 @@ def test_the_watch_says_it_once_reports_every_30_s_and_backs_off(caplog) -> None
         return answers[0]
 
     watch = BrokerWatch("127.0.0.1:1", "worker", clock=clock, reachable=reachable)
-    caplog.set_level("INFO", logger="stream_worker.broker_watch")
+    caplog.set_level("INFO", logger="lambdaflow.kafka.broker_watch")
     assert watch.client_complained() is False  # a client error while the broker answers: shown
     answers[0] = False
     clock.now += 1
@@ -201,7 +202,7 @@ def test_the_watch_says_it_once_reports_every_30_s_and_backs_off(caplog) -> None
 def test_the_watch_says_the_broker_answers_again_before_the_rejoin_does(caplog) -> None:
     clock, answers = FakeClock(), [False]
     watch = BrokerWatch("127.0.0.1:1", "worker", clock=clock, reachable=lambda: answers[0])
-    caplog.set_level("INFO", logger="stream_worker.broker_watch")
+    caplog.set_level("INFO", logger="lambdaflow.kafka.broker_watch")
     watch.client_got_through()  # the broker answers: nothing to say
     assert not caplog.records
     assert watch.client_complained() is True  # the broker goes away

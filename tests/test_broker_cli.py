@@ -11,7 +11,7 @@ import sys
 import pytest
 from kafka import KafkaConsumer
 
-from stream_worker.broker import free_port, port_answers
+from lambdaflow.kafka.broker import free_port, port_answers
 
 
 def _alive(pid: int) -> bool:
@@ -27,7 +27,7 @@ def _alive(pid: int) -> bool:
 class BrokerCommand:
     def __init__(self, cli, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream_worker", "broker", *args],
+            [sys.executable, "-m", "lambdaflow", "broker", *args],
             env=cli.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

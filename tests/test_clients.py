@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kafka.errors import KafkaConnectionError
 
-from stream_worker import clients
+from lambdaflow.kafka import clients
 
 
 class RaisingOnce:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from cli_helpers import TopicWorld
 
-from stream_worker import synthetic
-from stream_worker.clients import ensure_topic
-from stream_worker.produce import produce
+from lambdaflow.kafka.clients import ensure_topic
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def test_a_topic_with_more_partitions_than_the_setting_waits_for_every_one(kafka_bootstrap, tmp_path) -> None:
@@ -18,7 +18,7 @@ def test_a_topic_with_more_partitions_than_the_setting_waits_for_every_one(kafka
     ensure_topic(kafka_bootstrap, world.topic, 4)
     midnight = datetime.combine(world.today, datetime.min.time(), UTC)
     yesterday = str(world.today - timedelta(days=1))
-    produce(kafka_bootstrap, world.topic, 4, synthetic.Options(days=1, events_per_day=2_000, seed=6, until=midnight))
+    produce(kafka_bootstrap, world.topic, 4, generator.Options(days=1, events_per_day=2_000, seed=6, until=midnight))
     archived = world.lambdaflow("archive", "--until-idle")
     assert archived.exit_code == 0, archived.stderr[-3000:]
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from stream_worker.airflow_home import DAGS_FOLDER, WAREHOUSE_POOL, airflow_env
+from lambdaflow.batch.airflow_home import DAGS_FOLDER, WAREHOUSE_POOL, airflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -80,7 +80,7 @@ results = []
 for program, cwd, argv in json.load(sys.stdin):
     os.chdir(cwd)
     if program == "lambdaflow":
-        from stream_worker.cli import cli
+        from lambdaflow.cli import cli
         results.append(click_check(cli, "lambdaflow", argv))
     elif program == "dbt":
         from dbt.cli.main import cli

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_worker.config import Settings
-from stream_worker.errors import ConfigError
+from lambdaflow.core.config import Settings
+from lambdaflow.core.errors import ConfigError
 
 
 def test_defaults_run_on_one_machine_with_no_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

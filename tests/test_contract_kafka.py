@@ -9,9 +9,9 @@ import polars as pl
 from contract_oracle import expected_event, expected_reason
 from kafka_helpers import read_all
 
-from stream_worker import synthetic
-from stream_worker.contract import classify, records_frame
-from stream_worker.produce import produce
+from lambdaflow.core.contract import classify, records_frame
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def _midnight_today() -> datetime:
@@ -19,7 +19,7 @@ def _midnight_today() -> datetime:
 
 
 def test_100k_messages_are_classified_as_an_independent_reading_expects(kafka_bootstrap: str, topic: str) -> None:
-    options = synthetic.Options(
+    options = generator.Options(
         days=3,
         events_per_day=34_000,
         seed=11,
@@ -46,7 +46,7 @@ def test_100k_messages_are_classified_as_an_independent_reading_expects(kafka_bo
     assert got == expected
 
     # The producer's own labels agree: every malformed kind is rejected as itself.
-    sent_kinds = Counter(m.kind for m in synthetic.generate(options).messages)
+    sent_kinds = Counter(m.kind for m in generator.generate(options).messages)
     rejected = Counter(decoded.rejects["reason"].to_list())
     assert rejected == Counter({k: n for k, n in sent_kinds.items() if k not in ("event", "duplicate")})
     assert decoded.events.height == sent_kinds["event"] + sent_kinds["duplicate"]
@@ -62,7 +62,7 @@ def test_100k_messages_are_classified_as_an_independent_reading_expects(kafka_bo
 
 
 def test_duplicates_share_key_and_partition(kafka_bootstrap: str, topic: str) -> None:
-    options = synthetic.Options(days=1, events_per_day=20_000, seed=3, until=_midnight_today(), duplicates=0.2)
+    options = generator.Options(days=1, events_per_day=20_000, seed=3, until=_midnight_today(), duplicates=0.2)
     summary = produce(kafka_bootstrap, topic, 3, options)
     events = classify(records_frame(read_all(kafka_bootstrap, topic, summary.messages))).events
     copies = events.group_by("event_id").agg(

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from stream_worker import airflow_home
-from stream_worker.config import Settings
+from lambdaflow.batch import airflow_home
+from lambdaflow.core.config import Settings
+from lambdaflow.core.project import DAGS_FOLDER
 
 EXPECTED = {"lambda_batch", "lambda_batch_today", "lambda_batch_late"}
 
@@ -24,7 +25,7 @@ def dagbag(tmp_path_factory):
         from airflow.dag_processing.dagbag import DagBag
 
         started = time.perf_counter()
-        bag = DagBag(dag_folder=str(airflow_home.DAGS_FOLDER))
+        bag = DagBag(dag_folder=str(DAGS_FOLDER))
         bag.parse_seconds = time.perf_counter() - started
         yield bag
     finally:
@@ -62,11 +63,10 @@ def test_parsing_the_dags_folder_calls_neither_dbt_nor_the_warehouse(tmp_path) -
     probe = (
         "import sys, runpy, time\n"
         "import airflow.sdk, airflow.sdk.bases.sensor, airflow.timetables.interval, pendulum\n"
-        f"sys.path.insert(0, {str(airflow_home.DAGS_FOLDER)!r})\n"
         "t = time.perf_counter()\n"
-        f"runpy.run_path({str(airflow_home.DAGS_FOLDER / 'lambda_batch.py')!r})\n"
-        f"runpy.run_path({str(airflow_home.DAGS_FOLDER / 'lambda_batch_today.py')!r})\n"
-        f"runpy.run_path({str(airflow_home.DAGS_FOLDER / 'lambda_batch_late.py')!r})\n"
+        f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch.py')!r})\n"
+        f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch_today.py')!r})\n"
+        f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch_late.py')!r})\n"
         "heavy = sorted(m for m in ('dbt', 'duckdb', 'polars', 'kafka') if m in sys.modules)\n"
         "print(heavy, round(time.perf_counter() - t, 3))\n"
     )

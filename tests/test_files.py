@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from stream_worker import files
+from lambdaflow.core import files
 
 
 def fsynced_dirs(monkeypatch) -> list[str]:

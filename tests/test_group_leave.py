@@ -16,11 +16,12 @@ import pytest
 from kafka import ConsumerRebalanceListener
 from worker_helpers import WorkerProcess, status_pids, wait_for
 
-from stream_worker import clients, synthetic
-from stream_worker.archiver import Archiver
-from stream_worker.group import NoPartitionAssigned
-from stream_worker.produce import produce
-from stream_worker.raw_store import RawStore
+from lambdaflow.batch.archiver import Archiver
+from lambdaflow.core.raw_store import RawStore
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.group import NoPartitionAssigned
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def revocations(worker: WorkerProcess) -> int:
@@ -32,7 +33,7 @@ def test_archivers_stopped_during_a_rebalance_leave_a_group_that_still_assigns(
     kafka_cli, kafka_bootstrap, topic, data_dir, tmp_path
 ) -> None:
     sent = produce(
-        kafka_bootstrap, topic, 3, synthetic.Options(days=0, events_per_day=3_000, seed=23, until=datetime.now(UTC))
+        kafka_bootstrap, topic, 3, generator.Options(days=0, events_per_day=3_000, seed=23, until=datetime.now(UTC))
     )
     leader = WorkerProcess("archive", kafka_cli.env, tmp_path / "leader.log")
     follower = joiner = None

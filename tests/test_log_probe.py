@@ -11,8 +11,8 @@ from kafka import TopicPartition
 from kafka_helpers import read_all
 from worker_helpers import wait_for
 
-from stream_worker import clients
-from stream_worker.log_identity import LogProbe, fingerprint
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.log_identity import LogProbe, fingerprint
 
 
 def send(bootstrap: str, topic: str, count: int) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stream_worker import clients
+from lambdaflow.kafka import clients
 
 
 def send(bootstrap: str, topic: str, *events: dict) -> None:

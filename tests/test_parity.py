@@ -26,10 +26,10 @@ import polars as pl
 import pytest
 import yaml
 
-from stream_worker import metrics as metric_definitions
-from stream_worker.contract import RECORD_SCHEMA, classify
-from stream_worker.metrics import Metric
-from stream_worker.speed_state import PartitionState
+from lambdaflow.core import metrics as metric_definitions
+from lambdaflow.core.contract import RECORD_SCHEMA, classify
+from lambdaflow.core.metrics import Metric
+from stream_worker.state import PartitionState
 
 DBT_PROJECT = Path(__file__).resolve().parents[1] / "dbt_project"
 CASES = 200

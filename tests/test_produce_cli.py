@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from kafka_helpers import read_all
 from worker_helpers import wait_for
 
-from stream_worker.contract import classify, records_frame
+from lambdaflow.core.contract import classify, records_frame
 
 ARGS = ["--days", "2", "--events-per-day", "3000", "--seed", "5", "--until", "2026-11-27T06:00:00Z"]
 
@@ -99,7 +99,7 @@ def test_live_sends_recent_valid_events_until_sigterm(kafka_cli, kafka_bootstrap
     stderr_path = tmp_path / "live.log"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stream_worker", "produce", "--live", "--rate", "50", "--seed", "9"],
+            [sys.executable, "-m", "lambdaflow", "produce", "--live", "--rate", "50", "--seed", "9"],
             env=kafka_cli.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

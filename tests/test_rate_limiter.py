@@ -1,4 +1,4 @@
-from stream_worker.produce import RateLimiter
+from lambdaflow.synthetic.producer import RateLimiter
 
 
 class FakeClock:
@@ -17,7 +17,7 @@ def test_rate_limiter_spaces_calls(monkeypatch) -> None:
         clock.now += seconds
         clock.slept += seconds
 
-    monkeypatch.setattr("stream_worker.produce.time.sleep", sleep)
+    monkeypatch.setattr("lambdaflow.synthetic.producer.time.sleep", sleep)
     limiter = RateLimiter(rate=50, clock=clock)
     for _ in range(101):
         limiter.wait()
@@ -25,7 +25,7 @@ def test_rate_limiter_spaces_calls(monkeypatch) -> None:
 
 
 def test_no_rate_never_sleeps(monkeypatch) -> None:
-    monkeypatch.setattr("stream_worker.produce.time.sleep", lambda s: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr("lambdaflow.synthetic.producer.time.sleep", lambda s: (_ for _ in ()).throw(AssertionError))
     limiter = RateLimiter(rate=None)
     for _ in range(1000):
         limiter.wait()

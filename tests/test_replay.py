@@ -10,10 +10,10 @@ from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from worker_helpers import WorkerProcess, speed_status_pids, wait_for
 
-from stream_worker import synthetic
-from stream_worker.config import Settings
-from stream_worker.produce import produce
-from stream_worker.serving import Question, answer
+from lambdaflow.core.config import Settings
+from lambdaflow.serving.query import Question, answer
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def daily(kafka_cli, days) -> list[dict]:
@@ -29,7 +29,7 @@ def test_a_replay_rebuilds_a_damaged_state_while_queries_keep_their_answers(
         kafka_bootstrap,
         topic,
         3,
-        synthetic.Options(
+        generator.Options(
             days=1,
             events_per_day=4_000,
             seed=91,

@@ -6,10 +6,10 @@ from datetime import date, timedelta
 
 import pytest
 
-from stream_worker.errors import LambdaflowError
-from stream_worker.files import replace_json
-from stream_worker.reconcile import judged, report_path, require_within_threshold
-from stream_worker.stream import first_day_kept
+from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.files import replace_json
+from lambdaflow.serving.reconcile import judged, report_path, require_within_threshold
+from stream_worker.worker import first_day_kept
 
 FIRST = date(2026, 11, 20)
 GRACE = timedelta(days=1)
@@ -83,8 +83,8 @@ def test_reconciliation_maps_the_speed_layers_epoch_to_the_archivers_by_the_log(
     calls it epoch 1. What the speed layer has seen of the archiver's epoch-1 files is its offsets."""
     import polars as pl
 
-    from stream_worker.raw_store import BatchRange, Manifest
-    from stream_worker.reconcile import SpeedPosition
+    from lambdaflow.core.raw_store import BatchRange, Manifest
+    from lambdaflow.serving.reconcile import SpeedPosition
 
     archived = Manifest(topic="events", partition=0, epoch=1, next_offset=9, log_ids={"0": "old", "1": "new"})
     replayed = SpeedPosition(epoch=0, next_offset=5, log_id="new")

@@ -1,6 +1,6 @@
 """The fast serving path answers exactly what the serving model, rendered as dbt is given it, serves.
 
-`stream_worker.serving.answer` keeps the rendered SQL (file lists bound as
+`lambdaflow.serving.query.answer` keeps the rendered SQL (file lists bound as
 parameters), keeps one DuckDB per process, reads only the files that can hold
 the asked days and sums the range in the same statement. Here a small world of
 published files (no Kafka, no dbt) is answered both ways: by `answer`, and by
@@ -23,10 +23,11 @@ import jinja2
 import polars as pl
 import pytest
 
-from stream_worker import metrics, serving
-from stream_worker.config import Settings
-from stream_worker.files import read_json, replace_json
-from stream_worker.serving import SERVING_SQL, Question, ServingInputs, answer
+from lambdaflow.core import metrics
+from lambdaflow.core.config import Settings
+from lambdaflow.core.files import read_json, replace_json
+from lambdaflow.serving import query
+from lambdaflow.serving.query import SERVING_SQL, Question, ServingInputs, answer
 
 TODAY = date(2026, 11, 27)
 DAYS = [TODAY - timedelta(days=n) for n in range(6, 0, -1)]  # closed, built days
@@ -96,7 +97,7 @@ def make_world(data_dir: Path, seed: int, boundary_hour: int | None = 10, snapsh
 
 
 def _dbt_template() -> jinja2.Template:
-    """The model's text compiled afresh, as dbt would: nothing of serving.py's caches."""
+    """The model's text compiled afresh, as dbt would: nothing of query.py's caches."""
     return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(SERVING_SQL.read_text())
 
 
@@ -129,7 +130,7 @@ def reference(settings: Settings, question: Question) -> list[dict]:
             for m in NAMES:
                 values = cell[m] if cell else [0]
                 row[m] = None if None in values else sum(values)
-            row["source"] = serving._source(day, hour, inputs.served_until.get(day))
+            row["source"] = query._source(day, hour, inputs.served_until.get(day))
             answers.append(row)
     return answers
 
@@ -169,7 +170,7 @@ def test_hourly_rows_are_the_models_rows_over_every_published_file(tmp_path) -> 
         sql = _dbt_template().render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
         expected = con.sql(sql).pl()
     order = ["event_date", "hour", "country", "source"]
-    assert serving.hourly_rows(inputs).sort(order).equals(expected.sort(order))
+    assert query.hourly_rows(inputs).sort(order).equals(expected.sort(order))
 
 
 def test_the_null_of_a_metric_not_yet_built_survives_the_sums(tmp_path) -> None:
@@ -264,19 +265,19 @@ def test_the_hours_after_a_days_built_until_are_the_speed_layers_even_before_the
 def test_the_serving_sql_is_rendered_once_per_template_metrics_and_boundary(tmp_path) -> None:
     data_dir = tmp_path / "data"
     settings = make_world(data_dir, seed=6)
-    serving._template.cache_clear()
-    serving._rendered.cache_clear()
+    query._template.cache_clear()
+    query._rendered.cache_clear()
     week = Question(TODAY - timedelta(days=6), TODAY)
     first = answer(settings, week)
     for _ in range(3):
         assert answer(settings, week) == first
-    assert serving._template.cache_info().misses == 1
-    assert serving._rendered.cache_info().misses == 1
+    assert query._template.cache_info().misses == 1
+    assert query._rendered.cache_info().misses == 1
     # The boundary moves (today built further): rendered again, and the answer follows it.
     boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 12)
     publish_day(data_dir, TODAY, _cells(random.Random(1), TODAY, range(12), NAMES), boundary, boundary, "moved")
     assert answer(settings, week) == reference(settings, week)
-    assert serving._rendered.cache_info().misses == 2
+    assert query._rendered.cache_info().misses == 2
 
 
 def test_answers_from_threads_while_files_are_replaced_each_see_one_version_of_each_file(tmp_path) -> None:

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 from test_aggregate import events
 
-from stream_worker import metrics
-from stream_worker.boundary import BatchHours, log_id
-from stream_worker.metrics import Metric
-from stream_worker.speed_state import PartitionState, StaleBatch, StateFileBusy, StateMetricsDiffer, StateUnreadable
+from lambdaflow.core import metrics
+from lambdaflow.core.boundary import BatchHours, log_id
+from lambdaflow.core.metrics import Metric
+from stream_worker.state import PartitionState, StaleBatch, StateFileBusy, StateMetricsDiffer, StateUnreadable
 
 LAST = {"offset": 0, "timestamp": 0, "crc32": 0}
 

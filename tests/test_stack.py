@@ -22,10 +22,10 @@ import duckdb
 import pytest
 from worker_helpers import wait_for
 
-from stream_worker.broker import free_port
-from stream_worker.config import Settings
-from stream_worker.raw_store import RawStore
-from stream_worker.stack import airflow_service_env, airflow_token, http_json, proc_stat, running_processes
+from lambdaflow.core.config import Settings
+from lambdaflow.core.raw_store import RawStore
+from lambdaflow.kafka.broker import free_port
+from lambdaflow.ops.stack import airflow_service_env, airflow_token, http_json, proc_stat, running_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stack reads /proc")
 
@@ -49,7 +49,7 @@ class Stack:
         )
 
     def lambdaflow(self, *args: str) -> dict | list:
-        done = self.run("-m", "stream_worker", *args)
+        done = self.run("-m", "lambdaflow", *args)
         assert done.returncode == 0, done.stderr[-3000:]
         rows = [json.loads(line) for line in done.stdout.splitlines()]
         return rows[0] if len(rows) == 1 else rows
@@ -93,12 +93,12 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     stack = Stack(env, data_dir, report={})
     try:
         with _phase("up"):
-            up = stack.run("-m", "stream_worker.stack", "up", timeout=900)
+            up = stack.run("-m", "lambdaflow.ops.stack", "up", timeout=900)
         assert up.returncode == 0, up.stderr[-5000:]
         stack.report = json.loads(up.stdout)
         yield stack
     finally:
-        down = stack.run("-m", "stream_worker.stack", "down", timeout=300)
+        down = stack.run("-m", "lambdaflow.ops.stack", "down", timeout=300)
         assert down.returncode == 0, down.stderr[-3000:]
 
 
@@ -147,7 +147,7 @@ def _airflow_needs_the_printed_login(report: dict) -> None:
 
 def _a_second_up_is_refused(stack: Stack) -> None:
     before = stack.recorded
-    again = stack.run("-m", "stream_worker.stack", "up")
+    again = stack.run("-m", "lambdaflow.ops.stack", "up")
     assert again.returncode == 1
     assert "a stack is already up" in again.stderr and "run `make down` first" in again.stderr
     assert stack.recorded == before
@@ -301,7 +301,7 @@ def _every_server_listens_on_loopback_only(stack: Stack) -> None:
 def _down_stops_every_recorded_group(stack: Stack) -> None:
     recorded = stack.recorded
     assert {s["name"] for s in recorded} == {"broker", "archive", "stream", "produce", "docs", "airflow"}
-    down = stack.run("-m", "stream_worker.stack", "down")
+    down = stack.run("-m", "lambdaflow.ops.stack", "down")
     assert down.returncode == 0, down.stderr[-3000:]
     stopped = {s["name"]: s["stopped_by"] for s in json.loads(down.stdout)["stopped"]}
     assert set(stopped) == {s["name"] for s in recorded}
@@ -314,7 +314,7 @@ def _down_stops_every_recorded_group(stack: Stack) -> None:
     assert [p for p in running_processes() if p.pgid in groups or p.sid in groups] == []
     assert not (stack.data_dir / "run" / "stack.json").exists()
 
-    again = stack.run("-m", "stream_worker.stack", "down")
+    again = stack.run("-m", "lambdaflow.ops.stack", "down")
     assert again.returncode == 0 and json.loads(again.stdout)["stopped"] == []
     assert "nothing to stop" in again.stderr
 
@@ -353,7 +353,7 @@ def _service(name: str, process: subprocess.Popen, command: list[str], started: 
 
 
 def _down(data_dir: Path, monkeypatch: pytest.MonkeyPatch, grace: float) -> dict:
-    from stream_worker import stack
+    from lambdaflow.ops import stack
 
     monkeypatch.setattr(stack, "STOP_SECONDS_DEFAULT", grace)
     config = stack.StackConfig(Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir)}), 8080, 8081, None)

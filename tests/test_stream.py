@@ -10,8 +10,8 @@ from ground_truth import METRICS, hourly_metrics
 from kafka_helpers import read_all
 from worker_helpers import Producer, WorkerProcess, kill_9_one_after_another, speed_status_pids, wait_for
 
-from stream_worker import synthetic
-from stream_worker.produce import produce
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def served_by_speed_layer(data_dir, topic) -> dict:
@@ -29,9 +29,9 @@ def served_by_speed_layer(data_dir, topic) -> dict:
     }
 
 
-def two_days(seed: int, per_day: int) -> synthetic.Options:
+def two_days(seed: int, per_day: int) -> generator.Options:
     until = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return synthetic.Options(
+    return generator.Options(
         days=2,
         events_per_day=per_day,
         seed=seed,

@@ -6,8 +6,8 @@ import json
 import shutil
 from datetime import UTC, datetime
 
-from stream_worker import synthetic
-from stream_worker.produce import produce
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
 
 
 def reports(result) -> list[dict]:
@@ -21,7 +21,7 @@ def test_verify_passes_on_an_archive_and_finds_a_lost_and_a_doubled_file(
         kafka_bootstrap,
         topic,
         3,
-        synthetic.Options(
+        generator.Options(
             days=1,
             events_per_day=3_000,
             seed=5,

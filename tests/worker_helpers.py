@@ -16,12 +16,12 @@ from pathlib import Path
 import duckdb
 from kafka_helpers import read_all
 
-from stream_worker import synthetic
-from stream_worker.broker import EmbeddedBroker
-from stream_worker.clients import ensure_topic
-from stream_worker.contract import classify, records_frame
-from stream_worker.produce import Summary, produce, produce_live
-from stream_worker.raw_store import RawStore
+from lambdaflow.core.contract import classify, records_frame
+from lambdaflow.core.raw_store import RawStore
+from lambdaflow.kafka.broker import EmbeddedBroker
+from lambdaflow.kafka.clients import ensure_topic
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import Summary, produce, produce_live
 
 
 class WorkerProcess:
@@ -31,7 +31,7 @@ class WorkerProcess:
         self.log_path = log_path
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream_worker", command, *args],
+                [sys.executable, "-m", "lambdaflow", command, *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -69,7 +69,7 @@ class Producer:
     """Sends ``history`` in a thread of its own, then, with ``live_rate``, live events (stamped now)
     until the block ends: the workers a test kills inside the block always have new events to read."""
 
-    def __init__(self, bootstrap: str, topic: str, history: synthetic.Options, live_rate: float | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, history: generator.Options, live_rate: float | None = None) -> None:
         self._stop = threading.Event()
         self._sent: dict[str, Summary] = {}
         self._failure: list[BaseException] = []

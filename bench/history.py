@@ -1,0 +1,54 @@
+"""A few weeks of small days in the raw store, and the dbt builds of them run directly.
+
+Shared by the backfill benchmark (the direct builds are its baseline) and the
+query benchmark (the built days are the batch half of what it reads).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from bench.batch_build import dbt_env
+from bench.core import Context
+from bench.events import write_manifests, write_raw_day
+from bench.procs import bench_command, run
+
+SEED = 5
+
+
+def past_days(count: int) -> list[date]:
+    """The ``count`` closed UTC days before today, oldest first."""
+    today = datetime.now(UTC).date()
+    return [today - timedelta(days=count - i) for i in range(count)]
+
+
+def write_history(data_dir: Path, days: list[date], events_per_day: int) -> None:
+    offsets: dict[int, int] = {}
+    for index, day in enumerate(days):
+        write_raw_day(data_dir, day, events_per_day, SEED + index, first_offsets=offsets)
+    write_manifests(data_dir, offsets)
+
+
+@dataclass(frozen=True)
+class DirectBuilds:
+    """The builds of one process: its wall time and peak RSS, and each day's own timings."""
+
+    wall_seconds: float
+    peak_rss_mb: float
+    days: list[dict]
+
+
+def build_directly(ctx: Context, data_dir: Path, days: list[date], name: str) -> DirectBuilds:
+    """Build and publish every day in one process, one `dbt build` each, as a loop over the DAG's task would."""
+    args = [a for day in days for a in ("--day", day.isoformat())]
+    done = run(
+        name, bench_command("build", *args), dbt_env(ctx, data_dir, name), ctx.folder(name, "logs"), timeout=7200
+    )
+    return DirectBuilds(
+        round(done.wall_seconds, 3),
+        round(done.peak_rss_mb, 1),
+        [json.loads(line) for line in done.stdout.strip().splitlines()],
+    )

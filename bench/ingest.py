@@ -1,0 +1,349 @@
+"""1. Ingest ceiling: a bare kafka-python consumer vs the archiver vs the stream worker.
+
+The events are produced once to a topic of an embedded broker the benchmark
+starts; then, in every repetition and in rotating order, each consumer reads
+all of it in a process of its own (`lambdaflow archive --until-idle` and
+`lambdaflow stream --until-idle` into a fresh data directory, the bare consumer
+in a fresh consumer group). Each is also run on an empty topic: that run's
+wall time is its start-up (interpreter and imports, the group join, which this
+broker holds for half the session timeout, noticing it is idle, shutting
+down), and it is subtracted from the full run's wall time to give the rate
+while consuming.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench import plots, profiling
+from bench.core import Context, Row, Section, alternate, median
+from bench.events import kafka_messages
+from bench.procs import Finished, bench_command, run
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.broker import EmbeddedBroker
+from lambdaflow.ops.processes import lambdaflow_command
+
+log = logging.getLogger("lambdaflow.bench")
+
+TOOLS = ("bare consumer", "archiver", "stream worker")
+TARGET_SHARE = 0.8
+SEED = 1
+PROFILE_EVENTS = 100_000
+POLL = "Kafka poll (kafka-python: fetch, CRC check, decoding)"
+PROFILE_FOCUS = {
+    "archiver": {
+        POLL: "group.poll",
+        "records to a frame": "contract.records_frame",
+        "contract (DuckDB)": "contract.classify",
+        "publishing (Parquet, fsync, manifest)": "archiver._publish",
+    },
+    "stream worker": {
+        POLL: "group.poll",
+        "records to a frame": "contract.records_frame",
+        "contract (DuckDB)": "contract.classify",
+        "state transaction (dedupe, aggregates, offsets)": "speed_state.apply",
+        "snapshot publishing": "speed_state.publish_snapshot",
+    },
+}
+
+
+def produce_once(bootstrap: str, topic: str, count: int) -> dict:
+    """Send ``count`` events as fast as kafka-python allows: values drawn in bulk, partition precomputed."""
+    started = time.monotonic()
+    batch = kafka_messages(count, SEED, datetime.now(UTC), timedelta(hours=23), partitions=3)
+    drawn = time.monotonic()
+    producer = clients.producer(bootstrap)
+    send = producer.send
+    try:
+        for key, value, partition in zip(batch.keys, batch.values, batch.partitions, strict=False):
+            send(topic, key=key, value=value, partition=partition)
+        producer.flush()
+    finally:
+        producer.close()
+    sent = time.monotonic()
+    return {
+        "messages": count,
+        "draw_seconds": round(drawn - started, 2),
+        "send_seconds": round(sent - drawn, 2),
+        "messages_per_second": round(count / (sent - drawn)),
+        "value_bytes_per_message": round(batch.value_bytes / max(count, 1), 1),
+    }
+
+
+def _command(tool: str) -> list[str]:
+    if tool == "archiver":
+        return lambdaflow_command("archive", "--until-idle")
+    if tool == "stream worker":
+        return lambdaflow_command("stream", "--until-idle")
+    return bench_command("bare-consume", "--group", f"bench-bare-{uuid.uuid4().hex[:8]}")
+
+
+def _env(ctx: Context, bootstrap: str, topic: str, data_dir: Path) -> dict[str, str]:
+    return {**ctx.env, "KAFKA_BOOTSTRAP": bootstrap, "LAMBDAFLOW_TOPIC": topic, "LAMBDAFLOW_DATA_DIR": str(data_dir)}
+
+
+def _consume(ctx: Context, tool: str, bootstrap: str, topic: str, data_dir: Path, name: str) -> dict:
+    env = _env(ctx, bootstrap, topic, data_dir)
+    finished: Finished = run(name, _command(tool), env, ctx.folder("ingest", "logs"), timeout=1800)
+    summary = json.loads(finished.stdout.strip().splitlines()[-1])
+    return {
+        "wall_seconds": round(finished.wall_seconds, 3),
+        "own_seconds": summary["seconds"],
+        "messages": summary["messages"],
+        "peak_rss_mb": round(finished.peak_rss_mb, 1),
+    }
+
+
+def _baselines(ctx: Context, bootstrap: str, empty: str) -> dict[str, dict]:
+    """Each consumer once on an empty topic: its fixed cost, measured before the repetitions."""
+    found = {}
+    for tool in TOOLS:
+        slug = tool.split()[0]
+        found[tool] = _consume(ctx, tool, bootstrap, empty, ctx.work / "ingest" / f"{slug}-empty", f"{slug}-empty")
+        log.info(
+            "ingest: %s on an empty topic: own %.1f s, wall %.1f s",
+            tool,
+            found[tool]["own_seconds"],
+            found[tool]["wall_seconds"],
+        )
+    return found
+
+
+def _repetition(ctx: Context, rep: int, bootstrap: str, topic: str, baselines: dict[str, dict]) -> dict[str, dict]:
+    results = {}
+    for tool in alternate(TOOLS, rep):
+        slug = tool.split()[0]
+        idle = baselines[tool]
+        data_dir = ctx.work / "ingest" / f"{slug}-{rep}"
+        full = _consume(ctx, tool, bootstrap, topic, data_dir, f"{slug}-{rep}")
+        consuming = max(full["own_seconds"] - idle["own_seconds"], 1e-3)
+        full.update(
+            startup_seconds=idle["wall_seconds"],
+            idle_own_seconds=idle["own_seconds"],
+            consuming_seconds=round(consuming, 3),
+            messages_per_second=round(full["messages"] / consuming),
+            messages_per_wall_second=round(full["messages"] / full["wall_seconds"]),
+            data_dir=str(data_dir),
+        )
+        results[tool] = full
+        log.info(
+            "ingest rep %d %s: %d msg/s while consuming (own %.1f s), peak RSS %.0f MB",
+            rep + 1,
+            tool,
+            full["messages_per_second"],
+            full["own_seconds"],
+            full["peak_rss_mb"],
+        )
+    return results
+
+
+def _footprint(last: dict[str, dict]) -> dict:
+    """Sizes on disk after the last repetition, for section 6."""
+    archive_dir = Path(last["archiver"]["data_dir"])
+    speed_dir = Path(last["stream worker"]["data_dir"]) / "speed"
+    state = sum(p.stat().st_size for p in speed_dir.rglob("*.duckdb*") if p.is_file())
+    snapshots = sum(p.stat().st_size for p in speed_dir.rglob("snapshots/*.parquet"))
+    raw = sum(p.stat().st_size for p in (archive_dir / "raw").rglob("*.parquet"))
+    files = len(list((archive_dir / "raw").rglob("*.parquet")))
+    return {
+        "state_bytes": state,
+        "snapshot_bytes": snapshots,
+        "raw_bytes": raw,
+        "raw_files": files,
+        "events": last["stream worker"]["messages"],
+    }
+
+
+def run_section(ctx: Context) -> Section:
+    sizes = ctx.sizes
+    logs = ctx.folder("ingest", "logs")
+    reps: list[dict[str, dict]] = []
+    with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
+        topic, empty = "bench-ingest", "bench-empty"
+        clients.ensure_topic(broker.bootstrap, topic, 3)
+        clients.ensure_topic(broker.bootstrap, empty, 3)
+        log.info("ingest: producing %d events (lz4, 3 partitions)", sizes.ingest_events)
+        produced = produce_once(broker.bootstrap, topic, sizes.ingest_events)
+        log.info("ingest: produced at %d msg/s", produced["messages_per_second"])
+        baselines = _baselines(ctx, broker.bootstrap, empty)
+        for rep in range(sizes.repetitions):
+            reps.append(_repetition(ctx, rep, broker.bootstrap, topic, baselines))
+            if rep < sizes.repetitions - 1:
+                for result in reps[-1].values():
+                    shutil.rmtree(result["data_dir"], ignore_errors=True)
+        for tool, results in ((t, [r[t] for r in reps]) for t in TOOLS):
+            wrong = [r["messages"] for r in results if r["messages"] != sizes.ingest_events]
+            if wrong:
+                raise RuntimeError(f"ingest: {tool} read {wrong} messages, not {sizes.ingest_events}")
+        missed = [tool for tool in PROFILE_FOCUS if _share(reps, tool) < TARGET_SHARE]
+        profiles = _profiles(ctx, broker.bootstrap, topic, missed)
+    return _summarize(ctx, reps, produced, profiles)
+
+
+def _share(reps: list[dict[str, dict]], tool: str) -> float:
+    """The median over repetitions of the tool's rate against the bare consumer's in the same repetition."""
+    return median(r[tool]["messages_per_second"] / r["bare consumer"]["messages_per_second"] for r in reps)
+
+
+def _profiles(ctx: Context, bootstrap: str, topic: str, tools: list[str]) -> dict[str, dict]:
+    """Each tool that missed its target, run once more under cProfile, on a smaller topic in full mode."""
+    if not tools:
+        return {}
+    if ctx.sizes.ingest_events > PROFILE_EVENTS:
+        topic = "bench-profile"
+        clients.ensure_topic(bootstrap, topic, 3)
+        produce_once(bootstrap, topic, PROFILE_EVENTS)
+    found = {}
+    for tool in tools:
+        slug = tool.split()[0]
+        stats = ctx.work / "ingest" / f"{slug}.prof"
+        log.info("ingest: %s missed its target; profiling it", tool)
+        run(
+            f"{slug}-profiled",
+            profiling.profiled(_command(tool), stats),
+            _env(ctx, bootstrap, topic, ctx.work / "ingest" / f"{slug}-profiled"),
+            ctx.folder("ingest", "logs"),
+            timeout=1800,
+        )
+        found[tool] = profiling.summarize(stats, PROFILE_FOCUS[tool], waits_in=POLL)
+    return found
+
+
+def _summarize(ctx: Context, reps: list[dict[str, dict]], produced: dict, profiles: dict[str, dict]) -> Section:
+    medians = {
+        tool: {
+            key: median(r[tool][key] for r in reps)
+            for key in (
+                "messages_per_second",
+                "peak_rss_mb",
+                "startup_seconds",
+                "wall_seconds",
+                "own_seconds",
+                "idle_own_seconds",
+            )
+        }
+        for tool in TOOLS
+    }
+    bare = medians["bare consumer"]
+    rows = []
+    for tool in ("archiver", "stream worker"):
+        share = _share(reps, tool)
+        met = share >= TARGET_SHARE
+        rows.append(
+            Row(
+                id=f"ingest.{tool.split()[0]}",
+                what=f"ingest: {tool} msgs/s while consuming",
+                figure=round(medians[tool]["messages_per_second"]),
+                unit="msg/s",
+                peer="bare kafka-python consumer (ceiling)",
+                peer_figure=round(bare["messages_per_second"]),
+                ratio=round(share, 3),
+                target=f"ratio >= {TARGET_SHARE}",
+                met=met,
+                why="" if met else _why_slow(tool, share, profiles.get(tool)),
+                detail={
+                    "peak_rss_mb": medians[tool]["peak_rss_mb"],
+                    "ceiling_peak_rss_mb": bare["peak_rss_mb"],
+                    "startup_seconds": medians[tool]["startup_seconds"],
+                    "ceiling_startup_seconds": bare["startup_seconds"],
+                },
+            )
+        )
+    details = {
+        "produced": produced,
+        "medians": medians,
+        "repetitions": reps,
+        "footprint": _footprint(reps[-1]),
+        "profiles": profiles,
+    }
+    return Section(
+        1,
+        "Ingest ceiling",
+        rows,
+        _text(ctx, medians, produced, reps, profiles),
+        details,
+        plots=[
+            lambda out: plots.bars(
+                out / "ingest_throughput.png",
+                "Ingest: messages/s while consuming (median, dots: repetitions)",
+                list(TOOLS),
+                [medians[t]["messages_per_second"] for t in TOOLS],
+                [[r[t]["messages_per_second"] for r in reps] for t in TOOLS],
+                "messages/s",
+                reference=(TARGET_SHARE * bare["messages_per_second"], "80% of the bare consumer"),
+            ),
+            lambda out: plots.bars(
+                out / "ingest_peak_rss.png",
+                "Ingest: peak RSS per process (median)",
+                list(TOOLS),
+                [medians[t]["peak_rss_mb"] for t in TOOLS],
+                [[r[t]["peak_rss_mb"] for r in reps] for t in TOOLS],
+                "MB",
+            ),
+        ],
+    )
+
+
+def _why_slow(tool: str, share: float, profile: dict | None) -> str:
+    work = (
+        "classifies each batch with the contract in DuckDB, buffers Polars frames and writes zstd Parquet"
+        if tool == "archiver"
+        else "classifies each micro-batch, dedupes against its DuckDB state and commits state, offsets and a "
+        "snapshot per partition in each transaction"
+    )
+    where = f" (cProfile: {profiling.describe(profile)})" if profile else ""
+    return (
+        f"{share:.0%} of the ceiling, {TARGET_SHARE - share:.0%} short: on top of polling, the {tool} {work} "
+        f"in the same thread{where}, and on two cores that work competes with kafka-python's own decoding "
+        "and the broker"
+    )
+
+
+def _text(ctx: Context, medians: dict, produced: dict, reps: list, profiles: dict[str, dict]) -> str:
+    lines = [
+        f"{ctx.sizes.ingest_events:,} events (mean value {produced['value_bytes_per_message']} bytes) were "
+        f"produced once, lz4, to 3 partitions, at {produced['messages_per_second']:,} msg/s by one kafka-python "
+        f"producer (values drawn in bulk by DuckDB in {produced['draw_seconds']} s first). Then, in "
+        f"{len(reps)} repetitions, in rotating order, each consumer read all of it in a fresh process.",
+        "",
+        "*msgs/s while consuming* = messages / (the run's own seconds − the own seconds of the same command "
+        "on an empty 3-partition topic, measured once per consumer before the repetitions). *Own seconds* is "
+        "what each prints in its summary: from creating its consumer (after the imports) to the end. The empty "
+        "run's own seconds are the fixed part: the group join (the embedded broker holds a JoinGroup for half "
+        "the 6 s session timeout), noticing it is idle, closing. *Start-up* is the empty run's wall time, "
+        "imports included. Peak RSS is the process's own (`wait4` in a small launcher, so the benchmark's own "
+        "memory is not counted).",
+        "",
+        "| consumer | msgs/s while consuming | own s | own s, empty topic | wall s | start-up s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for tool in TOOLS:
+        m = medians[tool]
+        lines.append(
+            f"| {tool} | {m['messages_per_second']:,.0f} | {m['own_seconds']:.1f} | "
+            f"{m['idle_own_seconds']:.1f} | {m['wall_seconds']:.1f} | {m['startup_seconds']:.1f} | "
+            f"{m['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Medians over the repetitions; the ratio in the summary is the median of the per-repetition "
+        "ratios (each consumer against the bare consumer of the same repetition).",
+    ]
+    events = min(ctx.sizes.ingest_events, PROFILE_EVENTS)
+    if profiles:
+        lines += [
+            "",
+            "The bare consumer pays the same Kafka poll; everything else in a profile below is what that "
+            "consumer adds on top of the ceiling, in the same thread.",
+        ]
+    for tool, profile in profiles.items():
+        lines += [""] + profiling.markdown(
+            profile, f"The {tool} missed its target, so it read {events:,} events once more under cProfile"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,3 @@
+from lambdaflow.cli import main
+
+main()

@@ -1,0 +1,510 @@
+"""The batch layer's consumer: lands every message once in the raw store.
+
+Consumer group ``archiver``. Per owned partition it buffers classified
+messages until the buffer is big enough or old enough (or the partition is
+caught up under ``--until-idle``), then publishes the batch: one Parquet file
+per event date plus a dead-letter file, each written to a temporary name,
+fsynced and linked to a name that must be new, and only then the partition's
+manifest, the one resume point. Kafka's committed offsets are written after
+that, for lag tools only.
+
+Before it resumes a partition and before it publishes a batch, the archiver
+reads the record just before the resume offset back from the broker and checks
+that it is the record it archived last. If it is not, the partition's log
+restarted (a memory-only broker came back empty, then perhaps filled again):
+the archiver drops what it buffered from that log, starts a new log epoch at
+the new log's beginning, and says so loudly. New files never collide with old
+ones, and no record of a new log is filed under an old epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
+from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.files import (
+    PROGRESS_ONLY,
+    DamagedFile,
+    publish_new,
+    read_json,
+    remove_stale_temps,
+    replace_json,
+    temp_path_for,
+    write_parquet_durably,
+)
+from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.broker_watch import BrokerWatch
+from lambdaflow.kafka.group import AssignmentClock, NoPartitionAssigned
+from lambdaflow.kafka.log_identity import LogProbe, fingerprint
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "archiver"
+STATUS_EVERY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RollPolicy:
+    """When a partition's buffer becomes a file."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_seconds: float = 300.0
+
+
+@dataclass
+class Buffer:
+    """Classified messages of one partition that are not yet published."""
+
+    epoch: int
+    start: int  # the manifest's resume offset when the buffer began
+    opened_at: float
+    last: int | None = None
+    first_record: dict | None = None
+    last_record: dict | None = None
+    events: list[pl.DataFrame] = field(default_factory=list)
+    rejects: list[pl.DataFrame] = field(default_factory=list)
+    value_bytes: int = 0
+    messages: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.last is None
+
+
+@dataclass
+class OwnedPartition:
+    manifest: Manifest
+    buffer: Buffer
+    position: int  # the next offset expected from Kafka
+    watermark: str | None = None
+    caught_up_at: str | None = None
+    end_offset: int | None = None
+    status_written: float = 0.0
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    events: int = 0
+    rejects: int = 0
+    files: int = 0
+    batches: int = 0
+    new_epochs: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Archiver(ConsumerRebalanceListener):
+    def __init__(
+        self,
+        bootstrap: str,
+        store: RawStore,
+        roll: RollPolicy = RollPolicy(),
+        group_id: str = GROUP_ID,
+        session_timeout_ms: int = 6000,
+    ) -> None:
+        self.store = store
+        self.topic = store.topic
+        self.roll = roll
+        self.totals = Totals()
+        self.owned: dict[int, OwnedPartition] = {}
+        self._group_id = group_id
+        self._fatal: LambdaflowError | None = None
+        self._classifier = Classifier()
+        self._probe = LogProbe(bootstrap)
+        self._watch = BrokerWatch(bootstrap, f"archiver {self.topic}")
+        self._departures_seen = 0
+        self._assignment = AssignmentClock(session_timeout_ms)
+        self._consumer = clients.consumer(
+            bootstrap,
+            group_id,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(500, session_timeout_ms // 4),
+        )
+        self._connections = clients.NewConnections(self._consumer)
+
+    # the loop
+
+    def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
+        started = time.monotonic()
+        self._consumer.subscribe([self.topic], listener=self)
+        self._watch.install()
+        try:
+            while not stop.is_set():
+                self._watch.check()
+                if self._fatal is not None:
+                    raise self._fatal
+                if self._watch.departures > self._departures_seen:
+                    self._publish_on_departure()
+                polled = clients.poll(self._consumer, self._watch.client_complained, timeout_ms=500)
+                if self._connections.since_last_asked():
+                    self._publish_before_new_connection()
+                self._accept(polled)
+                self._read_end_offsets()
+                for partition in list(self.owned):
+                    self._maybe_publish(partition, until_idle)
+                    self._write_status(partition)
+                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
+                    log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
+                    break
+                if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
+                    raise NoPartitionAssigned(self.topic, self._group_id, idle_timeout)
+            for partition in list(self.owned):
+                self._publish(partition)
+                self._write_status(partition, force=True)
+        finally:
+            clients.close_consumer(self._consumer)
+            self._probe.close()
+            self._classifier.close()
+            self._watch.close()
+        return self.totals
+
+    def _accept(self, polled: dict) -> None:
+        if not polled:
+            return
+        accepted = []
+        for tp, records in polled.items():
+            owned = self.owned.get(tp.partition)
+            if owned is None or not records:
+                continue
+            if records[0].offset < owned.position:
+                self._on_rewind(tp, records[0].offset)
+                continue
+            owned.position = records[-1].offset + 1
+            accepted.extend(records)
+            buffer = owned.buffer
+            if buffer.first_record is None:
+                buffer.first_record = fingerprint(records[0])
+            buffer.last = records[-1].offset
+            buffer.last_record = fingerprint(records[-1])
+            buffer.value_bytes += sum(len(r.value or b"") for r in records)
+            buffer.messages += len(records)
+        if not accepted:
+            return
+        decoded = self._classifier.classify(records_frame(accepted))
+        for (partition,), events in decoded.events.partition_by("kafka_partition", as_dict=True).items():
+            self.owned[partition].buffer.events.append(events)
+        for (partition,), rejects in decoded.rejects.partition_by("kafka_partition", as_dict=True).items():
+            self.owned[partition].buffer.rejects.append(rejects)
+            for row in rejects.head(3).iter_rows(named=True):
+                log.debug("%s[%d] offset %d rejected: %s", self.topic, partition, row["kafka_offset"], row["reason"])
+
+    def _on_rewind(self, tp: TopicPartition, offset: int) -> None:
+        """The consumer was reset below where it stood: most likely the log restarted."""
+        owned = self.owned[tp.partition]
+        epoch = owned.manifest.epoch
+        self._publish(tp.partition)  # checks the log first; starts the new epoch if it restarted
+        owned = self.owned[tp.partition]
+        if owned.manifest.epoch != epoch:
+            return
+        if self._same_log(tp.partition, owned.manifest) is False:
+            self._start_new_epoch(tp, owned, f"offset {offset} arrived after offset {owned.position - 1}")
+        else:
+            log.warning(
+                "%s[%d] the consumer went back to offset %d; resuming at %d",
+                self.topic,
+                tp.partition,
+                offset,
+                owned.position,
+            )
+            self._consumer.seek(tp, owned.position)
+
+    def _read_end_offsets(self) -> None:
+        for partition, owned in self.owned.items():
+            end = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if end is not None:
+                owned.end_offset = end
+
+    def _same_log(self, partition: int, manifest: Manifest, buffer: Buffer | None = None) -> bool | None:
+        """Does the broker's log still hold what this epoch archived? None: cannot tell now."""
+        if manifest.next_offset > 0 and manifest.last_record is not None:
+            offset, expected = manifest.next_offset - 1, manifest.last_record
+        elif buffer is not None and buffer.first_record is not None:
+            offset, expected = buffer.first_record["offset"], buffer.first_record
+        else:
+            return True  # nothing read from this log yet
+        return self._probe.holds(TopicPartition(self.topic, partition), offset, expected)
+
+    def _start_new_epoch(self, tp: TopicPartition, owned: OwnedPartition, why: str) -> None:
+        if not owned.buffer.empty:
+            log.warning(
+                "%s[%d] dropping %d buffered messages read from a log that is gone",
+                self.topic,
+                tp.partition,
+                owned.buffer.messages,
+            )
+        with self.store.partition_lock(tp.partition):
+            manifest = self.store.read_manifest(tp.partition)
+            if manifest != owned.manifest:
+                log.warning("%s[%d] manifest moved under us; re-reading it", self.topic, tp.partition)
+                self._take(tp)
+                return
+            manifest = manifest.new_epoch()
+            self.store.write_manifest(manifest)
+        log.warning(
+            "%s[%d] LOG RESTARTED: %s. Starting log epoch %d at the beginning of the new log; "
+            "files of epoch %d stay as they are.",
+            self.topic,
+            tp.partition,
+            why,
+            manifest.epoch,
+            manifest.epoch - 1,
+        )
+        self.totals.new_epochs += 1
+        owned.manifest = manifest
+        owned.buffer = Buffer(epoch=manifest.epoch, start=0, opened_at=time.monotonic())
+        owned.position = 0
+        self._consumer.seek_to_beginning(tp)
+
+    # publishing
+
+    def _maybe_publish(self, partition: int, until_idle: bool) -> None:
+        buffer = self.owned[partition].buffer
+        if buffer.empty:
+            return
+        old = time.monotonic() - buffer.opened_at >= self.roll.max_seconds
+        big = buffer.value_bytes >= self.roll.max_bytes
+        idle = until_idle and self._consumed_to_end(partition)
+        if old or big or idle:
+            self._publish(partition)
+
+    def _publish_on_departure(self) -> None:
+        """The broker stopped answering: publish every buffer now. All of it was read from the log that
+        just went away, so it is kept even if the broker comes back empty (a memory-only broker does),
+        and nothing read from a new log can be mixed into it."""
+        self._departures_seen = self._watch.departures
+        buffered = sum(owned.buffer.messages for owned in self.owned.values())
+        if buffered:
+            log.info("%s: publishing the %d buffered messages while the broker is away", self.topic, buffered)
+        for partition in list(self.owned):
+            self._publish(partition, check_log=False)
+
+    def _publish_before_new_connection(self) -> None:
+        """The consumer connected anew: what it fetches now may come from a broker that restarted
+        without its log, too fast for the watch to see it leave. Every buffered record came over the
+        earlier connection, from the log it read, so the buffers are published as they are, before
+        any new record joins them; the next publish checks the log as always."""
+        buffered = sum(owned.buffer.messages for owned in self.owned.values())
+        if buffered:
+            log.info(
+                "%s: new connection to the broker: publishing the %d buffered messages first", self.topic, buffered
+            )
+        for partition in list(self.owned):
+            self._publish(partition, check_log=False)
+
+    def _publish(self, partition: int, check_log: bool = True) -> None:
+        owned = self.owned[partition]
+        buffer = owned.buffer
+        if buffer.empty:
+            return
+        same_log = self._same_log(partition, owned.manifest, buffer) if check_log else True
+        if same_log is None:
+            log.warning("%s[%d] cannot reach the broker to check its log; publishing later", self.topic, partition)
+            return
+        if not same_log:
+            self._start_new_epoch(
+                TopicPartition(self.topic, partition),
+                owned,
+                f"the record before offset {max(owned.manifest.next_offset, buffer.start)} is not the one archived",
+            )
+            return
+        assert buffer.last is not None and buffer.last_record is not None  # not empty: checked above
+        batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
+        ingested_at = datetime.now(UTC)
+        stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
+        events = _concat(buffer.events, EVENT_SCHEMA).with_columns(stamp)
+        rejects = _concat(buffer.rejects, REJECT_SCHEMA).with_columns(stamp)
+        with self.store.partition_lock(partition):
+            manifest = self.store.read_manifest(partition)
+            if manifest.epoch != batch.epoch or manifest.next_offset != batch.first:
+                log.error(
+                    "%s[%d] batch %d..%d dropped: the manifest resumes at epoch %d offset %d "
+                    "(another archiver took this partition)",
+                    self.topic,
+                    partition,
+                    batch.first,
+                    batch.last,
+                    manifest.epoch,
+                    manifest.next_offset,
+                )
+                self._resync(partition, manifest)
+                return
+            files = self._write_files(batch, events, rejects, ingested_at)
+            manifest = manifest.advanced(batch, buffer.last_record, buffer.first_record)
+            self.store.write_manifest(manifest)
+        owned.manifest = manifest
+        owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
+        if events.height:
+            newest = events["occurred_at"].max()
+            latest = _arrived_by(newest if isinstance(newest, datetime) else None, ingested_at)
+            if latest is not None:
+                owned.watermark = latest if owned.watermark is None else max(owned.watermark, latest)
+        clients.commit_for_lag_tools(self._consumer, self.topic, partition, manifest.next_offset)
+        self.totals.messages += buffer.messages
+        self.totals.events += events.height
+        self.totals.rejects += rejects.height
+        self.totals.files += len(files)
+        self.totals.batches += 1
+        log.info(
+            "%s[%d] offsets %d..%d published: %d events, %d rejects, %d files; resume at %d",
+            self.topic,
+            partition,
+            batch.first,
+            batch.last,
+            events.height,
+            rejects.height,
+            len(files),
+            manifest.next_offset,
+        )
+        self._write_status(partition, force=True)
+
+    def _write_files(
+        self, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame, ingested_at: datetime
+    ) -> list:
+        staged = []
+        if events.height:
+            for (event_date,), day in events.sort("kafka_offset").partition_by("event_date", as_dict=True).items():
+                staged.append((self.store.event_file(event_date, batch), day.drop("event_date")))
+        if rejects.height:
+            staged.append((self.store.dead_letter_file(ingested_at.date(), batch), rejects.sort("kafka_offset")))
+        temps = []
+        for final, frame in staged:
+            temp = temp_path_for(final, self.store.temp_dir)
+            write_parquet_durably(frame, temp)
+            temps.append((temp, final))
+        for temp, final in temps:
+            publish_new(temp, final)
+        return [final for _, final in temps]
+
+    def _resync(self, partition: int, manifest: Manifest) -> None:
+        """Drop what is buffered and continue from what the manifest says."""
+        owned = self.owned[partition]
+        owned.manifest = manifest
+        owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
+        self._seek_to_resume(TopicPartition(self.topic, partition), owned)
+
+    # progress
+
+    def _consumed_to_end(self, partition: int) -> bool:
+        owned = self.owned[partition]
+        return owned.end_offset is not None and owned.position >= owned.end_offset
+
+    def _caught_up(self, partition: int) -> bool:
+        return self._consumed_to_end(partition) and self.owned[partition].buffer.empty
+
+    def _write_status(self, partition: int, force: bool = False) -> None:
+        owned = self.owned.get(partition)
+        if owned is None:
+            return
+        now = time.monotonic()
+        if not force and now - owned.status_written < STATUS_EVERY_SECONDS:
+            return
+        if self._caught_up(partition):
+            owned.caught_up_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        owned.status_written = now
+        replace_json(
+            self.store.status_path(partition),
+            {
+                "topic": self.topic,
+                "partition": partition,
+                "topic_partitions": len(self._consumer.partitions_for_topic(self.topic) or ()) or None,
+                "epoch": owned.manifest.epoch,
+                "next_offset": owned.manifest.next_offset,
+                "published_offset": owned.manifest.next_offset - 1,
+                "read_offset": owned.position,  # read from Kafka; buffered up to here
+                "end_offset": owned.end_offset,
+                "watermark": owned.watermark,
+                "caught_up_at": owned.caught_up_at,
+                "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "pid": os.getpid(),
+            },
+        )
+
+    # rebalances (kafka-python calls these from inside poll)
+
+    def _settled(self) -> bool:
+        return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self._watch.client_got_through()
+        self._assignment.changed()
+        for tp in revoked:
+            if tp.partition in self.owned:
+                self._publish(tp.partition)
+                self._write_status(tp.partition, force=True)
+                del self.owned[tp.partition]
+                log.info("%s[%d] revoked", self.topic, tp.partition)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._watch.client_got_through()
+        self._assignment.changed()
+        for tp in sorted(assigned, key=lambda tp: tp.partition):
+            try:
+                self._take(tp)
+            except LambdaflowError as error:  # a damaged manifest: raised by run(), not in a callback
+                self._fatal = self._fatal or error
+
+    def _take(self, tp: TopicPartition) -> None:
+        with self.store.partition_lock(tp.partition):
+            self.store.remove_uncovered(tp.partition)
+            remove_stale_temps(self.store.manifest_path(tp.partition))  # a kill -9 mid-replace leaves these
+            remove_stale_temps(self.store.status_path(tp.partition))
+            manifest = self.store.read_manifest(tp.partition)
+        previous = self._previous_status(tp.partition)
+        owned = OwnedPartition(
+            manifest=manifest,
+            buffer=Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic()),
+            position=manifest.next_offset,
+            watermark=_arrived_by(previous.get("watermark"), datetime.now(UTC)),
+            caught_up_at=previous.get("caught_up_at"),
+        )
+        self.owned[tp.partition] = owned
+        log.info(
+            "%s[%d] assigned: epoch %d, resuming at offset %d",
+            self.topic,
+            tp.partition,
+            manifest.epoch,
+            manifest.next_offset,
+        )
+        if self._same_log(tp.partition, manifest) is False:
+            self._start_new_epoch(tp, owned, f"the record at offset {manifest.next_offset - 1} is not the one archived")
+        else:
+            self._seek_to_resume(tp, owned)
+
+    def _seek_to_resume(self, tp: TopicPartition, owned: OwnedPartition) -> None:
+        owned.position = owned.manifest.next_offset
+        self._consumer.seek(tp, owned.position)
+
+    def _previous_status(self, partition: int) -> dict:
+        try:
+            status = read_json(self.store.status_path(partition), PROGRESS_ONLY) or {}
+        except DamagedFile as error:
+            log.warning("%s; writing it anew", error)
+            return {}
+        return status if isinstance(status, dict) and status.get("epoch") is not None else {}
+
+
+def _arrived_by(event_time: datetime | str | None, arrival: datetime) -> str | None:
+    """A watermark never runs ahead of when its data arrived (invariant 6): a message stamped in the
+    future (its occurred_at and Kafka timestamp both) moves it to the time of arrival, no further,
+    so it can neither complete a day early nor switch realtime off for the days after."""
+    if event_time is None:
+        return None
+    if isinstance(event_time, str):
+        event_time = datetime.fromisoformat(event_time)
+    return min(event_time, arrival).astimezone(UTC).isoformat()
+
+
+def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)

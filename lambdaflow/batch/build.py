@@ -1,0 +1,138 @@
+"""The batch layer's build of one UTC day, called by the DAGs and by `lambdaflow batch`.
+
+dbt builds the day over only its covered raw files (:func:`build_day`), then
+:mod:`lambdaflow.batch.publish` publishes it. Only dbt writes the warehouse,
+and only under the warehouse lock: the Airflow pool serialises scheduled runs,
+the lock also covers in-process runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+
+from lambdaflow.batch.completeness import DAY, require_complete_hours
+from lambdaflow.batch.dbt import as_vars, run_dbt, sql_string
+from lambdaflow.batch.publish import publish
+from lambdaflow.core import days, late, metrics
+from lambdaflow.core.boundary import read_manifest
+from lambdaflow.core.config import Settings
+from lambdaflow.core.contract import EVENT_SCHEMA
+from lambdaflow.core.days import midnight
+from lambdaflow.core.errors import InputError
+from lambdaflow.core.files import replace_json
+from lambdaflow.core.raw_store import RawStore, read_ends
+from lambdaflow.core.warehouse import warehouse_lock
+
+log = logging.getLogger(__name__)
+
+
+def parse_day(text: object, *, latest: date | None = None, what: str | None = None) -> date:
+    """A UTC day as YYYY-MM-DD; anything else is a clear error (an InputError)."""
+    return days.parse_day(text, what, latest=latest)
+
+
+def run_day(params: dict | None, data_interval_start: datetime | None) -> date:
+    """The day a lambda_batch run builds: its `ds` param when triggered by hand, else its data interval."""
+    chosen = (params or {}).get("ds")
+    if chosen is not None:
+        return parse_day(chosen, latest=datetime.now(UTC).date(), what="ds")
+    if data_interval_start is None:
+        raise InputError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")
+    return data_interval_start.date()
+
+
+@contextmanager
+def failing_at_once() -> Iterator[None]:
+    """Bad input (a day, the metrics definition, a damaged raw file) fails the task without retries:
+    a retry would read the same input. The task log then ends with the one line that says why."""
+    try:
+        yield
+    except InputError as error:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(error)) from None
+
+
+def check_inputs(settings: Settings, day: date) -> tuple[list[Path], dict[str, str]]:
+    """Refuse bad input before anything is written: the metrics definition, the batch manifest the
+    build will extend, and the day's raw files (each a whole Parquet file; none that the day's last
+    build read missing or changed).
+
+    Returns the day's covered raw files and their SHA-256 by name. Writes nothing.
+    """
+    metrics.defined()
+    read_manifest(settings.data_dir)
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    return files, late.require_as_built(settings, day, files)
+
+
+def raw_files_for(settings: Settings, day: date, files: list[Path] | None = None) -> list[Path]:
+    """The day's raw files the archiver's manifests cover; an empty day reads one empty file."""
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day) if files is None else files
+    if files:
+        return files
+    empty = settings.data_dir / "batch" / "empty" / f"event_date={day.isoformat()}" / "empty.parquet"
+    if not empty.exists():
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(schema=EVENT_SCHEMA).drop("event_date").write_parquet(empty)
+    return [empty]
+
+
+def build_day(settings: Settings, day: date, until: datetime | None = None) -> dict:
+    """dbt build for one UTC day (all of it, or the hours before ``until``), then publish it."""
+    until = midnight(day) + DAY if until is None else until
+    covered, digests = check_inputs(settings, day)
+    files = raw_files_for(settings, day, covered)
+    variables = {
+        "ds": day.isoformat(),
+        "until": None if until >= midnight(day) + DAY else until.isoformat(),
+        "raw_files": "[" + ", ".join(sql_string(str(f)) for f in files) + "]",
+    }
+    with warehouse_lock(settings):
+        log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
+        run_dbt(settings, "build", "--vars", as_vars(variables))
+        read = read_ends(covered, RawStore(settings.data_dir, settings.topic).manifests())
+        published = publish(settings, day, until, variables, read)
+        record_build(settings, day, covered, digests)
+    return published
+
+
+def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:
+    """Which raw files the day's last build read (a file published later holds late events), and
+    their SHA-256, so that the next build or reconciliation notices one that went missing or changed."""
+    document: dict[str, object] = {
+        "event_date": day.isoformat(),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "raw_files": sorted(f.name for f in files),
+    }
+    if digests is not None:
+        document["raw_file_sha256"] = dict(sorted(digests.items()))
+    replace_json(late.build_record_path(settings, day), document)
+
+
+# late data (invariant 8)
+
+
+def rebuild_late_days(settings: Settings) -> list[str]:
+    """Rebuild every whole built day that has late raw files, so the served answer includes them."""
+    rebuilt = []
+    for day, count in late.late_days(settings).items():
+        log.info("%s has %d raw file(s) published after its build: rebuilding it", day, count)
+        build_day(settings, day)
+        rebuilt.append(day.isoformat())
+    if not rebuilt:
+        log.info("no built day has late raw files")
+    return rebuilt
+
+
+def build_today(settings: Settings, ds: object = None, now: datetime | None = None) -> dict:
+    """The manual run: the complete hours of ``ds`` (None: today), boundary moved to the last of them."""
+    now = now or datetime.now(UTC)
+    day = now.date() if ds is None else parse_day(ds, latest=now.date(), what="ds")
+    return build_day(settings, day, require_complete_hours(settings, day))

@@ -1,0 +1,64 @@
+"""dbt, run in this process over the project's dbt project (dbt-duckdb)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+from lambdaflow.core.config import Settings
+from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.project import DBT_PROJECT_DIR
+
+AFTER_EACH_RUN: list[Callable[[tuple[str, ...]], None]] = []
+"""Called with the arguments of each dbt invocation that succeeded, before the next one starts
+(while its ``run_results.json`` is still the target's): the benchmark keeps model timings so."""
+
+
+def run_dbt(settings: Settings, *args: str) -> None:
+    """Run dbt in this process: importing dbt costs seconds, so a process that builds
+    several days (a backfill, the demo) pays it once."""
+    from dbt.cli.main import dbtRunner
+
+    os.environ["LAMBDAFLOW_DATA_DIR"] = str(settings.data_dir)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    try:
+        result = dbtRunner().invoke(
+            [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+        )
+    finally:
+        _release_warehouse()
+    if not result.success:
+        raise LambdaflowError(f"dbt {args[0]} failed: {_dbt_failure(result)}")
+    for listener in AFTER_EACH_RUN:
+        listener(args)
+
+
+def _release_warehouse() -> None:
+    """dbt-duckdb keeps the warehouse open for the rest of the process; a process that builds
+    again later (the demo, a long-lived runner) would hold DuckDB's file lock in between and shut
+    out every other reader and writer. Released after each invocation, as a dbt process exiting does."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    DuckDBConnectionManager.close_all_connections()
+
+
+def _dbt_failure(result) -> str:
+    """Why a dbt invocation failed, on one line: its exception, or the first failing nodes' messages."""
+    if result.exception is not None:
+        text = str(result.exception)
+    else:
+        failed = [r for r in getattr(result.result, "results", None) or [] if r.status in ("error", "fail")]
+        text = "; ".join(f"{r.node.name}: {r.message}" for r in failed[:3]) or "see the dbt log above"
+    text = " ".join(text.split())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def as_vars(variables: dict) -> str:
+    """``variables`` as the YAML that dbt's --vars and --args take (JSON is YAML)."""
+    return json.dumps(variables)

@@ -1,0 +1,128 @@
+"""Settings, read from the environment once.
+
+Every part of lambdaflow takes its configuration from one frozen
+:class:`Settings`; :func:`settings` parses the process environment the first
+time it is called and returns the same object after that. The defaults run on
+one machine with no setup: the embedded broker and files under ``data/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from lambdaflow.core.errors import ConfigError
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_BOOTSTRAP = re.compile(r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*")
+_DIGITS = re.compile(r"[0-9]+")
+MAX_LATENESS_MINUTES = 7 * 24 * 60
+"""A week: an allowed lateness beyond it would hold every day's build back for longer than any
+late event is worth waiting for."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str | None
+    """A real Kafka's bootstrap servers (KAFKA_BOOTSTRAP); None means the embedded broker."""
+    topic: str
+    """The events topic (LAMBDAFLOW_TOPIC)."""
+    data_dir: Path
+    """Root of every file lambdaflow writes (LAMBDAFLOW_DATA_DIR), absolute."""
+    partitions: int
+    """Partitions of the topic when lambdaflow creates it (LAMBDAFLOW_PARTITIONS)."""
+    archive_roll_bytes: int
+    """The archiver publishes a partition's buffer at this many bytes of messages (LAMBDAFLOW_ARCHIVE_ROLL_MB)."""
+    archive_roll_seconds: float
+    """... or when it is this old (LAMBDAFLOW_ARCHIVE_ROLL_SECONDS)."""
+    allowed_lateness: timedelta
+    """How long after an hour ends its events may still arrive (LAMBDAFLOW_ALLOWED_LATENESS_MINUTES)."""
+    reconcile_threshold: int = 0
+    """The largest unexplained batch-vs-speed difference a reconciled day may show (LAMBDAFLOW_RECONCILE_THRESHOLD)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        bootstrap = environ.get("KAFKA_BOOTSTRAP", "").strip() or None
+        if bootstrap is not None and not _BOOTSTRAP.fullmatch(bootstrap):
+            raise ConfigError(f"KAFKA_BOOTSTRAP={bootstrap!r} is not a list of host:port, e.g. 127.0.0.1:9092")
+        topic = environ.get("LAMBDAFLOW_TOPIC", "").strip() or "events"
+        if not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}:
+            raise ConfigError(
+                f"LAMBDAFLOW_TOPIC={topic!r} is not a Kafka topic name (1-249 of the characters A-Z a-z 0-9 . _ -)"
+            )
+        data_dir = Path(environ.get("LAMBDAFLOW_DATA_DIR", "").strip() or "data")
+        return cls(
+            kafka_bootstrap=bootstrap,
+            topic=topic,
+            data_dir=data_dir.expanduser().absolute(),
+            partitions=int(_positive(environ, "LAMBDAFLOW_PARTITIONS", default=3, at_most=10_000, whole=True)),
+            archive_roll_bytes=int(
+                _positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_MB", default=64, at_most=4096) * 1024 * 1024
+            ),
+            archive_roll_seconds=_positive(environ, "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS", default=300, at_most=86_400),
+            allowed_lateness=timedelta(
+                minutes=_minutes(
+                    environ, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES", default=10, at_most=MAX_LATENESS_MINUTES
+                )
+            ),
+            reconcile_threshold=_whole(environ, "LAMBDAFLOW_RECONCILE_THRESHOLD", default=0),
+        )
+
+    @property
+    def broker_file(self) -> Path:
+        """Where the embedded broker announces its address while it runs."""
+        return self.data_dir / "broker" / "broker.json"
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float, at_most: float, whole: bool = False) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = _number(raw, whole)
+    if whole and not (value is not None and 1 <= value <= at_most):
+        raise ConfigError(f"{name}={raw!r} must be a whole number from 1 to {at_most:g}")
+    if not (value is not None and 0 < value <= at_most):
+        raise ConfigError(f"{name}={raw!r} must be a number above 0 and at most {at_most:g}")
+    return value
+
+
+def _minutes(environ: Mapping[str, str], name: str, default: float, at_most: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = _number(raw, whole=False)
+    if not (value is not None and 0 <= value <= at_most):
+        raise ConfigError(f"{name}={raw!r} must be a number of minutes from 0 to {at_most:g}")
+    return value
+
+
+def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not _DIGITS.fullmatch(raw):
+        raise ConfigError(f"{name}={raw!r} must be a whole number, 0 or more")
+    return int(raw)
+
+
+def _number(raw: str, whole: bool) -> float | None:
+    """A finite number in ASCII digits (not inf, nan, ² or ５), or None."""
+    if not raw.isascii():
+        return None
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process's settings, parsed from os.environ on first use."""
+    return Settings.from_env(os.environ)

@@ -1,0 +1,87 @@
+"""Late data (invariant 8): raw files published after their day was built.
+
+Each build records which raw files it read (``batch/builds/D.json``). A file
+of day D that the archiver publishes afterwards holds events that reached the
+raw store late; `lambdaflow status` lists such days, reconciliation accounts
+for them, and the `lambda_batch_late` DAG rebuilds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from lambdaflow.core.boundary import read_manifest
+from lambdaflow.core.config import Settings
+from lambdaflow.core.files import read_json
+from lambdaflow.core.raw_store import RESTORE, BatchRange, RawFileDamaged, RawStore, require_readable
+
+DAY = timedelta(days=1)
+
+
+def build_record_path(settings: Settings, day: date) -> Path:
+    return settings.data_dir / "batch" / "builds" / f"{day.isoformat()}.json"
+
+
+def read_build_record(settings: Settings, day: date) -> dict | None:
+    """What the day's last build read: its raw files and their SHA-256; None for a day never built."""
+    return read_json(
+        build_record_path(settings, day),
+        f"move it aside, then rebuild the day with `lambdaflow batch --date {day.isoformat()}`",
+    )
+
+
+def digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[str, str]:
+    """Refuse ``files`` (the day's covered raw files now) when a file the day's last build read is
+    missing or has changed since (invariant 1: a published raw file is never changed); also refuse
+    one that is not a readable Parquet file. Returns each file's SHA-256, by name."""
+    for path in files:
+        require_readable(path)
+    record = read_build_record(settings, day) or {}
+    built = f"the build of {day} at {record.get('built_at')}"
+    present = {path.name: path for path in files}
+    folder = RawStore(settings.data_dir, settings.topic).events_dir / f"event_date={day.isoformat()}"
+    for name in record.get("raw_files", []):
+        if name not in present and BatchRange.parse(name) is not None:  # not the empty day's placeholder
+            raise RawFileDamaged(f"raw file {folder / name} is missing, though {built} read it: {RESTORE}")
+    digests = {name: digest(path) for name, path in present.items()}
+    for name, before in (record.get("raw_file_sha256") or {}).items():
+        if name in digests and digests[name] != before:
+            raise RawFileDamaged(
+                f"raw file {present[name]} has changed since {built} read it "
+                f"(sha256 {before[:12]}... then, {digests[name][:12]}... now): {RESTORE}"
+            )
+    return digests
+
+
+def late_files(settings: Settings, day: date) -> list[Path]:
+    """The day's raw files published after its last build (none for a day never built)."""
+    record = read_build_record(settings, day)
+    if record is None:
+        return []
+    built = set(record["raw_files"])
+    return [f for f in RawStore(settings.data_dir, settings.topic).files_for_date(day) if f.name not in built]
+
+
+def late_days(settings: Settings) -> dict[date, int]:
+    """Whole built days with raw files published after their build, and how many."""
+    manifest = read_manifest(settings.data_dir)
+    found = {}
+    for key, entry in sorted(manifest.get("days", {}).items()):
+        day = date.fromisoformat(key)
+        if datetime.fromisoformat(entry["built_until"]) < _end_of(day):
+            continue  # a partial day: its next build reads whatever has arrived
+        late = late_files(settings, day)
+        if late:
+            found[day] = len(late)
+    return found
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY

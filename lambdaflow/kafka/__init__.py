@@ -1,0 +1,1 @@
+"""Kafka: the clients, the embedded broker, the broker watch, group and log identity."""

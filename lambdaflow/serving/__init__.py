@@ -1,0 +1,1 @@
+"""The serving layer: answers, status and reconciliation, read from published files only."""

@@ -1,0 +1,280 @@
+"""Reconciliation: the batch layer's numbers for a built day beside the speed layer's.
+
+Both sides are read from published files: the batch manifest's file for day D
+and the speed layer's snapshots. The two layers saw different sets of events
+when they differ at all: the build read the raw files published before it
+(its build record lists them); the speed layer counted each partition up to
+its offset. The report explains a difference with the raw store itself: the
+day's events are re-aggregated (with the speed layer's Polars logic, which
+the parity test holds equal to the dbt models) over the build's files, over
+those plus the late files the speed layer has seen, and over exactly what the
+speed layer has seen:
+
+* ``explained_by_late_events``: events of D that reached the raw store after
+  the build (the day is due a rebuild);
+* ``explained_by_speed_lag``: the difference between what the speed layer has
+  counted and what the build read, beyond late events;
+* ``unexplained``: the rest. Anything above the threshold
+  (``LAMBDAFLOW_RECONCILE_THRESHOLD``, default 0) fails the DAG's reconcile task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+
+from lambdaflow.core import aggregate
+from lambdaflow.core.boundary import boundary_of, read_manifest, speed_may_drop_before
+from lambdaflow.core.config import Settings
+from lambdaflow.core.errors import InputError, LambdaflowError
+from lambdaflow.core.files import DamagedFile, read_json, replace_json
+from lambdaflow.core.late import read_build_record, require_as_built
+from lambdaflow.core.metrics import Metric, defined
+from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
+from lambdaflow.serving.query import ServingInputs
+
+KEYS = ["hour"]
+
+
+@dataclass(frozen=True)
+class SpeedPosition:
+    """How far the speed layer had counted a partition: its log epoch, next offset and log identity."""
+
+    epoch: int
+    next_offset: int
+    log_id: str | None = None
+
+    def has_seen(self, batch: BatchRange, archived: Manifest | None) -> pl.Expr | bool:
+        """Which rows of an archived batch the speed layer has counted. The two workers number the logs
+        they read apart (a replay starts at epoch 0 again); where the archiver knows the identity of
+        the log the speed layer counts, its epoch for that log stands in for the speed layer's."""
+        epoch = self.epoch
+        if self.log_id and archived is not None:
+            epoch = next((int(e) for e, log in archived.log_ids.items() if log == self.log_id), epoch)
+        if batch.epoch != epoch:
+            return batch.epoch < epoch
+        return pl.col("kafka_offset") < self.next_offset
+
+
+def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None = None) -> list[dict]:
+    """One row per metric for day D; also written to ``batch/reconcile/D.json``."""
+    metrics = metrics or defined()
+    entry = read_manifest(settings.data_dir).get("days", {}).get(day.isoformat())
+    if entry is None:
+        raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
+    names = [m.name for m in metrics]
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    require_as_built(settings, day, files)  # a raw file gone or changed since the build explains nothing
+    batch = _by_hour(_read(settings.data_dir / entry["file"], "published batch file"), names)
+    # A published batch file is never replaced (a rebuild writes a new one), and Polars reads a
+    # snapshot in one go, so neither can change under these reads.
+    snapshots = [_read(path, "speed snapshot") for path in ServingInputs.current(settings).speed_snapshots]
+    speed_rows = _concat(snapshots)
+    speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
+    positions = _positions(snapshots)
+    previous = read_json(
+        report_path(settings.data_dir, day),
+        f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again",
+    )
+    if previous and _dropped_by_speed_layer(settings, day, speed_rows):
+        return _unchecked_rebuild(settings, day, entry, batch, names, previous)
+
+    record = read_build_record(settings, day)
+    # A build from before build records existed: what it read is unknown, so nothing counts as late.
+    built = set(record["raw_files"]) if record else {f.name for f in files}
+    late = [f for f in files if f.name not in built]
+    archived = RawStore(settings.data_dir, settings.topic).manifests()
+    read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None, archived)  # noqa: E731
+    as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
+    with_late = _metrics_by_hour(
+        _concat([read([f for f in files if f.name in built], False), read(late, True)]), metrics
+    )
+    seen = _metrics_by_hour(read(files, True), metrics)
+    late_rows = read(late, False)
+    late_events = late_rows["event_id"].n_unique() if late_rows.width else 0
+
+    rows = []
+    for index, name in enumerate(names):
+        hours = sorted(set(batch) | set(speed) | set(as_built) | set(with_late) | set(seen))
+        value = lambda table, hour, index=index: table.get(hour, [0] * len(names))[index]  # noqa: E731
+        unexplained = {h: value(speed, h) - value(batch, h) - (value(seen, h) - value(as_built, h)) for h in hours}
+        rows.append(
+            {
+                "event_date": day.isoformat(),
+                "metric": name,
+                "batch": sum(value(batch, h) for h in hours),
+                "speed": sum(value(speed, h) for h in hours),
+                "difference": sum(value(speed, h) - value(batch, h) for h in hours),
+                "explained_by_late_events": sum(value(with_late, h) - value(as_built, h) for h in hours),
+                "explained_by_speed_lag": sum(value(seen, h) - value(with_late, h) for h in hours),
+                "unexplained": sum(unexplained.values()),
+                "hours_differing": [h for h in hours if value(speed, h) != value(batch, h)],
+                "hours_unexplained": [h for h, v in unexplained.items() if v != 0],
+                "late_files": len(late),
+                "late_events": late_events,
+                "built_at": entry.get("built_at"),
+                "reconciled_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "note": None,
+            }
+        )
+    rows = judged(rows, settings.reconcile_threshold)
+    replace_json(report_path(settings.data_dir, day), rows)
+    return rows
+
+
+def judged(rows: list[dict], threshold: int) -> list[dict]:
+    """The rows, each with ``within_threshold``: is its unexplained part within the threshold? The report
+    keeps the verdict, so that a failed reconciliation stays failed for whoever reads it later (the
+    speed layer keeps a day until it has passed)."""
+    return [
+        {
+            **row,
+            "within_threshold": abs(row["unexplained"]) <= threshold
+            and not (threshold == 0 and row["hours_unexplained"]),
+        }
+        for row in rows
+    ]
+
+
+def passed(data_dir: Path, day: date) -> bool:
+    """Has ``day`` been reconciled, with every metric within the threshold? A report written before
+    reports kept the verdict passes when nothing was unexplained."""
+    try:
+        rows = read_json(report_path(data_dir, day))
+    except DamagedFile:
+        return False
+    return (
+        bool(rows)
+        and isinstance(rows, list)
+        and all(
+            isinstance(row, dict)
+            and row.get("within_threshold", row.get("unexplained") == 0 and not row.get("hours_unexplained"))
+            for row in rows
+        )
+    )
+
+
+def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
+    """Has the speed layer dropped D? Only an old enough day can be, and then a partition with raw
+    events of D has no row of D in its snapshot."""
+    boundary = boundary_of(read_manifest(settings.data_dir))
+    if boundary is None or day >= speed_may_drop_before(boundary):
+        return False
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    with_events = {batch.partition for batch in map(BatchRange.parse, (f.name for f in files)) if batch}
+    counted = set(speed_rows.filter(pl.col("event_date") == day)["kafka_partition"]) if speed_rows.width else set()
+    return bool(with_events - counted)
+
+
+def _unchecked_rebuild(
+    settings: Settings, day: date, entry: dict, batch: dict, names: list[str], previous: list[dict]
+) -> list[dict]:
+    """A rebuild of a day reconciled before that the speed layer has dropped since:
+    there is nothing left to compare with, so the report says so and keeps the last comparison."""
+    reconciled_at = previous[0].get("reconciled_at")
+    rows = []
+    for index, name in enumerate(names):
+        rows.append(
+            {
+                "event_date": day.isoformat(),
+                "metric": name,
+                "batch": sum(values[index] for values in batch.values()),
+                "speed": None,
+                "difference": None,
+                "explained_by_late_events": 0,
+                "explained_by_speed_lag": 0,
+                "unexplained": 0,
+                "hours_differing": [],
+                "hours_unexplained": [],
+                "late_files": 0,
+                "late_events": 0,
+                "built_at": entry.get("built_at"),
+                "reconciled_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "note": f"rebuilt after the speed layer dropped {day}; last compared at {reconciled_at}",
+            }
+        )
+    replace_json(report_path(settings.data_dir, day), rows)
+    return rows
+
+
+def report_path(data_dir: Path, day: date) -> Path:
+    return data_dir / "batch" / "reconcile" / f"{day.isoformat()}.json"
+
+
+def require_within_threshold(rows: list[dict], threshold: int) -> None:
+    """Fail, naming each metric and hour, when an unexplained difference is above the threshold."""
+    wrong = [row for row in judged(rows, threshold) if not row["within_threshold"]]
+    if wrong:
+        detail = "; ".join(
+            f"{row['metric']} by {row['unexplained']:+d} (hours {_listed(row['hours_unexplained'])})" for row in wrong
+        )
+        raise LambdaflowError(
+            f"{rows[0]['event_date']}: the layers differ beyond what late events and the "
+            f"speed layer's lag explain (threshold {threshold}): {detail}"
+        )
+
+
+def _listed(hours: list[int], most: int = 6) -> str:
+    if len(hours) <= most:
+        return str(hours)
+    return "[" + ", ".join(map(str, hours[: most - 1])) + f", ... {len(hours)} hours]"
+
+
+def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
+    positions = {}
+    for frame in snapshots:
+        if frame.height:
+            row = frame.row(0, named=True)
+            positions[row["kafka_partition"]] = SpeedPosition(row["epoch"], row["next_offset"], row.get("log_id"))
+    return positions
+
+
+def _events(
+    files: list[Path], positions: dict[int, SpeedPosition] | None, archived: dict[int, Manifest] | None = None
+) -> pl.DataFrame:
+    """The valid events in ``files``; with ``positions``, only those the speed layer has counted."""
+    frames = []
+    for path in files:
+        frame = _read(path, "raw file")
+        if positions is not None:
+            batch = BatchRange.parse(path.name)
+            position = positions.get(batch.partition) if batch else None
+            if batch is None or position is None:
+                continue
+            seen = position.has_seen(batch, (archived or {}).get(batch.partition))
+            frame = frame.filter(seen) if isinstance(seen, pl.Expr) else (frame if seen else frame.clear())
+        frames.append(frame)
+    return _concat(frames)
+
+
+def _read(path: Path, what: str) -> pl.DataFrame:
+    """A whole Parquet file, or one clear line naming the file that cannot be read."""
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"{what} {path} cannot be read ({reason[:300]})") from None
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [frame for frame in frames if frame.width]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _metrics_by_hour(events: pl.DataFrame, metrics: tuple[Metric, ...]) -> dict[int, list[int]]:
+    if events.height == 0:
+        return {}
+    return _by_hour(aggregate.hourly_metrics(events, metrics), [m.name for m in metrics])
+
+
+def _by_hour(frame: pl.DataFrame, names: list[str]) -> dict[int, list[int]]:
+    """{hour: [metric totals over countries]}; a metric missing from the frame counts as 0."""
+    present = [n for n in names if n in frame.columns]
+    totals = frame.group_by("hour").agg(pl.col(present).sum()) if frame.height else frame
+    table = {}
+    for row in totals.iter_rows(named=True):
+        table[int(row["hour"])] = [int(row[n] or 0) if n in present else 0 for n in names]
+    return table

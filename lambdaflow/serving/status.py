@@ -1,0 +1,85 @@
+"""`lambdaflow status`: where every layer stands, from the files each one publishes."""
+
+from __future__ import annotations
+
+import duckdb
+
+from lambdaflow.core.boundary import read_manifest
+from lambdaflow.core.config import Settings
+from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.files import PROGRESS_ONLY, read_json
+from lambdaflow.core.late import late_days
+from lambdaflow.core.raw_store import RawStore
+
+
+def status(settings: Settings) -> dict:
+    store = RawStore(settings.data_dir, settings.topic)
+    speed_dir = settings.data_dir / "speed" / settings.topic
+    partitions = []
+    for partition in store.partitions(fallback=settings.partitions):
+        archiver = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
+        stream = read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {}
+        partitions.append(
+            {
+                "partition": partition,
+                "archiver": _progress(archiver, "watermark", "caught_up_at", "epoch"),
+                "stream": _progress(stream, "epoch", "updated_at"),
+            }
+        )
+    manifest = read_manifest(settings.data_dir)
+    days = manifest.get("days", {})
+    last_built = max(days.items(), key=lambda item: item[1].get("built_at") or "", default=None)
+    return {
+        "topic": settings.topic,
+        "boundary": manifest.get("boundary"),
+        "last_build": {"event_date": last_built[0], **last_built[1]} if last_built else None,
+        "days_built": len(days),
+        "late_days": {day.isoformat(): files for day, files in late_days(settings).items()},
+        "partitions": partitions,
+        "dead_letter": _dead_letter(store),
+    }
+
+
+def _progress(document: dict, *fields: str) -> dict | None:
+    if not document:
+        return None
+    end, next_offset = document.get("end_offset"), document.get("next_offset")
+    return {
+        "next_offset": next_offset,
+        "end_offset": end,
+        "lag": end - next_offset if end is not None and next_offset is not None else None,
+        **{field: document.get(field) for field in fields},
+    }
+
+
+def _dead_letter(store: RawStore) -> dict:
+    files = store.dead_letter_files()
+    if not files:
+        return {"messages": 0, "by_reason": {}}
+    try:  # the file names are bound as a parameter, never spliced into the SQL
+        rows = duckdb.execute(
+            "select reason, count(*) from read_parquet(?) group by reason order by reason", [[str(f) for f in files]]
+        ).fetchall()
+    except duckdb.Error as error:
+        raise LambdaflowError(
+            f"the dead letter under {store.dead_letter_dir} cannot be read: {' '.join(str(error).split())[:300]}"
+        ) from None
+    return {"messages": sum(n for _, n in rows), "by_reason": dict(rows)}
+
+
+def partition_rows(report: dict) -> list[dict]:
+    """The per-partition part, flat, for a table."""
+    rows = []
+    for entry in report["partitions"]:
+        archiver, stream = entry["archiver"] or {}, entry["stream"] or {}
+        rows.append(
+            {
+                "partition": entry["partition"],
+                "archived_to": archiver.get("next_offset"),
+                "archive_lag": archiver.get("lag"),
+                "watermark": archiver.get("watermark"),
+                "counted_to": stream.get("next_offset"),
+                "stream_lag": stream.get("lag"),
+            }
+        )
+    return rows

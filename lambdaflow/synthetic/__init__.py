@@ -1,0 +1,1 @@
+"""Synthetic events: the generator and the producer that sends them."""

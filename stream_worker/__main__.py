@@ -1,3 +1,0 @@
-from stream_worker.cli import main
-
-main()

@@ -1,0 +1,354 @@
+"""One Kafka partition's speed-layer state, in a DuckDB file of its own.
+
+The file holds the hourly aggregates, the dedupe keys (per hour: copies of an
+event share occurred_at), each user-day's first event and first signup, and
+the partition's consumed offset. A micro-batch changes all of them in one
+transaction, which first checks that the stored offset is where the batch
+starts: a batch is counted once or not at all, whoever crashes when.
+
+Only the worker that owns the partition opens the file. Readers use the
+snapshot it publishes after each commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from lambdaflow.core import aggregate
+from lambdaflow.core import metrics as metric_definitions
+from lambdaflow.core.boundary import BatchHours, log_id
+from lambdaflow.core.errors import LambdaflowError, first_line
+from lambdaflow.core.files import fsync_file, temp_path_for
+from lambdaflow.core.metrics import Metric
+from stream_worker import attribution
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = (
+    attribution.SCHEMA
+    + """
+create table if not exists consumed (
+    kafka_partition integer primary key,
+    next_offset bigint not null,
+    epoch integer not null,
+    last_record varchar,
+    committed_at timestamptz not null
+);
+alter table consumed add column if not exists log_id varchar;
+create table if not exists seen_events (
+    event_hour timestamp not null,
+    event_id varchar not null
+);
+create table if not exists first_seen (
+    event_date date not null,
+    user_id varchar not null,
+    kind varchar not null,
+    occurred_at timestamptz not null,
+    kafka_offset bigint not null,
+    event_hour timestamp not null,
+    country varchar not null,
+    primary key (event_date, user_id, kind)
+);
+drop table if exists late_attributions;
+"""
+)
+
+
+def _hourly_table(metrics: tuple[Metric, ...]) -> str:
+    columns = "".join(f"    {m.name} bigint not null,\n" for m in aggregate.counted(metrics))
+    return f"""
+create table if not exists hourly (
+    event_hour timestamp not null,
+    country varchar not null,
+{columns}    primary key (event_hour, country)
+);
+"""
+
+
+def snapshot_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
+    return pl.Schema(
+        {
+            "event_date": pl.Date,
+            "hour": pl.Int32,
+            "country": pl.String,
+            **{m.name: pl.Int64 for m in metrics},
+            "kafka_partition": pl.Int32,
+            "next_offset": pl.Int64,
+            "epoch": pl.Int32,
+            "log_id": pl.String,
+        }
+    )
+
+
+def _snapshot_sql(metrics: tuple[Metric, ...]) -> str:
+    """Hourly rows of the partition: counted metrics beside the users metrics' attributions."""
+    users = [m.name for m in metrics if m.counts_users]
+    user_counts = "".join(f",\n        count(*) filter (where kind = '{name}') as {name}" for name in users)
+    merged = ",\n".join(f"        coalesce({'u' if m.counts_users else 'h'}.{m.name}, 0) as {m.name}" for m in metrics)
+    return f"""
+with users as (
+    select event_hour, country{user_counts}
+    from ({attribution.USERS_SQL}) as counted
+    group by all
+),
+
+merged as (
+    select
+        coalesce(h.event_hour, u.event_hour) as event_hour,
+        coalesce(h.country, u.country) as country,
+{merged}
+    from hourly as h
+    full outer join users as u
+        on h.event_hour = u.event_hour and h.country = u.country
+)
+
+select
+    cast(event_hour as date) as event_date,
+    hour(event_hour) as hour,
+    country,
+    {", ".join(m.name for m in metrics)},
+    c.kafka_partition,
+    c.next_offset,
+    c.epoch,
+    c.log_id
+from merged
+cross join consumed as c
+order by event_date, hour, country
+"""
+
+
+class StaleBatch(Exception):
+    """The stored offset is not where the batch starts: another owner moved it."""
+
+
+class StateFileBusy(Exception):
+    """Another process still holds the partition's state file."""
+
+
+class StateUnreadable(LambdaflowError):
+    """The state file is damaged: the log can rebuild it."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(
+            f"the speed state {path} cannot be read ({first_line(error)}): "
+            "rebuild it from the log with `lambdaflow stream --replay`"
+        )
+
+
+class StateMetricsDiffer(LambdaflowError):
+    """The state file counts other metrics than the definition names."""
+
+
+@dataclass(frozen=True)
+class Consumed:
+    next_offset: int
+    epoch: int
+    last_record: dict | None
+    log_id: str | None = None
+    """The identity of the log counted in this epoch (boundary.log_id), once its offset 0 is counted."""
+
+
+class PartitionState:
+    def __init__(self, path: Path, partition: int, metrics: tuple[Metric, ...] | None = None) -> None:
+        self.path = path
+        self.partition = partition
+        self.metrics = metrics or metric_definitions.defined()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(path), config={"threads": 1})
+        except duckdb.IOException as error:
+            if "lock" in str(error).lower():
+                raise StateFileBusy(str(error)) from None
+            raise StateUnreadable(path, error) from None
+        except duckdb.Error as error:
+            raise StateUnreadable(path, error) from None
+        self._run("set TimeZone = 'UTC'")
+        self._run(_SCHEMA + _hourly_table(self.metrics))
+        self._check_metrics()
+
+    def _check_metrics(self) -> None:
+        """Refuse a state built for other metrics: its history would be wrong, not just short."""
+        stored = [
+            name
+            for (name,) in self._run(
+                "select column_name from information_schema.columns "
+                "where table_name = 'hourly' order by ordinal_position"
+            )
+        ][2:]
+        expected = [m.name for m in aggregate.counted(self.metrics)]
+        kinds = {kind for (kind,) in self._run("select distinct kind from first_seen")}
+        unknown_kinds = kinds - {m.name for m in self.metrics if m.counts_users}
+        if stored != expected or unknown_kinds:
+            self._con.close()
+            raise StateMetricsDiffer(
+                f"the speed state {self.path} counts {stored + sorted(kinds)}, the definition "
+                f"{[m.name for m in self.metrics]}: rebuild it from the log with `lambdaflow stream --replay`"
+            )
+
+    def _run(self, sql: str, parameters=None) -> list:
+        """Execute a statement and drain its result (DuckDB 2 keeps a connection busy until then)."""
+        return self._con.execute(sql, parameters).fetchall()
+
+    def consumed(self) -> Consumed:
+        rows = self._run(
+            "select next_offset, epoch, last_record, log_id from consumed where kafka_partition = ?", [self.partition]
+        )
+        if not rows:
+            return Consumed(0, 0, None)
+        next_offset, epoch, last_record, log = rows[0]
+        return Consumed(next_offset, epoch, json.loads(last_record) if last_record else None, log)
+
+    def apply(
+        self,
+        events: pl.DataFrame,
+        start: int,
+        end: int,
+        last_record: dict,
+        batch: BatchHours | None = None,
+        first_record: dict | None = None,
+    ) -> int:
+        """Count a micro-batch of valid events covering offsets start..end-1, exactly once.
+
+        ``batch``: the hours the batch layer serves, and what its builds read, as the batch manifest
+        said when the micro-batch was read (None: nothing built). ``first_record``: the fingerprint of
+        the record at ``start``; at offset 0 it names the log (boundary.log_id). Returns how many
+        events were new.
+        Raises StaleBatch, changing nothing, when the stored offset is not ``start``.
+        """
+        con = self._con
+        con.begin()
+        try:
+            consumed = self.consumed()
+            if consumed.next_offset != start:
+                raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
+            fresh = self._fresh(aggregate.first_copies(aggregate.with_event_hour(events)))
+            log = log_id(first_record) if start == 0 else consumed.log_id
+            days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
+            attribution.follow(con)
+            if fresh.height:
+                con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
+                updates = ", ".join(f"{m.name} = {m.name} + excluded.{m.name}" for m in aggregate.counted(self.metrics))
+                self._run(f"""
+                    insert into hourly by name (select * from batch_hourly)
+                    on conflict (event_hour, country) do {f"update set {updates}" if updates else "nothing"}
+                """)
+                self._attribute(fresh, days)
+            self._run(
+                """
+                insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
+                values (?, ?, ?, ?, now(), ?)
+            """,
+                [self.partition, end, consumed.epoch, json.dumps(last_record), log],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        finally:
+            for view in ("batch_events", "batch_hourly", "batch_first_seen", "batch_days"):
+                con.unregister(view)
+        return fresh.height
+
+    def follow(self, batch: BatchHours) -> bool:
+        """Hand to the batch the user-days that ``batch``'s builds have since read (see attribution).
+        True if any changed."""
+        con = self._con
+        con.begin()
+        try:
+            consumed = self.consumed()
+            self._register_batch_days(batch, consumed, set(), consumed.log_id)
+            changed = attribution.follow(con)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        finally:
+            con.unregister("batch_days")
+        return changed > 0
+
+    def _fresh(self, events: pl.DataFrame) -> pl.DataFrame:
+        """The events of the batch not counted before, their keys recorded as seen."""
+        con = self._con
+        con.register("batch_events", events)
+        fresh = con.sql("""
+            select b.*
+            from batch_events as b
+            anti join seen_events as s
+                on s.event_hour = b.event_hour and s.event_id = b.event_id
+        """).pl()
+        con.register("batch_events", fresh)
+        self._run("insert into seen_events select event_hour, event_id from batch_events")
+        return fresh
+
+    def _register_batch_days(
+        self, batch: BatchHours | None, consumed: Consumed, days: set, log: str | None
+    ) -> pl.DataFrame:
+        frame = attribution.batch_days(
+            self._con, batch or BatchHours.of(None), self.partition, consumed.epoch, log, days
+        )
+        self._con.register("batch_days", frame)
+        return frame
+
+    def _attribute(self, fresh: pl.DataFrame, days: pl.DataFrame) -> None:
+        """Keep each user-day's first event, and what the speed layer counts beside it (see attribution)."""
+        firsts = aggregate.first_seen(fresh, self.metrics)
+        attribution.before_firsts_change(self._con, firsts, days)
+        self._con.register("batch_first_seen", firsts)
+        self._run("""
+            insert into first_seen by name (select * from batch_first_seen)
+            on conflict (event_date, user_id, kind) do update set
+                occurred_at = excluded.occurred_at,
+                kafka_offset = excluded.kafka_offset,
+                event_hour = excluded.event_hour,
+                country = excluded.country
+            where excluded.occurred_at < first_seen.occurred_at
+               or (excluded.occurred_at = first_seen.occurred_at and excluded.kafka_offset < first_seen.kafka_offset)
+        """)
+        if attribution.any_late_firsts(self._con):  # rare: late data; else no user-day needs it
+            attribution.after_realtime_events(self._con, attribution.realtime_firsts(fresh, days, self.metrics))
+
+    def restart_log(self, epoch: int) -> None:
+        """The partition's log restarted: consume the new log from its beginning."""
+        self._run(
+            """
+            insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
+            values (?, 0, ?, null, now(), null)
+        """,
+            [self.partition, epoch],
+        )
+
+    def snapshot(self) -> pl.DataFrame:
+        return self._con.sql(_snapshot_sql(self.metrics)).pl().cast(snapshot_schema(self.metrics))
+
+    def publish_snapshot(self, final: Path, temp_dir: Path) -> None:
+        """Replace the partition's snapshot file atomically."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = temp_path_for(final, temp_dir)
+        self.snapshot().write_parquet(temp, compression="zstd")
+        fsync_file(temp)
+        os.replace(temp, final)
+
+    def first_day(self) -> date | None:
+        """The earliest day the state holds counts for (None when it holds none)."""
+        earliest = self._run("select min(event_hour) from hourly")[0][0]
+        return earliest.date() if earliest is not None else None
+
+    def drop_days_before(self, first_kept: date) -> None:
+        con = self._con
+        con.begin()
+        self._run("delete from seen_events where event_hour < ?", [first_kept])
+        self._run("delete from hourly where event_hour < ?", [first_kept])
+        self._run("delete from first_seen where event_date < ?", [first_kept])
+        self._run("delete from late_firsts where event_date < ?", [first_kept])
+        con.commit()
+
+    def close(self) -> None:
+        self._con.close()

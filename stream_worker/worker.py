@@ -1,0 +1,481 @@
+"""The speed layer's consumer: today's hourly metrics, fresh within seconds, exactly once.
+
+Consumer group ``speed``. Each poll is a micro-batch (up to 50k messages or
+250 ms). Per owned partition the batch is classified with the contract,
+deduplicated and aggregated with Polars, and counted into the partition's
+DuckDB state in one transaction together with the consumed offset. After the
+commit the partition's snapshot is replaced atomically; the serving layer sums
+the snapshots and never opens a state file.
+
+On assignment the worker opens the partition's state file (retrying while a
+previous owner still holds it), seeks to the stored offset and publishes a
+fresh snapshot. On revocation it closes the file: nothing is held outside a
+commit, so nothing needs saving.
+
+A broker that comes back without its log reuses offsets. The worker checks that
+the last record counted is still in the log on assignment, when the consumer
+goes back to an earlier offset, and before counting the first records after the
+client connected anew. If it is not, the partition's new log is counted from its
+beginning (a new epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest, start_of
+from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, records_frame
+from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.files import DamagedFile, remove_stale_temps, replace_json
+from lambdaflow.kafka import clients
+from lambdaflow.kafka.broker_watch import BrokerWatch
+from lambdaflow.kafka.group import AssignmentClock, NoPartitionAssigned
+from lambdaflow.kafka.log_identity import LogProbe, fingerprint
+from lambdaflow.serving import reconcile
+from stream_worker.state import PartitionState, StaleBatch, StateFileBusy
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "speed"
+GENERATIONS = ".generations"
+MAX_BATCH_MESSAGES = 50_000
+MAX_BATCH_WAIT_MS = 250
+PROGRESS_EVERY_SECONDS = 10.0
+PRUNE_EVERY_SECONDS = 600.0
+OPEN_RETRY_SECONDS = 0.5
+
+
+class SpeedPaths:
+    """Where a topic's speed state lives: ``speed/<topic>``, or a replay's fresh generation."""
+
+    def __init__(self, data_dir: Path, topic: str, root: Path | None = None) -> None:
+        self.root = root or data_dir / "speed" / topic
+        self.snapshots = self.root / "snapshots"
+        self.temp_dir = data_dir / "tmp" / "speed"
+
+    def live(self) -> SpeedPaths:
+        """These paths, with ``speed/<topic>`` created as a link to a first generation when new,
+        so that a replay can later swap the whole state in one rename."""
+        if not self.root.exists() and not self.root.is_symlink():
+            generation = self.root.parent / GENERATIONS / f"{self.root.name}-{uuid.uuid4().hex[:12]}"
+            generation.mkdir(parents=True)
+            try:
+                self.root.symlink_to(os.path.relpath(generation, self.root.parent), target_is_directory=True)
+            except FileExistsError:  # another worker made it first
+                generation.rmdir()
+        return self
+
+    def state_file(self, partition: int) -> Path:
+        return self.root / f"partition-{partition}.duckdb"
+
+    def snapshot_file(self, partition: int) -> Path:
+        return self.snapshots / f"partition-{partition}.parquet"
+
+    def status_file(self, partition: int) -> Path:
+        return self.root / f"status-{partition}.json"
+
+
+@dataclass
+class Owned:
+    state: PartitionState | None = None  # opened by _open_pending once the previous owner let go
+    position: int = 0
+    end_offset: int | None = None
+    last_commit: float | None = None
+    next_open_attempt: float = 0.0
+    status_written: float = 0.0
+    check_log: bool = False  # connected anew since the last commit: is the log still the one counted?
+
+    @property
+    def open_state(self) -> PartitionState:
+        """The state file; only code that runs after _open_pending opened it asks for it."""
+        if self.state is None:
+            raise RuntimeError("the partition's state file is not open yet")
+        return self.state
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    events: int = 0
+    new_events: int = 0
+    rejects: int = 0
+    commits: int = 0
+    stale_batches: int = 0
+    log_restarts: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Progress:
+    started: float = field(default_factory=time.monotonic)
+    last_report: float = field(default_factory=time.monotonic)
+    messages_at_last_report: int = 0
+    last_prune: float = field(default_factory=time.monotonic)
+
+
+class StreamWorker(ConsumerRebalanceListener):
+    def __init__(
+        self,
+        bootstrap: str,
+        data_dir: Path,
+        topic: str,
+        group_id: str = GROUP_ID,
+        session_timeout_ms: int = 6000,
+        retention_grace: timedelta = SPEED_RETENTION_GRACE,
+        paths: SpeedPaths | None = None,
+    ) -> None:
+        self.topic = topic
+        self.data_dir = data_dir
+        self.paths = paths or SpeedPaths(data_dir, topic).live()
+        self.retention_grace = retention_grace
+        self.totals = Totals()
+        self.owned: dict[int, Owned] = {}
+        self._group_id = group_id
+        self._fatal: LambdaflowError | None = None
+        self._boundary: datetime | None = None  # as last read from the batch manifest
+        self._batch_hours = BatchHours.of(None)  # the same reading: which hours the batch serves
+        self._manifest_damaged = False
+        self._classifier = Classifier()
+        self._probe = LogProbe(bootstrap)
+        self._watch = BrokerWatch(bootstrap, f"stream worker {topic}")
+        self._progress = _Progress()
+        self._assignment = AssignmentClock(session_timeout_ms)
+        self._consumer = clients.consumer(
+            bootstrap,
+            group_id,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(500, session_timeout_ms // 4),
+            max_poll_records=MAX_BATCH_MESSAGES,
+        )
+        self._connections = clients.NewConnections(self._consumer)
+
+    def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
+        started = time.monotonic()
+        self._consumer.subscribe([self.topic], listener=self)
+        self._watch.install()
+        try:
+            while not stop.is_set():
+                self._watch.check()
+                self._open_pending()
+                if self._fatal is not None:
+                    raise self._fatal
+                polled = clients.poll(
+                    self._consumer,
+                    self._watch.client_complained,
+                    timeout_ms=MAX_BATCH_WAIT_MS,
+                    max_records=MAX_BATCH_MESSAGES,
+                )
+                self._count(polled)
+                self._follow_batch()
+                self._read_end_offsets()
+                for partition in self.owned:
+                    self._write_status(partition)
+                self._report_progress()
+                self._prune_owned()
+                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
+                    log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
+                    break
+                if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
+                    raise NoPartitionAssigned(self.topic, self._group_id, idle_timeout)
+        finally:
+            for partition in list(self.owned):
+                self._write_status(partition, force=True)
+                self._close(partition)
+            clients.close_consumer(self._consumer)
+            self._probe.close()
+            self._classifier.close()
+            self._watch.close()
+        return self.totals
+
+    # counting
+
+    def _count(self, polled: dict) -> None:
+        if self._connections.since_last_asked():
+            for each in self.owned.values():
+                each.check_log = True
+        batches = {}
+        for tp, records in polled.items():
+            owned = self.owned.get(tp.partition)
+            if owned is None or owned.state is None or not records:
+                continue
+            if records[0].offset < owned.position:
+                self._on_rewind(tp, owned, records[0].offset)
+                continue
+            if owned.check_log and not self._still_the_log_counted(tp, owned):
+                continue
+            batches[tp.partition] = records
+        if not batches:
+            return
+        records = [record for partition_records in batches.values() for record in partition_records]
+        decoded = self._classifier.classify(records_frame(records))
+        events_by_partition = decoded.events.partition_by("kafka_partition", as_dict=True)
+        self.totals.messages += len(records)
+        self.totals.events += decoded.events.height
+        self.totals.rejects += decoded.rejects.height
+        self._batch_manifest()
+        for partition, partition_records in batches.items():
+            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._batch_hours)
+
+    def _commit(self, partition: int, records: list, events, batch: BatchHours) -> None:
+        owned = self.owned[partition]
+        start, end = owned.position, records[-1].offset + 1
+        if events is None:
+            events = pl.DataFrame(schema=EVENT_SCHEMA)
+        try:
+            new = owned.open_state.apply(events, start, end, fingerprint(records[-1]), batch, fingerprint(records[0]))
+        except StaleBatch as error:
+            self.totals.stale_batches += 1
+            log.warning("%s[%d] batch %d..%d not counted: %s; re-seeking", self.topic, partition, start, end - 1, error)
+            self._seek_to_stored(partition)
+            return
+        owned.position = end
+        owned.last_commit = time.monotonic()
+        self.totals.new_events += new
+        self.totals.commits += 1
+        owned.open_state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+        clients.commit_for_lag_tools(self._consumer, self.topic, partition, end)
+        self._write_status(partition)
+        log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
+
+    def _follow_batch(self) -> None:
+        """A new build may have read events the speed layer held back (rank 2, see speed_state): hand
+        their user-days to the batch now, not at the next message, which may be long in coming."""
+        hours = self._batch_hours
+        if self._batch_manifest() is None or self._batch_hours == hours:
+            return
+        for partition, owned in self.owned.items():
+            if owned.state is not None and owned.state.follow(self._batch_hours):
+                owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+
+    def _holds_last_counted(self, tp: TopicPartition, owned: Owned) -> bool | None:
+        """Does the broker's log hold the last record counted? None when the broker does not answer."""
+        consumed = owned.open_state.consumed()
+        return self._probe.holds(tp, consumed.next_offset - 1, consumed.last_record) if consumed.last_record else True
+
+    def _still_the_log_counted(self, tp: TopicPartition, owned: Owned) -> bool:
+        """After a new connection, before counting what it brought: a broker that came back without its
+        log may have filled a new one past this position. If so, count the new log from its beginning."""
+        same = self._holds_last_counted(tp, owned)
+        if same is None:
+            self._consumer.seek(tp, owned.position)  # fetch again and ask again
+            return False
+        owned.check_log = False
+        if same is False:
+            self._restart_log(tp.partition, f"the record at offset {owned.position - 1} is not the one counted")
+        return same
+
+    def _on_rewind(self, tp: TopicPartition, owned: Owned, offset: int) -> None:
+        same = self._holds_last_counted(tp, owned)
+        if same is False:
+            self._restart_log(tp.partition, f"offset {offset} arrived after offset {owned.position - 1}")
+        else:
+            log.warning(
+                "%s[%d] the consumer went back to offset %d; resuming at %d",
+                self.topic,
+                tp.partition,
+                offset,
+                owned.position,
+            )
+            self._consumer.seek(tp, owned.position)
+
+    def _restart_log(self, partition: int, why: str) -> None:
+        owned = self.owned[partition]
+        epoch = owned.open_state.consumed().epoch + 1
+        owned.open_state.restart_log(epoch)
+        self.totals.log_restarts += 1
+        log.warning(
+            "%s[%d] LOG RESTARTED: %s. Counting the new log (epoch %d) from its beginning; "
+            "counts so far stay, dedupe keeps repeats out.",
+            self.topic,
+            partition,
+            why,
+            epoch,
+        )
+        self._seek_to_stored(partition)
+
+    # ownership
+
+    def _settled(self) -> bool:
+        return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self._watch.client_got_through()
+        self._assignment.changed()
+        for tp in revoked:
+            if tp.partition in self.owned:
+                self._write_status(tp.partition, force=True)
+                self._close(tp.partition)
+                log.info("%s[%d] revoked", self.topic, tp.partition)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._watch.client_got_through()
+        self._assignment.changed()
+        for tp in assigned:
+            self.owned[tp.partition] = Owned()
+            self._consumer.pause(tp)  # until its state file is open
+        self._open_pending()
+
+    def _open_pending(self) -> None:
+        now = time.monotonic()
+        for partition, owned in self.owned.items():
+            if owned.state is not None or now < owned.next_open_attempt:
+                continue
+            try:
+                owned.state = PartitionState(self.paths.state_file(partition), partition)
+            except LambdaflowError as error:  # damaged, or built for other metrics: raised by run(), not in a callback
+                self._fatal = self._fatal or error
+                owned.next_open_attempt = float("inf")
+                continue
+            except StateFileBusy:
+                owned.next_open_attempt = now + OPEN_RETRY_SECONDS
+                log.info("%s[%d] state file still held by its previous owner; retrying", self.topic, partition)
+                continue
+            # Holding the state file, this worker alone writes the partition's snapshot and status.
+            remove_stale_temps(self.paths.status_file(partition))
+            remove_stale_temps(self.paths.snapshot_file(partition), self.paths.temp_dir)
+            self._prune(owned.state)
+            consumed = owned.state.consumed()
+            tp = TopicPartition(self.topic, partition)
+            if self._holds_last_counted(tp, owned) is False:
+                self._restart_log(partition, f"the record at offset {consumed.next_offset - 1} is not the one counted")
+            else:
+                self._seek_to_stored(partition)
+            owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+            self._consumer.resume(tp)
+            log.info(
+                "%s[%d] assigned: resuming at offset %d (epoch %d)",
+                self.topic,
+                partition,
+                owned.position,
+                owned.state.consumed().epoch,
+            )
+
+    def _seek_to_stored(self, partition: int) -> None:
+        owned = self.owned[partition]
+        owned.position = owned.open_state.consumed().next_offset
+        self._consumer.seek(TopicPartition(self.topic, partition), owned.position)
+
+    def _close(self, partition: int) -> None:
+        owned = self.owned.pop(partition)
+        if owned.state is not None:
+            owned.state.close()
+
+    def _prune_owned(self) -> None:
+        """Drop days the batch layer serves (plus a grace period), every few minutes."""
+        if time.monotonic() - self._progress.last_prune < PRUNE_EVERY_SECONDS:
+            return
+        self._progress.last_prune = time.monotonic()
+        for partition, owned in self.owned.items():
+            if owned.state is not None:
+                self._prune(owned.state)
+                owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+
+    def _prune(self, state: PartitionState) -> None:
+        """Drop the days the speed layer no longer needs (see first_day_kept)."""
+        manifest = self._batch_manifest()
+        kept = (
+            None
+            if manifest is None
+            else first_day_kept(self.data_dir, manifest, state.first_day(), self.retention_grace)
+        )
+        if kept is not None:
+            state.drop_days_before(kept)
+
+    def _batch_manifest(self) -> dict | None:
+        """Read the batch manifest and its boundary. While it is damaged, say so once and return None:
+        counting goes on at the last boundary read (it never moves back) and no day is dropped."""
+        try:
+            manifest = read_manifest(self.data_dir)
+        except DamagedFile as error:
+            if not self._manifest_damaged:
+                log.warning(
+                    "%s; counting goes on at the last boundary read (%s) and no day is dropped", error, self._boundary
+                )
+            self._manifest_damaged = True
+            return None
+        if self._manifest_damaged:
+            log.info("the batch manifest is readable again")
+        self._manifest_damaged = False
+        self._boundary = boundary_of(manifest)
+        self._batch_hours = BatchHours.of(manifest)
+        return manifest
+
+    # progress
+
+    def _read_end_offsets(self) -> None:
+        for partition, owned in self.owned.items():
+            end = self._consumer.highwater(TopicPartition(self.topic, partition))
+            if end is not None:
+                owned.end_offset = end
+
+    def _write_status(self, partition: int, force: bool = False) -> None:
+        """Progress for `lambdaflow status`, at most once a second per partition unless forced."""
+        owned = self.owned[partition]
+        now = time.monotonic()
+        if owned.state is None or (not force and now - owned.status_written < 1.0):
+            return
+        owned.status_written = now
+        replace_json(
+            self.paths.status_file(partition),
+            {
+                "topic": self.topic,
+                "partition": partition,
+                "next_offset": owned.position,
+                "end_offset": owned.end_offset,
+                "epoch": owned.state.consumed().epoch,
+                "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "pid": os.getpid(),
+            },
+        )
+
+    def _caught_up(self, partition: int) -> bool:
+        owned = self.owned[partition]
+        return owned.state is not None and owned.end_offset is not None and owned.position >= owned.end_offset
+
+    def _report_progress(self) -> None:
+        now = time.monotonic()
+        progress = self._progress
+        if now - progress.last_report < PROGRESS_EVERY_SECONDS:
+            return
+        rate = (self.totals.messages - progress.messages_at_last_report) / (now - progress.last_report)
+        lags = {
+            p: (o.end_offset - o.position if o.end_offset is not None else None) for p, o in sorted(self.owned.items())
+        }
+        last_commit = max((o.last_commit for o in self.owned.values() if o.last_commit), default=None)
+        log.info(
+            "%s: %.0f messages/s, lag per partition %s, last commit %s",
+            self.topic,
+            rate,
+            lags,
+            f"{now - last_commit:.1f} s ago" if last_commit else "none yet",
+        )
+        progress.last_report = now
+        progress.messages_at_last_report = self.totals.messages
+
+
+def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
+    """The first day the speed layer keeps (None: keep all): it drops the days before the boundary (less
+    the grace) that the batch serves whole and whose reconciliation passed, never a day the batch has
+    not built (the speed layer alone serves it) or one whose reconciliation failed or has not run."""
+    hours = BatchHours.of(manifest)
+    if hours.boundary is None or earliest is None:
+        return None
+    first_kept = (hours.boundary - grace).date()
+    day = earliest
+    while day < first_kept:
+        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconcile.passed(data_dir, day):
+            return day
+        day += timedelta(days=1)
+    return first_kept
