@@ -41,7 +41,7 @@ bench: install
 # A seeded, randomized fault run checked against the log: kill -9s, rebalances, a paused broker,
 # builds and a backfill while events flow. SEED=<n> replays a run; `make test-all` runs a short one.
 chaos: install
-	$(BIN)/python tests/chaos.py $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m chaos $(if $(SEED),--seed $(SEED))
 
 # The dbt docs site on 127.0.0.1:$(DOCS_PORT). Generating it opens the warehouse, so it
 # takes the warehouse lock that every batch build holds. The data directory is made absolute

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import duckdb
 
+from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.files import replace_json
-from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
+from lambdaflow.core.raw_store import BatchRange, Manifest
 
 TOPIC = "events"
 # About the size of a Kafka message the archiver's 64 MB roll counts (values only).
@@ -157,7 +158,7 @@ def write_raw_day(
     Call :func:`write_manifests` afterwards so that the files count as covered.
     """
     first_offsets = first_offsets if first_offsets is not None else {}
-    store = RawStore(data_dir, topic)
+    store = RawStoreWriter(data_dir, topic)
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     folder = store.events_dir / f"event_date={day.isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +200,7 @@ def write_manifests(
     caught_up_at: datetime | None = None,
 ) -> None:
     """The archiver's manifests (every file above is covered) and status files (every past day complete)."""
-    store = RawStore(data_dir, topic)
+    store = RawStoreWriter(data_dir, topic)
     caught_up = (caught_up_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
     for partition in range(partitions):
         offset = next_offsets.get(partition, 0)

@@ -77,7 +77,7 @@ def broker(port: int | None) -> None:
         log.warning("KAFKA_BOOTSTRAP is set: other commands will use %s, not this broker", config.kafka_bootstrap)
 
     stop = _stop_on_signals()
-    embedded = EmbeddedBroker(port, log_path=config.data_dir / "broker" / "tansu.log")
+    embedded = EmbeddedBroker(port, log_path=config.layout.broker_log)
     embedded.start()
     process = embedded.process
     assert process is not None  # started
@@ -227,7 +227,7 @@ def archive(until_idle: bool, verify: bool, fmt: str) -> None:
         _verify_archive(fmt)
         return
     from lambdaflow.batch.archiver import Archiver, RollPolicy
-    from lambdaflow.core.raw_store import RawStore
+    from lambdaflow.batch.raw_writer import RawStoreWriter
     from lambdaflow.kafka.broker import resolve_bootstrap
     from lambdaflow.kafka.clients import ensure_topic
 
@@ -235,7 +235,7 @@ def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     bootstrap = resolve_bootstrap(config)
     ensure_topic(bootstrap, config.topic, config.partitions)
     stop = _stop_on_signals()
-    store = RawStore(config.data_dir, config.topic)
+    store = RawStoreWriter(config.data_dir, config.topic)
     roll = RollPolicy(max_bytes=config.archive_roll_bytes, max_seconds=config.archive_roll_seconds)
     log.info("archiving %s from %s into %s", config.topic, bootstrap, store.events_dir)
     started = time.monotonic()

@@ -25,7 +25,8 @@ from pathlib import Path
 import duckdb
 
 from lambdaflow.core.errors import LambdaflowError
-from stream_worker.worker import GENERATIONS, SpeedPaths, StreamWorker, Totals
+from lambdaflow.core.layout import Layout
+from stream_worker.worker import SpeedPaths, StreamWorker, Totals
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def replay(bootstrap: str, data_dir: Path, topic: str, stop: threading.Event) ->
     live = SpeedPaths(data_dir, topic)
     _refuse_while_a_worker_runs(live)
     generation_id = uuid.uuid4().hex[:12]
-    generation = data_dir / "speed" / GENERATIONS / f"{topic}-{generation_id}"
+    generation = Layout(data_dir).speed_generations / f"{topic}-{generation_id}"
     generation.mkdir(parents=True)
     log.info("replaying %s from the start of the log into %s", topic, generation)
     worker = StreamWorker(

@@ -33,21 +33,21 @@ from pathlib import Path
 import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
+from lambdaflow.core import reconciled
 from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest, start_of
 from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import DamagedFile, remove_stale_temps, replace_json
+from lambdaflow.core.layout import GENERATIONS, Layout
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker_watch import BrokerWatch
 from lambdaflow.kafka.group import AssignmentClock, NoPartitionAssigned
 from lambdaflow.kafka.log_identity import LogProbe, fingerprint
-from lambdaflow.serving import reconcile
 from stream_worker.state import PartitionState, StaleBatch, StateFileBusy
 
 log = logging.getLogger(__name__)
 
 GROUP_ID = "speed"
-GENERATIONS = ".generations"
 MAX_BATCH_MESSAGES = 50_000
 MAX_BATCH_WAIT_MS = 250
 PROGRESS_EVERY_SECONDS = 10.0
@@ -59,9 +59,10 @@ class SpeedPaths:
     """Where a topic's speed state lives: ``speed/<topic>``, or a replay's fresh generation."""
 
     def __init__(self, data_dir: Path, topic: str, root: Path | None = None) -> None:
-        self.root = root or data_dir / "speed" / topic
+        layout = Layout(data_dir)
+        self.root = root or layout.speed_state(topic)
         self.snapshots = self.root / "snapshots"
-        self.temp_dir = data_dir / "tmp" / "speed"
+        self.temp_dir = layout.temp("speed")
 
     def live(self) -> SpeedPaths:
         """These paths, with ``speed/<topic>`` created as a link to a first generation when new,
@@ -475,7 +476,7 @@ def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace:
     first_kept = (hours.boundary - grace).date()
     day = earliest
     while day < first_kept:
-        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconcile.passed(data_dir, day):
+        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconciled.passed(data_dir, day):
             return day
         day += timedelta(days=1)
     return first_kept

@@ -13,11 +13,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cli_helpers import Cli
-from worker_helpers import RestartableBroker
 
 from lambdaflow.kafka.broker import EmbeddedBroker
 from lambdaflow.kafka.clients import ensure_topic
+from tests.cli_helpers import Cli
+from tests.worker_helpers import RestartableBroker
 
 # The modules that take longest (the chaos and bench runs and the stack in the slow tier, a shared
 # world to build, kill loops, replays) are handed out first under `pytest -n`, so that no worker

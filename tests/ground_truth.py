@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date
 
-from contract_oracle import expected_event, expected_reason
+from tests.contract_oracle import expected_event, expected_reason
 
 METRICS = ("events", "new_users", "active_users", "orders", "revenue_cents", "page_views")
 

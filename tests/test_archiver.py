@@ -10,8 +10,12 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from kafka_helpers import read_all
-from worker_helpers import (
+
+from lambdaflow.core.raw_store import BatchRange, RawStore
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import produce
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import (
     Producer,
     WorkerProcess,
     archived_rows,
@@ -21,10 +25,6 @@ from worker_helpers import (
     status_pids,
     wait_for,
 )
-
-from lambdaflow.core.raw_store import BatchRange, RawStore
-from lambdaflow.synthetic import generator
-from lambdaflow.synthetic.producer import produce
 
 
 def midnight_today() -> datetime:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import CliResult, TopicWorld
 
 from lambdaflow.core.raw_store import BatchRange
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from tests.cli_helpers import CliResult, TopicWorld
 
 PROJECT = Path(__file__).resolve().parents[1]
 METRICS = ["events", "new_users", "active_users", "orders", "revenue_cents", "page_views"]

@@ -17,10 +17,6 @@ from unittest.mock import ANY
 import duckdb
 import polars as pl
 import pytest
-from cli_helpers import TopicWorld
-from ground_truth import METRICS, hourly_metrics
-from kafka_helpers import read_all
-from worker_helpers import WorkerProcess
 
 from lambdaflow.batch import airflow_home
 from lambdaflow.core import metrics as metric_definitions
@@ -31,6 +27,10 @@ from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
 from stream_worker.state import PartitionState
 from stream_worker.worker import SpeedPaths
+from tests.cli_helpers import TopicWorld
+from tests.ground_truth import METRICS, hourly_metrics
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import WorkerProcess
 
 
 class BatchWorld(TopicWorld):

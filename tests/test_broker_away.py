@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 
 import duckdb
 import pytest
-from worker_helpers import WorkerProcess, wait_for
 
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker_watch import BrokerWatch
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from tests.worker_helpers import WorkerProcess, wait_for
 
 AWAY_SECONDS = 12
 

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from chaos import METRICS, Scenario, tally_offsets, tally_served
 
-CHAOS = Path(__file__).with_name("chaos.py")
+from chaos.run import METRICS, Scenario, tally_offsets, tally_served
+
+ROOT = Path(__file__).resolve().parents[1]
 LAST_LINE = re.compile(
     r"chaos: (\d+) kills, (\d+) events, (\d+) lost, (\d+) duplicated, (\d+) hours served twice or never"
 )
@@ -27,7 +28,8 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            str(CHAOS),
+            "-m",
+            "chaos",
             "--seed",
             "20261127",
             "--duration",
@@ -38,6 +40,7 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path) -> None:
             "3000",
         ],
         stdin=subprocess.DEVNULL,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=1500,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from cli_helpers import TopicWorld
-
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from tests.cli_helpers import TopicWorld
 
 
 def test_a_topic_with_more_partitions_than_the_setting_waits_for_every_one(kafka_bootstrap, tmp_path) -> None:

@@ -19,13 +19,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from lambdaflow.batch.airflow_home import DAGS_FOLDER, WAREHOUSE_POOL, airflow_env
+from lambdaflow.batch.airflow_home import WAREHOUSE_POOL, airflow_env
+from lambdaflow.core.config import Settings
+from lambdaflow.core.project import DAGS_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -365,7 +366,7 @@ def test_airflow_components_share_one_configuration(services: dict) -> None:
     container_specific = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__API__HOST"}
     defaults = {
         k: v
-        for k, v in airflow_env(SimpleNamespace(data_dir=Path("/data"))).items()
+        for k, v in airflow_env(Settings.from_env({"LAMBDAFLOW_DATA_DIR": "/data"})).items()
         if k.startswith("AIRFLOW__") and k not in container_specific and k not in os.environ
     }
     for key, value in defaults.items():

@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
-from contract_oracle import expected_reason
 
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, classify
+from tests.contract_oracle import expected_reason
 
 KAFKA_TIME = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 KAFKA_MS = int(KAFKA_TIME.timestamp() * 1000)

@@ -6,12 +6,12 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import polars as pl
-from contract_oracle import expected_event, expected_reason
-from kafka_helpers import read_all
 
 from lambdaflow.core.contract import classify, records_frame
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from tests.contract_oracle import expected_event, expected_reason
+from tests.kafka_helpers import read_all
 
 
 def _midnight_today() -> datetime:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).with_name("ruff")
-TREE = ["lambdaflow", "stream_worker", "dags", "bench", "tests"]
+TREE = ["lambdaflow", "stream_worker", "dags", "bench", "chaos", "tests"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from kafka import TopicPartition
-from kafka_helpers import read_all
-from worker_helpers import wait_for
 
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.log_identity import LogProbe, fingerprint
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import wait_for
 
 
 def send(bootstrap: str, topic: str, count: int) -> None:

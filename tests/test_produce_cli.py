@@ -10,10 +10,9 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from kafka_helpers import read_all
-from worker_helpers import wait_for
-
 from lambdaflow.core.contract import classify, records_frame
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import wait_for
 
 ARGS = ["--days", "2", "--events-per-day", "3000", "--seed", "5", "--until", "2026-11-27T06:00:00Z"]
 

@@ -6,14 +6,13 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 
-from ground_truth import METRICS, hourly_metrics
-from kafka_helpers import read_all
-from worker_helpers import WorkerProcess, speed_status_pids, wait_for
-
 from lambdaflow.core.config import Settings
 from lambdaflow.serving.query import Question, answer
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from tests.ground_truth import METRICS, hourly_metrics
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import WorkerProcess, speed_status_pids, wait_for
 
 
 def daily(kafka_cli, days) -> list[dict]:

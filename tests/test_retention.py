@@ -8,7 +8,8 @@ import pytest
 
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import replace_json
-from lambdaflow.serving.reconcile import judged, report_path, require_within_threshold
+from lambdaflow.core.layout import Layout
+from lambdaflow.serving.reconcile import judged, require_within_threshold
 from stream_worker.worker import first_day_kept
 
 FIRST = date(2026, 11, 20)
@@ -40,7 +41,7 @@ def report(data_dir, day: date, unexplained: int, threshold: int = 0) -> list[di
         ],
         threshold,
     )
-    replace_json(report_path(data_dir, day), rows)
+    replace_json(Layout(data_dir).reconcile_report(day), rows)
     return rows
 
 
@@ -73,7 +74,7 @@ def test_a_day_not_built_is_never_dropped(tmp_path) -> None:
 def test_a_damaged_report_counts_as_not_reconciled(tmp_path) -> None:
     days = [FIRST + timedelta(days=n) for n in range(3)]
     report(tmp_path, days[0], 0)
-    report_path(tmp_path, days[1]).write_text("{not json")
+    Layout(tmp_path).reconcile_report(days[1]).write_text("{not json")
     built = manifest(days, boundary=days[-1] + timedelta(days=1))
     assert first_day_kept(tmp_path, built, days[0], GRACE) == days[1]
 

@@ -130,7 +130,7 @@ def reference(settings: Settings, question: Question) -> list[dict]:
             for m in NAMES:
                 values = cell[m] if cell else [0]
                 row[m] = None if None in values else sum(values)
-            row["source"] = query._source(day, hour, inputs.served_until.get(day))
+            row["source"] = query.source_of(day, hour, inputs.served_until.get(day))
             answers.append(row)
     return answers
 
@@ -265,19 +265,19 @@ def test_the_hours_after_a_days_built_until_are_the_speed_layers_even_before_the
 def test_the_serving_sql_is_rendered_once_per_template_metrics_and_boundary(tmp_path) -> None:
     data_dir = tmp_path / "data"
     settings = make_world(data_dir, seed=6)
-    query._template.cache_clear()
-    query._rendered.cache_clear()
+    query.compiled_template.cache_clear()
+    query.rendered_statement.cache_clear()
     week = Question(TODAY - timedelta(days=6), TODAY)
     first = answer(settings, week)
     for _ in range(3):
         assert answer(settings, week) == first
-    assert query._template.cache_info().misses == 1
-    assert query._rendered.cache_info().misses == 1
+    assert query.compiled_template.cache_info().misses == 1
+    assert query.rendered_statement.cache_info().misses == 1
     # The boundary moves (today built further): rendered again, and the answer follows it.
     boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 12)
     publish_day(data_dir, TODAY, _cells(random.Random(1), TODAY, range(12), NAMES), boundary, boundary, "moved")
     assert answer(settings, week) == reference(settings, week)
-    assert query._rendered.cache_info().misses == 2
+    assert query.rendered_statement.cache_info().misses == 2
 
 
 def test_answers_from_threads_while_files_are_replaced_each_see_one_version_of_each_file(tmp_path) -> None:

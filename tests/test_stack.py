@@ -20,12 +20,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from worker_helpers import wait_for
 
 from lambdaflow.core.config import Settings
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.broker import free_port
 from lambdaflow.ops.stack import airflow_service_env, airflow_token, http_json, proc_stat, running_processes
+from tests.worker_helpers import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stack reads /proc")
 

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import duckdb
 import pytest
-from ground_truth import METRICS, hourly_metrics
-from kafka_helpers import read_all
-from worker_helpers import Producer, WorkerProcess, kill_9_one_after_another, speed_status_pids, wait_for
 
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from tests.ground_truth import METRICS, hourly_metrics
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import Producer, WorkerProcess, kill_9_one_after_another, speed_status_pids, wait_for
 
 
 def served_by_speed_layer(data_dir, topic) -> dict:

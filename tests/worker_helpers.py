@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
-from kafka_helpers import read_all
 
 from lambdaflow.core.contract import classify, records_frame
 from lambdaflow.core.raw_store import RawStore
@@ -22,6 +21,7 @@ from lambdaflow.kafka.broker import EmbeddedBroker
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import Summary, produce, produce_live
+from tests.kafka_helpers import read_all
 
 
 class WorkerProcess:

@@ -22,7 +22,7 @@ WAREHOUSE_POOL = "warehouse"
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
-    home = settings.data_dir / "airflow"
+    home = settings.layout.airflow_home
     defaults = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import polars as pl
 from kafka import ConsumerRebalanceListener, TopicPartition
 
+from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import (
@@ -41,7 +42,7 @@ from lambdaflow.core.files import (
     temp_path_for,
     write_parquet_durably,
 )
-from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
+from lambdaflow.core.raw_store import BatchRange, Manifest
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker_watch import BrokerWatch
 from lambdaflow.kafka.group import AssignmentClock, NoPartitionAssigned
@@ -109,7 +110,7 @@ class Archiver(ConsumerRebalanceListener):
     def __init__(
         self,
         bootstrap: str,
-        store: RawStore,
+        store: RawStoreWriter,
         roll: RollPolicy = RollPolicy(),
         group_id: str = GROUP_ID,
         session_timeout_ms: int = 6000,

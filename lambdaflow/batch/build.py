@@ -77,7 +77,7 @@ def raw_files_for(settings: Settings, day: date, files: list[Path] | None = None
     files = RawStore(settings.data_dir, settings.topic).files_for_date(day) if files is None else files
     if files:
         return files
-    empty = settings.data_dir / "batch" / "empty" / f"event_date={day.isoformat()}" / "empty.parquet"
+    empty = settings.layout.empty_raw_file(day)
     if not empty.exists():
         empty.parent.mkdir(parents=True, exist_ok=True)
         pl.DataFrame(schema=EVENT_SCHEMA).drop("event_date").write_parquet(empty)
@@ -113,7 +113,7 @@ def record_build(settings: Settings, day: date, files: list[Path], digests: dict
     }
     if digests is not None:
         document["raw_file_sha256"] = dict(sorted(digests.items()))
-    replace_json(late.build_record_path(settings, day), document)
+    replace_json(settings.layout.build_record(day), document)
 
 
 # late data (invariant 8)

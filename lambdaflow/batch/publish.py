@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from lambdaflow.batch.dbt import as_vars, run_dbt
-from lambdaflow.core.boundary import manifest_path, read_manifest
+from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
 from lambdaflow.core.files import DamagedFile, fsync_file, publish_replacing, read_json, replace_json, temp_path_for
@@ -24,9 +24,8 @@ def publish(
 ) -> dict:
     """Export the day's built hours and swap the batch manifest to include them, with what the build
     read of each partition (``covered``): the speed layer tells by it which users the batch counted."""
-    batch_dir = settings.data_dir / "batch"
-    final = batch_dir / "published" / f"event_date={day.isoformat()}" / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
-    temp = temp_path_for(final, settings.data_dir / "tmp" / "batch")
+    final = settings.layout.published_folder(day) / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
+    temp = temp_path_for(final, settings.layout.temp("batch"))
     export_args = {"ds": day.isoformat(), "until": until.replace(tzinfo=None).isoformat(sep=" "), "path": str(temp)}
     run_dbt(
         settings, "run-operation", "export_built_hours", "--args", as_vars(export_args), "--vars", as_vars(variables)
@@ -50,7 +49,7 @@ def publish(
         "days": dict(sorted(days.items())),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    replace_json(manifest_path(settings.data_dir), document)
+    replace_json(settings.layout.batch_manifest, document)
     if replaced:
         _remove_later(settings, replaced["file"])
     log.info("published %s until %s; boundary %s", day, until.isoformat(), document["boundary"])
@@ -76,7 +75,7 @@ def _contiguous_end(days: dict[str, dict], since: datetime | None) -> datetime:
 
 def _remove_later(settings: Settings, relative: str) -> None:
     """A replaced file may still be read by a query that began before the swap: keep it a while."""
-    retired = settings.data_dir / "batch" / "retired.json"
+    retired = settings.layout.retired_list
     entries = _retired_entries(retired)
     now = datetime.now(UTC)
     keep = []

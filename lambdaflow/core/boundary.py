@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from lambdaflow.core.files import DamagedFile, read_json
+from lambdaflow.core.layout import Layout
 
 # The speed layer keeps the days it has counted until this long before the boundary, and a
 # built day until it has been reconciled; after that it may drop them.
@@ -23,17 +24,13 @@ def speed_may_drop_before(boundary: datetime) -> date:
     return (boundary - SPEED_RETENTION_GRACE).date()
 
 
-def manifest_path(data_dir: Path) -> Path:
-    return data_dir / "batch" / "manifest.json"
-
-
 REBUILD = "move it aside, then rebuild the built days with `lambdaflow batch --date D` or a backfill of lambda_batch"
 
 
 def read_manifest(data_dir: Path) -> dict:
     """The batch manifest, checked: ``{"boundary", "days": {D: {"file", "built_until", ...}}}``; {} before
     any build. Raises :class:`DamagedFile` for anything else."""
-    path = manifest_path(data_dir)
+    path = Layout(data_dir).batch_manifest
     document = read_json(path, REBUILD)
     if document is None:
         return {}

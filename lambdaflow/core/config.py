@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from lambdaflow.core.errors import ConfigError
+from lambdaflow.core.layout import Layout
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _BOOTSTRAP = re.compile(r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*")
@@ -75,9 +76,14 @@ class Settings:
         )
 
     @property
+    def layout(self) -> Layout:
+        """Every path under the data directory."""
+        return Layout(self.data_dir)
+
+    @property
     def broker_file(self) -> Path:
         """Where the embedded broker announces its address while it runs."""
-        return self.data_dir / "broker" / "broker.json"
+        return self.layout.broker_announcement
 
 
 def _positive(environ: Mapping[str, str], name: str, default: float, at_most: float, whole: bool = False) -> float:

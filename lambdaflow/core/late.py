@@ -20,14 +20,10 @@ from lambdaflow.core.raw_store import RESTORE, BatchRange, RawFileDamaged, RawSt
 DAY = timedelta(days=1)
 
 
-def build_record_path(settings: Settings, day: date) -> Path:
-    return settings.data_dir / "batch" / "builds" / f"{day.isoformat()}.json"
-
-
 def read_build_record(settings: Settings, day: date) -> dict | None:
     """What the day's last build read: its raw files and their SHA-256; None for a day never built."""
     return read_json(
-        build_record_path(settings, day),
+        settings.layout.build_record(day),
         f"move it aside, then rebuild the day with `lambdaflow batch --date {day.isoformat()}`",
     )
 

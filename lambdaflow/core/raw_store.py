@@ -17,18 +17,16 @@ and removed by the archiver when it next takes the partition.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from lambdaflow.core.boundary import log_id
 from lambdaflow.core.errors import InputError, first_line
-from lambdaflow.core.files import PROGRESS_ONLY, DamagedFile, read_json, replace_json
+from lambdaflow.core.files import PROGRESS_ONLY, DamagedFile, read_json
+from lambdaflow.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +157,11 @@ class RawStore:
     def __init__(self, data_dir: Path, topic: str) -> None:
         self.data_dir = data_dir
         self.topic = topic
-        self.events_dir = data_dir / "raw" / "events"
-        self.dead_letter_dir = data_dir / "dead_letter"
-        self.state_dir = data_dir / "archiver" / topic
-        self.temp_dir = data_dir / "tmp" / "archiver"
+        layout = Layout(data_dir)
+        self.events_dir = layout.raw_events
+        self.dead_letter_dir = layout.dead_letter
+        self.state_dir = layout.archiver_state(topic)
+        self.temp_dir = layout.temp("archiver")
 
     # paths
 
@@ -212,26 +211,12 @@ class RawStore:
             )
         return manifest
 
-    def write_manifest(self, manifest: Manifest) -> None:
-        replace_json(self.manifest_path(manifest.partition), asdict(manifest))
-
     def manifests(self) -> dict[int, Manifest]:
         found = {}
         for path in sorted(self.state_dir.glob("partition-*.json")):
             partition = int(path.stem.removeprefix("partition-"))
             found[partition] = self.read_manifest(partition)
         return found
-
-    @contextmanager
-    def partition_lock(self, partition: int) -> Iterator[None]:
-        """Held while a batch is checked against the manifest and published."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with (self.state_dir / f"partition-{partition}.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # what readers see
 
@@ -259,28 +244,3 @@ class RawStore:
             if manifest is not None and manifest.covers(batch):
                 covered.append((batch.partition, batch.epoch, batch.first, path))
         return [path for *_, path in sorted(covered)]
-
-    # clean-up after a crash
-
-    def remove_uncovered(self, partition: int) -> list[Path]:
-        """Delete this partition's files that no manifest covers, and its stale temporary files.
-
-        Call only while owning the partition, under its lock.
-        """
-        manifest = self.read_manifest(partition)
-        removed = []
-        for folder in (self.events_dir, self.dead_letter_dir):
-            for path in folder.glob("*/*.parquet"):
-                batch = BatchRange.parse(path.name)
-                if batch and batch.topic == self.topic and batch.partition == partition and not manifest.covers(batch):
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
-        prefix = f"{self.topic}-"
-        for path in self.temp_dir.glob(f"{prefix}*.tmp"):
-            batch = BatchRange.parse(path.name.rsplit(".", 2)[0])
-            if batch and batch.topic == self.topic and batch.partition == partition:
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        for path in removed:
-            log.warning("%s[%d] removed %s, left by a batch that was never committed", self.topic, partition, path)
-        return removed

@@ -18,7 +18,7 @@ from lambdaflow.core.config import Settings
 @contextmanager
 def warehouse_lock(settings: Settings) -> Iterator[Path]:
     """Hold the warehouse's write lock; yields the warehouse file's path."""
-    warehouse = settings.data_dir / "warehouse"
+    warehouse = settings.layout.warehouse
     warehouse.mkdir(parents=True, exist_ok=True)
     with (warehouse / "write.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

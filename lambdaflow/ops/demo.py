@@ -28,7 +28,7 @@ def main() -> int:
     configure_logging()
     config = settings()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    broker = Service("broker", lambdaflow_command("broker"), env, log_path=config.data_dir / "logs" / "demo-broker.log")
+    broker = Service("broker", lambdaflow_command("broker"), env, log_path=config.layout.logs / "demo-broker.log")
     try:
         broker.start()
         bootstrap = broker.read_line().removeprefix("bootstrap: ")

@@ -100,7 +100,7 @@ class StackConfig:
 
     @property
     def run_dir(self) -> Path:
-        return self.settings.data_dir / "run"
+        return self.settings.layout.run
 
     @property
     def stack_file(self) -> Path:
@@ -108,7 +108,7 @@ class StackConfig:
 
     @property
     def logs_dir(self) -> Path:
-        return self.settings.data_dir / "logs"
+        return self.settings.layout.logs
 
     @property
     def airflow_url(self) -> str:
@@ -832,7 +832,7 @@ def serve_docs(config: StackConfig) -> None:
     models without row counts until the first build. The site's files live
     under <data>/docs, apart from the dbt project's own target/.
     """
-    target = config.settings.data_dir / "docs" / "target"
+    target = config.settings.layout.docs_target
     common = [
         "--project-dir",
         str(DBT_PROJECT_DIR),

@@ -86,9 +86,7 @@ class ServingInputs:
         return cls(
             batch_files=[settings.data_dir / entry["file"] for entry in days.values()],
             boundary=boundary_of(manifest),
-            speed_snapshots=sorted(
-                (settings.data_dir / "speed" / settings.topic / "snapshots").glob("partition-*.parquet")
-            ),
+            speed_snapshots=sorted(settings.layout.speed_snapshots(settings.topic).glob("partition-*.parquet")),
             batch_dates=[date.fromisoformat(key) for key in days],
             served_until=BatchHours.of(manifest).served_until,
         )
@@ -168,7 +166,7 @@ class ServingInputs:
         to bind to them.
 
         The rendered SQL then depends only on the template, the metrics, the boundary and which
-        lists are empty, so it is rendered once per such combination (see :func:`_rendered`), not
+        lists are empty, so it is rendered once per such combination (see :func:`rendered_statement`), not
         once per answer, while each answer still reads the files it pinned.
         """
         values: dict[str, list] = {
@@ -179,7 +177,7 @@ class ServingInputs:
         if self.served_until:
             values["batch_days"] = sorted(self.served_until)
             values["batch_until"] = [self.served_until[day] for day in values["batch_days"]]
-        sql = _rendered(
+        sql = rendered_statement(
             SERVING_SQL.read_text(),
             metrics.defined(),
             self.boundary.isoformat(sep=" ") if self.boundary else None,
@@ -192,18 +190,18 @@ class ServingInputs:
 
 def render_serving_sql(variables: dict[str, object]) -> str:
     """The serving model's SQL with dbt's var() answered from ``variables``."""
-    template = _template(SERVING_SQL.read_text())
+    template = compiled_template(SERVING_SQL.read_text())
     return template.render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
 
 
 @functools.lru_cache(maxsize=4)
-def _template(source: str) -> jinja2.Template:
+def compiled_template(source: str) -> jinja2.Template:
     """The compiled template, once per text of the model (compiling costs tens of milliseconds)."""
     return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(source)
 
 
 @functools.lru_cache(maxsize=64)
-def _rendered(
+def rendered_statement(
     source: str,
     defined: tuple[metrics.Metric, ...],
     boundary: str | None,
@@ -294,7 +292,7 @@ def answer(settings: Settings, question: Question) -> list[dict]:
             if question.hourly:
                 row["hour"] = hour
             row.update({m: (sums[m] if sums else 0) for m in metrics.names()})
-            row["source"] = _source(day, hour, inputs.served_until.get(day))
+            row["source"] = source_of(day, hour, inputs.served_until.get(day))
             answers.append(row)
         day += timedelta(days=1)
     return answers
@@ -323,7 +321,7 @@ def _total(metric: str) -> str:
     return f"cast(case when bool_or({metric} is null) then null else sum({metric}) end as bigint) as {metric}"
 
 
-def _source(day: date, hour: int | None, served_until: datetime | None) -> str:
+def source_of(day: date, hour: int | None, served_until: datetime | None) -> str:
     """Which layer serves the hour (or the day, when ``hour`` is None), given the end of the day's
     batch-served hours (None: the batch serves none of them)."""
     start = start_of(day) + timedelta(hours=hour or 0)

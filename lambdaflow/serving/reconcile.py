@@ -30,7 +30,7 @@ from lambdaflow.core import aggregate
 from lambdaflow.core.boundary import boundary_of, read_manifest, speed_may_drop_before
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import InputError, LambdaflowError
-from lambdaflow.core.files import DamagedFile, read_json, replace_json
+from lambdaflow.core.files import read_json, replace_json
 from lambdaflow.core.late import read_build_record, require_as_built
 from lambdaflow.core.metrics import Metric, defined
 from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
@@ -76,7 +76,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)
     previous = read_json(
-        report_path(settings.data_dir, day),
+        settings.layout.reconcile_report(day),
         f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again",
     )
     if previous and _dropped_by_speed_layer(settings, day, speed_rows):
@@ -121,7 +121,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
             }
         )
     rows = judged(rows, settings.reconcile_threshold)
-    replace_json(report_path(settings.data_dir, day), rows)
+    replace_json(settings.layout.reconcile_report(day), rows)
     return rows
 
 
@@ -137,24 +137,6 @@ def judged(rows: list[dict], threshold: int) -> list[dict]:
         }
         for row in rows
     ]
-
-
-def passed(data_dir: Path, day: date) -> bool:
-    """Has ``day`` been reconciled, with every metric within the threshold? A report written before
-    reports kept the verdict passes when nothing was unexplained."""
-    try:
-        rows = read_json(report_path(data_dir, day))
-    except DamagedFile:
-        return False
-    return (
-        bool(rows)
-        and isinstance(rows, list)
-        and all(
-            isinstance(row, dict)
-            and row.get("within_threshold", row.get("unexplained") == 0 and not row.get("hours_unexplained"))
-            for row in rows
-        )
-    )
 
 
 def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
@@ -196,12 +178,8 @@ def _unchecked_rebuild(
                 "note": f"rebuilt after the speed layer dropped {day}; last compared at {reconciled_at}",
             }
         )
-    replace_json(report_path(settings.data_dir, day), rows)
+    replace_json(settings.layout.reconcile_report(day), rows)
     return rows
-
-
-def report_path(data_dir: Path, day: date) -> Path:
-    return data_dir / "batch" / "reconcile" / f"{day.isoformat()}.json"
 
 
 def require_within_threshold(rows: list[dict], threshold: int) -> None:

@@ -14,7 +14,7 @@ from lambdaflow.core.raw_store import RawStore
 
 def status(settings: Settings) -> dict:
     store = RawStore(settings.data_dir, settings.topic)
-    speed_dir = settings.data_dir / "speed" / settings.topic
+    speed_dir = settings.layout.speed_state(settings.topic)
     partitions = []
     for partition in store.partitions(fallback=settings.partitions):
         archiver = read_json(store.status_path(partition), PROGRESS_ONLY) or {}

@@ -35,7 +35,7 @@ twice or never``; the exit code is 1 unless L, D and H are 0 and every check
 passed. The seed is printed
 first: ``make chaos SEED=<seed>`` replays the same schedule and the same events.
 
-    python tests/chaos.py [--seed S] [--duration SECONDS] [--kills K] [--events-per-day E]
+    python -m chaos [--seed S] [--duration SECONDS] [--kills K] [--events-per-day E]
 """
 
 from __future__ import annotations
@@ -58,17 +58,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from contract_oracle import expected_reason  # noqa: E402
-from ground_truth import METRICS, hourly_metrics  # noqa: E402
-from kafka_helpers import read_all  # noqa: E402
-from worker_helpers import WorkerProcess, archived_rows, assert_nothing_half_written  # noqa: E402
-
 from lambdaflow.kafka import clients
-from lambdaflow.kafka.broker import EmbeddedBroker  # noqa: E402
-from lambdaflow.synthetic import generator  # noqa: E402
-from lambdaflow.synthetic.producer import RateLimiter  # noqa: E402
+from lambdaflow.kafka.broker import EmbeddedBroker
+from lambdaflow.synthetic import generator
+from lambdaflow.synthetic.producer import RateLimiter
+from tests.contract_oracle import expected_reason
+from tests.ground_truth import METRICS, hourly_metrics
+from tests.kafka_helpers import read_all
+from tests.worker_helpers import WorkerProcess, archived_rows, assert_nothing_half_written
 
 log = logging.getLogger("chaos")
 
@@ -177,7 +174,7 @@ class Builds:
         if self.process is None:
             with (self.logs / "builds.log").open("w") as stderr:
                 self.process = subprocess.Popen(
-                    [sys.executable, __file__, "build-server"],
+                    [sys.executable, "-m", "chaos", "build-server"],
                     env=self.env,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
