@@ -15,14 +15,11 @@ scheduling between them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -34,11 +31,13 @@ from bench import plots
 from bench.batch_build import dbt_env
 from bench.core import Context, Row, Section
 from bench.history import DirectBuilds, build_directly, past_days, write_history
-from bench.procs import Child, bench_command, run, tail
+from bench.procs import bench_child, bench_command, run
 from lambdaflow.batch import airflow_home
 from lambdaflow.core.config import Settings
 from lambdaflow.core.files import read_json
 from lambdaflow.kafka.broker import HOST, free_port, port_answers
+from lambdaflow.ops.airflow_api import healthy, http_json, logged_in
+from lambdaflow.ops.processes import Child, tail
 
 log = logging.getLogger("lambdaflow.bench")
 
@@ -107,14 +106,14 @@ def _start_airflow(env: dict[str, str], logs: Path, port: int) -> list[Child]:
     """The API server, then (once it listens, so that no task is queued before it can report) the DAG
     processor and the scheduler: what `airflow standalone` runs, less the triggerer (no task defers) and
     the log servers (they would listen beyond 127.0.0.1)."""
-    components = [Child("airflow-api-server", [sys.executable, "-m", "airflow", "api-server"], env, logs).start()]
+    components = [bench_child("airflow-api-server", [sys.executable, "-m", "airflow", "api-server"], env, logs).start()]
     deadline = time.monotonic() + READY_SECONDS
     while not port_answers(HOST, port):
         if not components[0].running() or time.monotonic() > deadline:
             raise RuntimeError(f"the Airflow API server did not start:\n{tail(components[0].log_path)}")
         time.sleep(0.5)
     for name, args in (("dag-processor", ["dag-processor"]), ("scheduler", ["scheduler", "--skip-serve-logs"])):
-        components.append(Child(f"airflow-{name}", [sys.executable, "-m", "airflow", *args], env, logs).start())
+        components.append(bench_child(f"airflow-{name}", [sys.executable, "-m", "airflow", *args], env, logs).start())
     return components
 
 
@@ -179,41 +178,18 @@ def _create_backfill(
         name = f"airflow-backfill-create-{attempt}"
         scheduler.signal_group(signal.SIGSTOP)
         try:
-            done = Child(name, args, env, logs).start().wait(600)
+            done = bench_child(name, args, env, logs).start().wait(600)
         finally:
             scheduler.signal_group(signal.SIGCONT)
         if done.returncode == 0:
             return time.monotonic() - started, attempt
-        status, body = _http_json("GET", f"{base}/api/v2/backfills?dag_id={DAG_ID}", token=token)
+        status, body = http_json("GET", f"{base}/api/v2/backfills?dag_id={DAG_ID}", token=token)
         locked = "database is locked" in tail(logs / f"{name}.log", 5)
         if not locked or status != 200 or body.get("total_entries"):
             break
         log.warning("backfill: `airflow backfill create` found SQLite locked; trying again")
         time.sleep(2.0)  # the scheduler runs meanwhile
     raise RuntimeError(f"airflow backfill create failed:\n{tail(logs / f'{name}.log')}")
-
-
-def _http_json(method: str, url: str, body: object = None, token: str | None = None) -> tuple[int, dict]:
-    """One request to the local Airflow API, straight (no proxy); the status and the parsed body."""
-    headers = {"Accept": "application/json", "Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=30) as response:
-            return response.status, _parsed(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, _parsed(error.read())
-
-
-def _parsed(raw: bytes) -> dict:
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {"items": parsed}
 
 
 def _wait_until_ready(base: str, home: Path, components: list[Child]) -> str:
@@ -238,24 +214,17 @@ def _require_running(components: list[Child], when: str) -> None:
 
 
 def _ready_now(base: str, home: Path) -> str | None:
-    status, health = _http_json("GET", f"{base}/api/v2/monitor/health")
-    if status != 200 or not all(
-        (health.get(c) or {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor")
-    ):
+    if not healthy(base, ("metadatabase", "scheduler", "dag_processor")):
         return None
-    passwords = read_json(home / "simple_auth_manager_passwords.json.generated")
-    if not passwords:
+    login = logged_in(base, home)
+    if login is None:
         return None
-    user = "admin" if "admin" in passwords else sorted(passwords)[0]
-    status, body = _http_json("POST", f"{base}/auth/token", {"username": user, "password": passwords[user]})
-    token = body.get("access_token") if status in (200, 201) else None
-    if not token:
-        return None
-    status, dag = _http_json("GET", f"{base}/api/v2/dags/{DAG_ID}", token=token)
-    if status != 200:
+    token = login[2]
+    status, dag = http_json("GET", f"{base}/api/v2/dags/{DAG_ID}", token=token)
+    if status != 200 or not isinstance(dag, dict):
         return None
     if dag.get("is_paused"):
-        _http_json("PATCH", f"{base}/api/v2/dags/{DAG_ID}", {"is_paused": False}, token=token)
+        http_json("PATCH", f"{base}/api/v2/dags/{DAG_ID}", {"is_paused": False}, token=token)
         return None
     return token
 
@@ -269,7 +238,7 @@ def _wait_for_runs(
     url = f"{base}/api/v2/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=1000"
     while time.monotonic() < deadline:
         _require_running(components, "during the backfill")
-        status, body = _http_json("GET", url, token=token)
+        status, body = http_json("GET", url, token=token)
         runs = body.get("dag_runs", []) if status == 200 else []
         failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
         if failed:

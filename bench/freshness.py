@@ -28,11 +28,11 @@ import polars as pl
 
 from bench import plots
 from bench.core import Context, Row, Section, percentile
-from bench.procs import Child, Finished, bench_command, tail
+from bench.procs import bench_child, bench_command
 from lambdaflow.core.config import Settings
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker import EmbeddedBroker
-from lambdaflow.ops.processes import lambdaflow_command
+from lambdaflow.ops.processes import Child, Finished, lambdaflow_command, tail
 from lambdaflow.serving.query import Question, answer
 
 log = logging.getLogger("lambdaflow.bench")
@@ -165,7 +165,7 @@ def run_section(ctx: Context) -> Section:
             "LAMBDAFLOW_DATA_DIR": str(data_dir),
         }
         send_log = ctx.work / "freshness" / "send-log.json"
-        producer = Child(
+        producer = bench_child(
             "producer",
             bench_command(
                 "produce-paced",
@@ -179,7 +179,7 @@ def run_section(ctx: Context) -> Section:
             env,
             logs,
         ).start()
-        worker = Child("stream-worker", lambdaflow_command("stream"), env, logs)
+        worker = bench_child("stream-worker", lambdaflow_command("stream"), env, logs)
         try:
             _wait_for_ready(producer, "the paced producer")
             worker.start()

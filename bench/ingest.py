@@ -24,10 +24,10 @@ from pathlib import Path
 from bench import plots, profiling
 from bench.core import Context, Row, Section, alternate, median
 from bench.events import kafka_messages
-from bench.procs import Finished, bench_command, run
+from bench.procs import bench_command, run
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker import EmbeddedBroker
-from lambdaflow.ops.processes import lambdaflow_command
+from lambdaflow.ops.processes import Finished, lambdaflow_command
 
 log = logging.getLogger("lambdaflow.bench")
 
@@ -47,8 +47,8 @@ PROFILE_FOCUS = {
         POLL: "group.poll",
         "records to a frame": "contract.records_frame",
         "contract (DuckDB)": "contract.classify",
-        "state transaction (dedupe, aggregates, offsets)": "speed_state.apply",
-        "snapshot publishing": "speed_state.publish_snapshot",
+        "state transaction (dedupe, aggregates, offsets)": "state.apply",
+        "snapshot publishing": "state.publish_snapshot",
     },
 }
 

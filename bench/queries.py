@@ -28,11 +28,11 @@ from bench.batch_build import dbt_env
 from bench.core import Context, Row, Section, percentile
 from bench.events import TOPIC
 from bench.history import build_directly, past_days, write_history
-from bench.procs import Child, bench_command, run, tail
+from bench.procs import bench_child, bench_command, run
 from lambdaflow.core.config import Settings
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker import EmbeddedBroker
-from lambdaflow.ops.processes import lambdaflow_command
+from lambdaflow.ops.processes import Child, lambdaflow_command, tail
 from lambdaflow.serving.query import Question, ServingInputs, answer
 
 log = logging.getLogger("lambdaflow.bench")
@@ -57,9 +57,9 @@ def run_section(ctx: Context, history: Path | None = None) -> Section:
         env = {**dbt_env(ctx, history, "queries"), "KAFKA_BOOTSTRAP": broker.bootstrap, "LAMBDAFLOW_TOPIC": TOPIC}
         settings = Settings.from_env(env)
         load = [
-            Child("stream-worker", lambdaflow_command("stream"), env, logs),
-            Child("producer", lambdaflow_command("produce", "--live", "--rate", rate), env, logs),
-            Child(
+            bench_child("stream-worker", lambdaflow_command("stream"), env, logs),
+            bench_child("producer", lambdaflow_command("produce", "--live", "--rate", rate), env, logs),
+            bench_child(
                 "rebuild-loop",
                 bench_command("rebuild-loop", "--day", (today - timedelta(days=1)).isoformat()),
                 env,

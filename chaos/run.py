@@ -135,15 +135,15 @@ class Workers:
         it, which loses nothing but has no summary to check."""
         worker = self.running[command].pop()
         deadline = time.monotonic() + 120
-        while worker.process.poll() is None and not worker.log_path.stat().st_size and time.monotonic() < deadline:
+        while worker.running() and not worker.log_path.stat().st_size and time.monotonic() < deadline:
             time.sleep(0.1)
         try:
             worker.terminate(timeout=120)
-        except (AssertionError, subprocess.TimeoutExpired, ValueError) as error:
+        except (AssertionError, TimeoutError, ValueError) as error:
             worker.ensure_stopped()
             tally.failures.append(
                 f"{command} (pid {worker.pid}) did not stop cleanly (exit code "
-                f"{worker.process.returncode}; see {worker.log_path}): {str(error)[-500:]}"
+                f"{worker.returncode}; see {worker.log_path}): {str(error)[-500:]}"
             )
 
     def stop_all(self, tally: Tally) -> None:
@@ -527,7 +527,7 @@ def _catch_up(env: dict[str, str], logs: Path, tally: Tally) -> None:
         worker = WorkerProcess(command, env, logs / f"{command}-catch-up.log", "--until-idle")
         try:
             summary = worker.wait(timeout=600)
-        except (AssertionError, subprocess.TimeoutExpired, ValueError) as error:
+        except (AssertionError, TimeoutError, ValueError) as error:
             worker.ensure_stopped()
             tally.failures.append(f"{command} --until-idle failed: {error}")
             continue

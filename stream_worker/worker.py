@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import TopicPartition
 
 from lambdaflow.core import reconciled
 from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest, start_of
@@ -40,9 +40,8 @@ from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import DamagedFile, remove_stale_temps, replace_json
 from lambdaflow.core.layout import GENERATIONS, Layout
 from lambdaflow.kafka import clients
-from lambdaflow.kafka.broker_watch import BrokerWatch
-from lambdaflow.kafka.group import AssignmentClock, NoPartitionAssigned
-from lambdaflow.kafka.log_identity import LogProbe, fingerprint
+from lambdaflow.kafka.log_identity import fingerprint
+from lambdaflow.kafka.loop import PartitionedLoop
 from stream_worker.state import PartitionState, StaleBatch, StateFileBusy
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,6 @@ class SpeedPaths:
 class Owned:
     state: PartitionState | None = None  # opened by _open_pending once the previous owner let go
     position: int = 0
-    end_offset: int | None = None
     last_commit: float | None = None
     next_open_attempt: float = 0.0
     status_written: float = 0.0
@@ -126,7 +124,9 @@ class _Progress:
     last_prune: float = field(default_factory=time.monotonic)
 
 
-class StreamWorker(ConsumerRebalanceListener):
+class StreamWorker:
+    """The sink of the speed layer's consumer loop (:mod:`lambdaflow.kafka.loop`)."""
+
     def __init__(
         self,
         bootstrap: str,
@@ -143,69 +143,60 @@ class StreamWorker(ConsumerRebalanceListener):
         self.retention_grace = retention_grace
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
-        self._group_id = group_id
-        self._fatal: LambdaflowError | None = None
         self._boundary: datetime | None = None  # as last read from the batch manifest
         self._batch_hours = BatchHours.of(None)  # the same reading: which hours the batch serves
         self._manifest_damaged = False
         self._classifier = Classifier()
-        self._probe = LogProbe(bootstrap)
-        self._watch = BrokerWatch(bootstrap, f"stream worker {topic}")
         self._progress = _Progress()
-        self._assignment = AssignmentClock(session_timeout_ms)
-        self._consumer = clients.consumer(
+        self.loop = PartitionedLoop(
             bootstrap,
+            topic,
             group_id,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=max(500, session_timeout_ms // 4),
+            self,
+            f"stream worker {topic}",
+            session_timeout_ms,
             max_poll_records=MAX_BATCH_MESSAGES,
         )
-        self._connections = clients.NewConnections(self._consumer)
+        self._consumer = self.loop.consumer
+        self._probe = self.loop.probe
 
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
-        started = time.monotonic()
-        self._consumer.subscribe([self.topic], listener=self)
-        self._watch.install()
-        try:
-            while not stop.is_set():
-                self._watch.check()
-                self._open_pending()
-                if self._fatal is not None:
-                    raise self._fatal
-                polled = clients.poll(
-                    self._consumer,
-                    self._watch.client_complained,
-                    timeout_ms=MAX_BATCH_WAIT_MS,
-                    max_records=MAX_BATCH_MESSAGES,
-                )
-                self._count(polled)
-                self._follow_batch()
-                self._read_end_offsets()
-                for partition in self.owned:
-                    self._write_status(partition)
-                self._report_progress()
-                self._prune_owned()
-                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
-                    log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
-                    break
-                if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
-                    raise NoPartitionAssigned(self.topic, self._group_id, idle_timeout)
-        finally:
-            for partition in list(self.owned):
-                self._write_status(partition, force=True)
-                self._close(partition)
-            clients.close_consumer(self._consumer)
-            self._probe.close()
-            self._classifier.close()
-            self._watch.close()
+        self.loop.run(stop, until_idle, idle_timeout, timeout_ms=MAX_BATCH_WAIT_MS, max_records=MAX_BATCH_MESSAGES)
         return self.totals
+
+    # the loop's calls
+
+    def partitions(self) -> list[int]:
+        return list(self.owned)
+
+    def before_poll(self) -> None:
+        self._open_pending()
+
+    def take(self, polled: dict, new_connection: bool) -> None:
+        if new_connection:
+            for each in self.owned.values():
+                each.check_log = True
+        self._count(polled)
+
+    def after_poll(self) -> None:
+        self._follow_batch()
+        for partition in self.owned:
+            self._write_status(partition)
+        self._report_progress()
+        self._prune_owned()
+
+    def finish(self) -> None:
+        """Nothing is held outside a commit: nothing to publish."""
+
+    def close(self) -> None:
+        for partition in list(self.owned):
+            self._write_status(partition, force=True)
+            self._close(partition)
+        self._classifier.close()
 
     # counting
 
     def _count(self, polled: dict) -> None:
-        if self._connections.since_last_asked():
-            for each in self.owned.values():
-                each.check_log = True
         batches = {}
         for tp, records in polled.items():
             owned = self.owned.get(tp.partition)
@@ -251,7 +242,7 @@ class StreamWorker(ConsumerRebalanceListener):
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
 
     def _follow_batch(self) -> None:
-        """A new build may have read events the speed layer held back (rank 2, see speed_state): hand
+        """A new build may have read events the speed layer held back (rank 2, see stream_worker.state): hand
         their user-days to the batch now, not at the next message, which may be long in coming."""
         hours = self._batch_hours
         if self._batch_manifest() is None or self._batch_hours == hours:
@@ -308,21 +299,14 @@ class StreamWorker(ConsumerRebalanceListener):
 
     # ownership
 
-    def _settled(self) -> bool:
-        return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
-
-    def on_partitions_revoked(self, revoked) -> None:
-        self._watch.client_got_through()
-        self._assignment.changed()
+    def revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             if tp.partition in self.owned:
                 self._write_status(tp.partition, force=True)
                 self._close(tp.partition)
                 log.info("%s[%d] revoked", self.topic, tp.partition)
 
-    def on_partitions_assigned(self, assigned) -> None:
-        self._watch.client_got_through()
-        self._assignment.changed()
+    def assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self.owned[tp.partition] = Owned()
             self._consumer.pause(tp)  # until its state file is open
@@ -336,7 +320,7 @@ class StreamWorker(ConsumerRebalanceListener):
             try:
                 owned.state = PartitionState(self.paths.state_file(partition), partition)
             except LambdaflowError as error:  # damaged, or built for other metrics: raised by run(), not in a callback
-                self._fatal = self._fatal or error
+                self.loop.fail(error)
                 owned.next_open_attempt = float("inf")
                 continue
             except StateFileBusy:
@@ -415,12 +399,6 @@ class StreamWorker(ConsumerRebalanceListener):
 
     # progress
 
-    def _read_end_offsets(self) -> None:
-        for partition, owned in self.owned.items():
-            end = self._consumer.highwater(TopicPartition(self.topic, partition))
-            if end is not None:
-                owned.end_offset = end
-
     def _write_status(self, partition: int, force: bool = False) -> None:
         """Progress for `lambdaflow status`, at most once a second per partition unless forced."""
         owned = self.owned[partition]
@@ -434,16 +412,16 @@ class StreamWorker(ConsumerRebalanceListener):
                 "topic": self.topic,
                 "partition": partition,
                 "next_offset": owned.position,
-                "end_offset": owned.end_offset,
+                "end_offset": self.loop.end_offset(partition),
                 "epoch": owned.state.consumed().epoch,
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
             },
         )
 
-    def _caught_up(self, partition: int) -> bool:
-        owned = self.owned[partition]
-        return owned.state is not None and owned.end_offset is not None and owned.position >= owned.end_offset
+    def caught_up(self, partition: int) -> bool:
+        owned, end = self.owned[partition], self.loop.end_offset(partition)
+        return owned.state is not None and end is not None and owned.position >= end
 
     def _report_progress(self) -> None:
         now = time.monotonic()
@@ -451,9 +429,8 @@ class StreamWorker(ConsumerRebalanceListener):
         if now - progress.last_report < PROGRESS_EVERY_SECONDS:
             return
         rate = (self.totals.messages - progress.messages_at_last_report) / (now - progress.last_report)
-        lags = {
-            p: (o.end_offset - o.position if o.end_offset is not None else None) for p, o in sorted(self.owned.items())
-        }
+        ends = {p: self.loop.end_offset(p) for p in self.owned}
+        lags = {p: (end - self.owned[p].position if end is not None else None) for p, end in sorted(ends.items())}
         last_commit = max((o.last_commit for o in self.owned.values() if o.last_commit), default=None)
         log.info(
             "%s: %.0f messages/s, lag per partition %s, last commit %s",

@@ -24,7 +24,10 @@ import pytest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.broker import free_port
-from lambdaflow.ops.stack import airflow_service_env, airflow_token, http_json, proc_stat, running_processes
+from lambdaflow.ops.airflow_api import airflow_token, http_json
+from lambdaflow.ops.procfs import proc_stat, running_processes
+from lambdaflow.ops.stack.config import StackConfig, airflow_service_env
+from lambdaflow.ops.stack.down import down
 from tests.worker_helpers import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stack reads /proc")
@@ -353,11 +356,11 @@ def _service(name: str, process: subprocess.Popen, command: list[str], started: 
 
 
 def _down(data_dir: Path, monkeypatch: pytest.MonkeyPatch, grace: float) -> dict:
-    from lambdaflow.ops import stack
+    from lambdaflow.ops.stack import down as stopping
 
-    monkeypatch.setattr(stack, "STOP_SECONDS_DEFAULT", grace)
-    config = stack.StackConfig(Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir)}), 8080, 8081, None)
-    return stack.down(config)
+    monkeypatch.setattr(stopping, "STOP_SECONDS_DEFAULT", grace)
+    config = StackConfig(Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir)}), 8080, 8081, None)
+    return down(config)
 
 
 def test_down_kills_a_group_that_ignores_sigterm_and_leaves_other_processes_alone(tmp_path, monkeypatch) -> None:

@@ -6,8 +6,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -19,50 +17,46 @@ from lambdaflow.core.contract import classify, records_frame
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.broker import EmbeddedBroker
 from lambdaflow.kafka.clients import ensure_topic
+from lambdaflow.ops.processes import Child, lambdaflow_command
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import Summary, produce, produce_live
 from tests.kafka_helpers import read_all
 
 
 class WorkerProcess:
-    """One `lambdaflow <command>` process (archive, stream), stopped by its own PID."""
+    """One `lambdaflow <command>` process (archive, stream), stopped by its own PID: lambdaflow's child
+    wrapper, with what a test asks of it (its totals as JSON, a kill -9, a clean exit)."""
 
     def __init__(self, command: str, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.log_path = log_path
-        with log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "lambdaflow", command, *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
+        self.child = Child(command, lambdaflow_command(command, *args), env, log_path).start()
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.child.running() else self.child.result().returncode
+
+    def running(self) -> bool:
+        return self.child.running()
 
     def kill_9(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        self.child.kill_9()
 
     def terminate(self, timeout: float = 60) -> dict:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=timeout)
-        assert self.process.returncode == 0, self.log_path.read_text()[-3000:]
-        return json.loads(out)
+        self.child.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
 
     def wait(self, timeout: float = 300) -> dict:
-        out, _ = self.process.communicate(timeout=timeout)
-        assert self.process.returncode == 0, self.log_path.read_text()[-3000:]
-        return json.loads(out)
+        finished = self.child.wait(timeout)
+        assert finished.returncode == 0, self.log_path.read_text()[-3000:]
+        return finished.json()
 
     def ensure_stopped(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        if self.child.running():
+            self.child.kill_9()
 
 
 class Producer:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import polars as pl
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import TopicPartition
 
 from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
@@ -44,9 +44,8 @@ from lambdaflow.core.files import (
 )
 from lambdaflow.core.raw_store import BatchRange, Manifest
 from lambdaflow.kafka import clients
-from lambdaflow.kafka.broker_watch import BrokerWatch
-from lambdaflow.kafka.group import AssignmentClock, NoPartitionAssigned
-from lambdaflow.kafka.log_identity import LogProbe, fingerprint
+from lambdaflow.kafka.log_identity import fingerprint
+from lambdaflow.kafka.loop import PartitionedLoop
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,6 @@ class OwnedPartition:
     position: int  # the next offset expected from Kafka
     watermark: str | None = None
     caught_up_at: str | None = None
-    end_offset: int | None = None
     status_written: float = 0.0
 
 
@@ -106,7 +104,9 @@ class Totals:
         return dict(self.__dict__)
 
 
-class Archiver(ConsumerRebalanceListener):
+class Archiver:
+    """The sink of the archiver's consumer loop (:mod:`lambdaflow.kafka.loop`)."""
+
     def __init__(
         self,
         bootstrap: str,
@@ -120,56 +120,44 @@ class Archiver(ConsumerRebalanceListener):
         self.roll = roll
         self.totals = Totals()
         self.owned: dict[int, OwnedPartition] = {}
-        self._group_id = group_id
-        self._fatal: LambdaflowError | None = None
+        self._until_idle = False
         self._classifier = Classifier()
-        self._probe = LogProbe(bootstrap)
-        self._watch = BrokerWatch(bootstrap, f"archiver {self.topic}")
         self._departures_seen = 0
-        self._assignment = AssignmentClock(session_timeout_ms)
-        self._consumer = clients.consumer(
-            bootstrap,
-            group_id,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=max(500, session_timeout_ms // 4),
-        )
-        self._connections = clients.NewConnections(self._consumer)
-
-    # the loop
+        self.loop = PartitionedLoop(bootstrap, self.topic, group_id, self, f"archiver {self.topic}", session_timeout_ms)
+        self._consumer = self.loop.consumer
+        self._probe = self.loop.probe
 
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
-        started = time.monotonic()
-        self._consumer.subscribe([self.topic], listener=self)
-        self._watch.install()
-        try:
-            while not stop.is_set():
-                self._watch.check()
-                if self._fatal is not None:
-                    raise self._fatal
-                if self._watch.departures > self._departures_seen:
-                    self._publish_on_departure()
-                polled = clients.poll(self._consumer, self._watch.client_complained, timeout_ms=500)
-                if self._connections.since_last_asked():
-                    self._publish_before_new_connection()
-                self._accept(polled)
-                self._read_end_offsets()
-                for partition in list(self.owned):
-                    self._maybe_publish(partition, until_idle)
-                    self._write_status(partition)
-                if until_idle and self.owned and all(self._caught_up(p) for p in self.owned) and self._settled():
-                    log.info("%s: caught up on partitions %s", self.topic, sorted(self.owned))
-                    break
-                if until_idle and not self.owned and time.monotonic() - started > idle_timeout:
-                    raise NoPartitionAssigned(self.topic, self._group_id, idle_timeout)
-            for partition in list(self.owned):
-                self._publish(partition)
-                self._write_status(partition, force=True)
-        finally:
-            clients.close_consumer(self._consumer)
-            self._probe.close()
-            self._classifier.close()
-            self._watch.close()
+        self._until_idle = until_idle
+        self.loop.run(stop, until_idle, idle_timeout, timeout_ms=500)
         return self.totals
+
+    # the loop's calls
+
+    def partitions(self) -> list[int]:
+        return list(self.owned)
+
+    def before_poll(self) -> None:
+        if self.loop.watch.departures > self._departures_seen:
+            self._publish_on_departure()
+
+    def take(self, polled: dict, new_connection: bool) -> None:
+        if new_connection:
+            self._publish_before_new_connection()
+        self._accept(polled)
+
+    def after_poll(self) -> None:
+        for partition in list(self.owned):
+            self._maybe_publish(partition, self._until_idle)
+            self._write_status(partition)
+
+    def finish(self) -> None:
+        for partition in list(self.owned):
+            self._publish(partition)
+            self._write_status(partition, force=True)
+
+    def close(self) -> None:
+        self._classifier.close()
 
     def _accept(self, polled: dict) -> None:
         if not polled:
@@ -220,12 +208,6 @@ class Archiver(ConsumerRebalanceListener):
                 owned.position,
             )
             self._consumer.seek(tp, owned.position)
-
-    def _read_end_offsets(self) -> None:
-        for partition, owned in self.owned.items():
-            end = self._consumer.highwater(TopicPartition(self.topic, partition))
-            if end is not None:
-                owned.end_offset = end
 
     def _same_log(self, partition: int, manifest: Manifest, buffer: Buffer | None = None) -> bool | None:
         """Does the broker's log still hold what this epoch archived? None: cannot tell now."""
@@ -284,7 +266,7 @@ class Archiver(ConsumerRebalanceListener):
         """The broker stopped answering: publish every buffer now. All of it was read from the log that
         just went away, so it is kept even if the broker comes back empty (a memory-only broker does),
         and nothing read from a new log can be mixed into it."""
-        self._departures_seen = self._watch.departures
+        self._departures_seen = self.loop.watch.departures
         buffered = sum(owned.buffer.messages for owned in self.owned.values())
         if buffered:
             log.info("%s: publishing the %d buffered messages while the broker is away", self.topic, buffered)
@@ -398,10 +380,10 @@ class Archiver(ConsumerRebalanceListener):
     # progress
 
     def _consumed_to_end(self, partition: int) -> bool:
-        owned = self.owned[partition]
-        return owned.end_offset is not None and owned.position >= owned.end_offset
+        end = self.loop.end_offset(partition)
+        return end is not None and self.owned[partition].position >= end
 
-    def _caught_up(self, partition: int) -> bool:
+    def caught_up(self, partition: int) -> bool:
         return self._consumed_to_end(partition) and self.owned[partition].buffer.empty
 
     def _write_status(self, partition: int, force: bool = False) -> None:
@@ -411,7 +393,7 @@ class Archiver(ConsumerRebalanceListener):
         now = time.monotonic()
         if not force and now - owned.status_written < STATUS_EVERY_SECONDS:
             return
-        if self._caught_up(partition):
+        if self.caught_up(partition):
             owned.caught_up_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         owned.status_written = now
         replace_json(
@@ -419,12 +401,12 @@ class Archiver(ConsumerRebalanceListener):
             {
                 "topic": self.topic,
                 "partition": partition,
-                "topic_partitions": len(self._consumer.partitions_for_topic(self.topic) or ()) or None,
+                "topic_partitions": self.loop.partition_count(),
                 "epoch": owned.manifest.epoch,
                 "next_offset": owned.manifest.next_offset,
                 "published_offset": owned.manifest.next_offset - 1,
                 "read_offset": owned.position,  # read from Kafka; buffered up to here
-                "end_offset": owned.end_offset,
+                "end_offset": self.loop.end_offset(partition),
                 "watermark": owned.watermark,
                 "caught_up_at": owned.caught_up_at,
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -432,14 +414,9 @@ class Archiver(ConsumerRebalanceListener):
             },
         )
 
-    # rebalances (kafka-python calls these from inside poll)
+    # rebalances (the loop calls these from inside poll)
 
-    def _settled(self) -> bool:
-        return self._assignment.settled(set(self.owned), self._consumer.partitions_for_topic(self.topic))
-
-    def on_partitions_revoked(self, revoked) -> None:
-        self._watch.client_got_through()
-        self._assignment.changed()
+    def revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             if tp.partition in self.owned:
                 self._publish(tp.partition)
@@ -447,14 +424,12 @@ class Archiver(ConsumerRebalanceListener):
                 del self.owned[tp.partition]
                 log.info("%s[%d] revoked", self.topic, tp.partition)
 
-    def on_partitions_assigned(self, assigned) -> None:
-        self._watch.client_got_through()
-        self._assignment.changed()
-        for tp in sorted(assigned, key=lambda tp: tp.partition):
+    def assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
             try:
                 self._take(tp)
             except LambdaflowError as error:  # a damaged manifest: raised by run(), not in a callback
-                self._fatal = self._fatal or error
+                self.loop.fail(error)
 
     def _take(self, tp: TopicPartition) -> None:
         with self.store.partition_lock(tp.partition):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from lambdaflow.core.config import settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.output import configure_logging, emit, emit_record
-from lambdaflow.ops.processes import Service, lambdaflow_command, run_json
+from lambdaflow.ops.processes import Child, lambdaflow_command, run_json
 
 log = logging.getLogger("lambdaflow.demo")
 
@@ -28,9 +28,8 @@ def main() -> int:
     configure_logging()
     config = settings()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    broker = Service("broker", lambdaflow_command("broker"), env, log_path=config.layout.logs / "demo-broker.log")
+    broker = Child("broker", lambdaflow_command("broker"), env, config.layout.logs / "demo-broker.log").start()
     try:
-        broker.start()
         bootstrap = broker.read_line().removeprefix("bootstrap: ")
         log.info("embedded broker at %s; producing %d days of history and today so far", bootstrap, DAYS)
         summary = run_json(
