@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 
 import click
@@ -226,53 +225,22 @@ def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     if verify:
         _verify_archive(fmt)
         return
-    from lambdaflow.batch.archiver import Archiver, RollPolicy
-    from lambdaflow.batch.raw_writer import RawStoreWriter
+    from lambdaflow.batch.commands import archive as run_archive
     from lambdaflow.kafka.broker import resolve_bootstrap
     from lambdaflow.kafka.clients import ensure_topic
 
     config = settings()
     bootstrap = resolve_bootstrap(config)
     ensure_topic(bootstrap, config.topic, config.partitions)
-    stop = _stop_on_signals()
-    store = RawStoreWriter(config.data_dir, config.topic)
-    roll = RollPolicy(max_bytes=config.archive_roll_bytes, max_seconds=config.archive_roll_seconds)
-    log.info("archiving %s from %s into %s", config.topic, bootstrap, store.events_dir)
-    started = time.monotonic()
-    totals = Archiver(bootstrap, store, roll).run(stop, until_idle=until_idle)
-    resume = {str(p): m.next_offset for p, m in sorted(store.manifests().items())}
-    log.info(
-        "archived %d messages: %d events, %d rejects, in %d files (%d batches); resume offsets %s",
-        totals.messages,
-        totals.events,
-        totals.rejects,
-        totals.files,
-        totals.batches,
-        resume,
-    )
-    emit_record(
-        {
-            "topic": config.topic,
-            **totals.as_dict(),
-            "resume_offsets": resume,
-            "seconds": round(time.monotonic() - started, 3),
-        },
-        fmt,
-    )
+    emit_record(run_archive(config, bootstrap, _stop_on_signals(), until_idle), fmt)
 
 
 def _verify_archive(fmt: str) -> None:
-    from lambdaflow.batch.verify import verify
-    from lambdaflow.core.raw_store import RawStore
+    from lambdaflow.batch.commands import verify_archive
     from lambdaflow.kafka.broker import resolve_bootstrap
 
     config = settings()
-    store = RawStore(config.data_dir, config.topic)
-    if not store.manifests():
-        raise LambdaflowError(
-            f"nothing archived for topic {config.topic} under {config.data_dir}: run `lambdaflow archive`"
-        )
-    reports = verify(resolve_bootstrap(config), store)
+    reports = verify_archive(config, resolve_bootstrap(config))
     emit(reports, fmt)
     wrong = [r["partition"] for r in reports if not r["ok"]]
     if wrong:
@@ -299,35 +267,12 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
     """
     from lambdaflow.kafka.broker import resolve_bootstrap
     from lambdaflow.kafka.clients import ensure_topic
-    from stream_worker.worker import StreamWorker
+    from stream_worker.commands import stream as run_stream
 
     config = settings()
     bootstrap = resolve_bootstrap(config)
     ensure_topic(bootstrap, config.topic, config.partitions)
-    stop = _stop_on_signals()
-    started = time.monotonic()
-    replayed = None
-    if replay:
-        from stream_worker.replay import replay as replay_log
-
-        replayed = replay_log(bootstrap, config.data_dir, config.topic, stop).as_dict()
-        if until_idle or stop.is_set():
-            emit_record(
-                {"topic": config.topic, "replayed": replayed, "seconds": round(time.monotonic() - started, 3)}, fmt
-            )
-            return
-    worker = StreamWorker(bootstrap, config.data_dir, config.topic)
-    log.info("counting %s from %s into %s", config.topic, bootstrap, worker.paths.root)
-    totals = worker.run(stop, until_idle=until_idle)
-    log.info(
-        "counted %d messages: %d new events, %d rejects, in %d commits",
-        totals.messages,
-        totals.new_events,
-        totals.rejects,
-        totals.commits,
-    )
-    summary = {"topic": config.topic, **totals.as_dict(), "seconds": round(time.monotonic() - started, 3)}
-    emit_record(summary if replayed is None else {**summary, "replayed": replayed}, fmt)
+    emit_record(run_stream(config, bootstrap, _stop_on_signals(), until_idle, replay), fmt)
 
 
 @cli.command()

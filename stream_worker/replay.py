@@ -26,7 +26,8 @@ import duckdb
 
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.layout import Layout
-from stream_worker.worker import SpeedPaths, StreamWorker, Totals
+from stream_worker.paths import SpeedPaths
+from stream_worker.worker import StreamWorker, Totals
 
 log = logging.getLogger(__name__)
 

@@ -25,23 +25,22 @@ import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 from kafka import TopicPartition
 
-from lambdaflow.core import reconciled
-from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours, boundary_of, read_manifest, start_of
+from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours
 from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import DamagedFile, remove_stale_temps, replace_json
-from lambdaflow.core.layout import GENERATIONS, Layout
+from lambdaflow.core.files import remove_stale_temps, replace_json
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.log_identity import fingerprint
 from lambdaflow.kafka.loop import PartitionedLoop
+from stream_worker.paths import SpeedPaths
+from stream_worker.retention import FollowedManifest
 from stream_worker.state import PartitionState, StaleBatch, StateFileBusy
 
 log = logging.getLogger(__name__)
@@ -52,37 +51,6 @@ MAX_BATCH_WAIT_MS = 250
 PROGRESS_EVERY_SECONDS = 10.0
 PRUNE_EVERY_SECONDS = 600.0
 OPEN_RETRY_SECONDS = 0.5
-
-
-class SpeedPaths:
-    """Where a topic's speed state lives: ``speed/<topic>``, or a replay's fresh generation."""
-
-    def __init__(self, data_dir: Path, topic: str, root: Path | None = None) -> None:
-        layout = Layout(data_dir)
-        self.root = root or layout.speed_state(topic)
-        self.snapshots = self.root / "snapshots"
-        self.temp_dir = layout.temp("speed")
-
-    def live(self) -> SpeedPaths:
-        """These paths, with ``speed/<topic>`` created as a link to a first generation when new,
-        so that a replay can later swap the whole state in one rename."""
-        if not self.root.exists() and not self.root.is_symlink():
-            generation = self.root.parent / GENERATIONS / f"{self.root.name}-{uuid.uuid4().hex[:12]}"
-            generation.mkdir(parents=True)
-            try:
-                self.root.symlink_to(os.path.relpath(generation, self.root.parent), target_is_directory=True)
-            except FileExistsError:  # another worker made it first
-                generation.rmdir()
-        return self
-
-    def state_file(self, partition: int) -> Path:
-        return self.root / f"partition-{partition}.duckdb"
-
-    def snapshot_file(self, partition: int) -> Path:
-        return self.snapshots / f"partition-{partition}.parquet"
-
-    def status_file(self, partition: int) -> Path:
-        return self.root / f"status-{partition}.json"
 
 
 @dataclass
@@ -143,9 +111,7 @@ class StreamWorker:
         self.retention_grace = retention_grace
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
-        self._boundary: datetime | None = None  # as last read from the batch manifest
-        self._batch_hours = BatchHours.of(None)  # the same reading: which hours the batch serves
-        self._manifest_damaged = False
+        self._batch = FollowedManifest(data_dir)
         self._classifier = Classifier()
         self._progress = _Progress()
         self.loop = PartitionedLoop(
@@ -216,9 +182,9 @@ class StreamWorker:
         self.totals.messages += len(records)
         self.totals.events += decoded.events.height
         self.totals.rejects += decoded.rejects.height
-        self._batch_manifest()
+        self._batch.read()
         for partition, partition_records in batches.items():
-            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._batch_hours)
+            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._batch.hours)
 
     def _commit(self, partition: int, records: list, events, batch: BatchHours) -> None:
         owned = self.owned[partition]
@@ -244,11 +210,11 @@ class StreamWorker:
     def _follow_batch(self) -> None:
         """A new build may have read events the speed layer held back (rank 2, see stream_worker.state): hand
         their user-days to the batch now, not at the next message, which may be long in coming."""
-        hours = self._batch_hours
-        if self._batch_manifest() is None or self._batch_hours == hours:
+        hours = self._batch.hours
+        if self._batch.read() is None or self._batch.hours == hours:
             return
         for partition, owned in self.owned.items():
-            if owned.state is not None and owned.state.follow(self._batch_hours):
+            if owned.state is not None and owned.state.follow(self._batch.hours):
                 owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _holds_last_counted(self, tp: TopicPartition, owned: Owned) -> bool | None:
@@ -369,33 +335,9 @@ class StreamWorker:
 
     def _prune(self, state: PartitionState) -> None:
         """Drop the days the speed layer no longer needs (see first_day_kept)."""
-        manifest = self._batch_manifest()
-        kept = (
-            None
-            if manifest is None
-            else first_day_kept(self.data_dir, manifest, state.first_day(), self.retention_grace)
-        )
+        kept = self._batch.first_day_kept(state.first_day(), self.retention_grace)
         if kept is not None:
             state.drop_days_before(kept)
-
-    def _batch_manifest(self) -> dict | None:
-        """Read the batch manifest and its boundary. While it is damaged, say so once and return None:
-        counting goes on at the last boundary read (it never moves back) and no day is dropped."""
-        try:
-            manifest = read_manifest(self.data_dir)
-        except DamagedFile as error:
-            if not self._manifest_damaged:
-                log.warning(
-                    "%s; counting goes on at the last boundary read (%s) and no day is dropped", error, self._boundary
-                )
-            self._manifest_damaged = True
-            return None
-        if self._manifest_damaged:
-            log.info("the batch manifest is readable again")
-        self._manifest_damaged = False
-        self._boundary = boundary_of(manifest)
-        self._batch_hours = BatchHours.of(manifest)
-        return manifest
 
     # progress
 
@@ -441,19 +383,3 @@ class StreamWorker:
         )
         progress.last_report = now
         progress.messages_at_last_report = self.totals.messages
-
-
-def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
-    """The first day the speed layer keeps (None: keep all): it drops the days before the boundary (less
-    the grace) that the batch serves whole and whose reconciliation passed, never a day the batch has
-    not built (the speed layer alone serves it) or one whose reconciliation failed or has not run."""
-    hours = BatchHours.of(manifest)
-    if hours.boundary is None or earliest is None:
-        return None
-    first_kept = (hours.boundary - grace).date()
-    day = earliest
-    while day < first_kept:
-        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconciled.passed(data_dir, day):
-            return day
-        day += timedelta(days=1)
-    return first_kept

@@ -25,8 +25,8 @@ from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.serving.query import Question, answer
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
+from stream_worker.paths import SpeedPaths
 from stream_worker.state import PartitionState
-from stream_worker.worker import SpeedPaths
 from tests.cli_helpers import TopicWorld
 from tests.ground_truth import METRICS, hourly_metrics
 from tests.kafka_helpers import read_all

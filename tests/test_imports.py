@@ -99,3 +99,13 @@ def _private(name: str) -> bool:
 
 def _name(node: ast.expr) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
+
+
+def test_no_module_of_the_package_is_over_400_lines_and_no_dag_file_over_120() -> None:
+    too_long = {
+        str(path.relative_to(ROOT)): lines
+        for tree, most in [*((package, 400) for package in PACKAGES), ("dags", 120)]
+        for path in (ROOT / tree).rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > most
+    }
+    assert too_long == {}

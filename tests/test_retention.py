@@ -10,7 +10,7 @@ from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import replace_json
 from lambdaflow.core.layout import Layout
 from lambdaflow.serving.reconcile import judged, require_within_threshold
-from stream_worker.worker import first_day_kept
+from stream_worker.retention import first_day_kept
 
 FIRST = date(2026, 11, 20)
 GRACE = timedelta(days=1)

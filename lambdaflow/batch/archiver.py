@@ -23,85 +23,37 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import polars as pl
 from kafka import TopicPartition
 
+from lambdaflow.batch.buffers import (
+    Buffer,
+    OwnedPartition,
+    RollPolicy,
+    Totals,
+    arrived_by,
+    concat_or_empty,
+    previous_status,
+    write_batch_files,
+)
 from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import (
-    PROGRESS_ONLY,
-    DamagedFile,
-    publish_new,
-    read_json,
     remove_stale_temps,
     replace_json,
-    temp_path_for,
-    write_parquet_durably,
 )
 from lambdaflow.core.raw_store import BatchRange, Manifest
 from lambdaflow.kafka import clients
-from lambdaflow.kafka.log_identity import fingerprint
 from lambdaflow.kafka.loop import PartitionedLoop
 
 log = logging.getLogger(__name__)
 
 GROUP_ID = "archiver"
+DEFAULT_ROLL = RollPolicy()
 STATUS_EVERY_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class RollPolicy:
-    """When a partition's buffer becomes a file."""
-
-    max_bytes: int = 64 * 1024 * 1024
-    max_seconds: float = 300.0
-
-
-@dataclass
-class Buffer:
-    """Classified messages of one partition that are not yet published."""
-
-    epoch: int
-    start: int  # the manifest's resume offset when the buffer began
-    opened_at: float
-    last: int | None = None
-    first_record: dict | None = None
-    last_record: dict | None = None
-    events: list[pl.DataFrame] = field(default_factory=list)
-    rejects: list[pl.DataFrame] = field(default_factory=list)
-    value_bytes: int = 0
-    messages: int = 0
-
-    @property
-    def empty(self) -> bool:
-        return self.last is None
-
-
-@dataclass
-class OwnedPartition:
-    manifest: Manifest
-    buffer: Buffer
-    position: int  # the next offset expected from Kafka
-    watermark: str | None = None
-    caught_up_at: str | None = None
-    status_written: float = 0.0
-
-
-@dataclass
-class Totals:
-    messages: int = 0
-    events: int = 0
-    rejects: int = 0
-    files: int = 0
-    batches: int = 0
-    new_epochs: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 class Archiver:
@@ -111,7 +63,7 @@ class Archiver:
         self,
         bootstrap: str,
         store: RawStoreWriter,
-        roll: RollPolicy = RollPolicy(),
+        roll: RollPolicy = DEFAULT_ROLL,
         group_id: str = GROUP_ID,
         session_timeout_ms: int = 6000,
     ) -> None:
@@ -172,13 +124,7 @@ class Archiver:
                 continue
             owned.position = records[-1].offset + 1
             accepted.extend(records)
-            buffer = owned.buffer
-            if buffer.first_record is None:
-                buffer.first_record = fingerprint(records[0])
-            buffer.last = records[-1].offset
-            buffer.last_record = fingerprint(records[-1])
-            buffer.value_bytes += sum(len(r.value or b"") for r in records)
-            buffer.messages += len(records)
+            owned.buffer.add(records)
         if not accepted:
             return
         decoded = self._classifier.classify(records_frame(accepted))
@@ -306,8 +252,8 @@ class Archiver:
         batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
         ingested_at = datetime.now(UTC)
         stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
-        events = _concat(buffer.events, EVENT_SCHEMA).with_columns(stamp)
-        rejects = _concat(buffer.rejects, REJECT_SCHEMA).with_columns(stamp)
+        events = concat_or_empty(buffer.events, EVENT_SCHEMA).with_columns(stamp)
+        rejects = concat_or_empty(buffer.rejects, REJECT_SCHEMA).with_columns(stamp)
         with self.store.partition_lock(partition):
             manifest = self.store.read_manifest(partition)
             if manifest.epoch != batch.epoch or manifest.next_offset != batch.first:
@@ -323,14 +269,14 @@ class Archiver:
                 )
                 self._resync(partition, manifest)
                 return
-            files = self._write_files(batch, events, rejects, ingested_at)
+            files = write_batch_files(self.store, batch, events, rejects, ingested_at)
             manifest = manifest.advanced(batch, buffer.last_record, buffer.first_record)
             self.store.write_manifest(manifest)
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
         if events.height:
             newest = events["occurred_at"].max()
-            latest = _arrived_by(newest if isinstance(newest, datetime) else None, ingested_at)
+            latest = arrived_by(newest if isinstance(newest, datetime) else None, ingested_at)
             if latest is not None:
                 owned.watermark = latest if owned.watermark is None else max(owned.watermark, latest)
         clients.commit_for_lag_tools(self._consumer, self.topic, partition, manifest.next_offset)
@@ -351,24 +297,6 @@ class Archiver:
             manifest.next_offset,
         )
         self._write_status(partition, force=True)
-
-    def _write_files(
-        self, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame, ingested_at: datetime
-    ) -> list:
-        staged = []
-        if events.height:
-            for (event_date,), day in events.sort("kafka_offset").partition_by("event_date", as_dict=True).items():
-                staged.append((self.store.event_file(event_date, batch), day.drop("event_date")))
-        if rejects.height:
-            staged.append((self.store.dead_letter_file(ingested_at.date(), batch), rejects.sort("kafka_offset")))
-        temps = []
-        for final, frame in staged:
-            temp = temp_path_for(final, self.store.temp_dir)
-            write_parquet_durably(frame, temp)
-            temps.append((temp, final))
-        for temp, final in temps:
-            publish_new(temp, final)
-        return [final for _, final in temps]
 
     def _resync(self, partition: int, manifest: Manifest) -> None:
         """Drop what is buffered and continue from what the manifest says."""
@@ -437,12 +365,12 @@ class Archiver:
             remove_stale_temps(self.store.manifest_path(tp.partition))  # a kill -9 mid-replace leaves these
             remove_stale_temps(self.store.status_path(tp.partition))
             manifest = self.store.read_manifest(tp.partition)
-        previous = self._previous_status(tp.partition)
+        previous = previous_status(self.store, tp.partition)
         owned = OwnedPartition(
             manifest=manifest,
             buffer=Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic()),
             position=manifest.next_offset,
-            watermark=_arrived_by(previous.get("watermark"), datetime.now(UTC)),
+            watermark=arrived_by(previous.get("watermark"), datetime.now(UTC)),
             caught_up_at=previous.get("caught_up_at"),
         )
         self.owned[tp.partition] = owned
@@ -461,26 +389,3 @@ class Archiver:
     def _seek_to_resume(self, tp: TopicPartition, owned: OwnedPartition) -> None:
         owned.position = owned.manifest.next_offset
         self._consumer.seek(tp, owned.position)
-
-    def _previous_status(self, partition: int) -> dict:
-        try:
-            status = read_json(self.store.status_path(partition), PROGRESS_ONLY) or {}
-        except DamagedFile as error:
-            log.warning("%s; writing it anew", error)
-            return {}
-        return status if isinstance(status, dict) and status.get("epoch") is not None else {}
-
-
-def _arrived_by(event_time: datetime | str | None, arrival: datetime) -> str | None:
-    """A watermark never runs ahead of when its data arrived (invariant 6): a message stamped in the
-    future (its occurred_at and Kafka timestamp both) moves it to the time of arrival, no further,
-    so it can neither complete a day early nor switch realtime off for the days after."""
-    if event_time is None:
-        return None
-    if isinstance(event_time, str):
-        event_time = datetime.fromisoformat(event_time)
-    return min(event_time, arrival).astimezone(UTC).isoformat()
-
-
-def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
-    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)

@@ -128,13 +128,10 @@ def _start_services(config: StackConfig, stack: StackFile) -> tuple[dict[str, Re
 
 def _wait_until_ready(config: StackConfig, started: dict[str, Recorded]) -> AirflowReady:
     """Wait for each service to be ready; return what Airflow said once it was."""
-    from lambdaflow.core.raw_store import RawStore
-    from stream_worker.worker import SpeedPaths
-
-    topic = config.settings.topic
+    topic, layout = config.settings.topic, config.settings.layout
     archive, stream, produce = started["archive"], started["stream"], started["produce"]
-    _wait(archive, lambda: _status_written(RawStore(config.settings.data_dir, topic).state_dir, archive.pid))
-    _wait(stream, lambda: _status_written(SpeedPaths(config.settings.data_dir, topic).root, stream.pid))
+    _wait(archive, lambda: _status_written(layout.archiver_state(topic), archive.pid))
+    _wait(stream, lambda: _status_written(layout.speed_state(topic), stream.pid))
     _wait(produce, lambda: _log_says(produce, "live: sending to"))
     _wait(started["docs"], lambda: answers_ok(config.docs_url + "/"))
     airflow = _wait(started["airflow"], lambda: _airflow_ready(config))

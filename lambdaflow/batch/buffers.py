@@ -1,0 +1,132 @@
+"""What the archiver holds per partition between publishes, and how a batch becomes files.
+
+A partition's buffer collects classified messages until the roll policy says
+publish; a batch's files (one per event date, plus the dead letter) are each
+written to a temporary name, fsynced, and linked to a name that must be new.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from lambdaflow.batch.raw_writer import RawStoreWriter
+from lambdaflow.core.files import (
+    PROGRESS_ONLY,
+    DamagedFile,
+    publish_new,
+    read_json,
+    temp_path_for,
+    write_parquet_durably,
+)
+from lambdaflow.core.raw_store import BatchRange, Manifest
+from lambdaflow.kafka.log_identity import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RollPolicy:
+    """When a partition's buffer becomes a file."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_seconds: float = 300.0
+
+
+@dataclass
+class Buffer:
+    """Classified messages of one partition that are not yet published."""
+
+    epoch: int
+    start: int  # the manifest's resume offset when the buffer began
+    opened_at: float
+    last: int | None = None
+    first_record: dict | None = None
+    last_record: dict | None = None
+    events: list[pl.DataFrame] = field(default_factory=list)
+    rejects: list[pl.DataFrame] = field(default_factory=list)
+    value_bytes: int = 0
+    messages: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.last is None
+
+    def add(self, records: list) -> None:
+        """Note a run of a partition's records (their classified frames are added by the caller)."""
+        if self.first_record is None:
+            self.first_record = fingerprint(records[0])
+        self.last = records[-1].offset
+        self.last_record = fingerprint(records[-1])
+        self.value_bytes += sum(len(r.value or b"") for r in records)
+        self.messages += len(records)
+
+
+@dataclass
+class OwnedPartition:
+    manifest: Manifest
+    buffer: Buffer
+    position: int  # the next offset expected from Kafka
+    watermark: str | None = None
+    caught_up_at: str | None = None
+    status_written: float = 0.0
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    events: int = 0
+    rejects: int = 0
+    files: int = 0
+    batches: int = 0
+    new_epochs: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def arrived_by(event_time: datetime | str | None, arrival: datetime) -> str | None:
+    """A watermark never runs ahead of when its data arrived (invariant 6): a message stamped in the
+    future (its occurred_at and Kafka timestamp both) moves it to the time of arrival, no further,
+    so it can neither complete a day early nor switch realtime off for the days after."""
+    if event_time is None:
+        return None
+    if isinstance(event_time, str):
+        event_time = datetime.fromisoformat(event_time)
+    return min(event_time, arrival).astimezone(UTC).isoformat()
+
+
+def concat_or_empty(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+
+
+def write_batch_files(
+    store: RawStoreWriter, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame, ingested_at: datetime
+) -> list:
+    staged = []
+    if events.height:
+        for (event_date,), day in events.sort("kafka_offset").partition_by("event_date", as_dict=True).items():
+            staged.append((store.event_file(event_date, batch), day.drop("event_date")))
+    if rejects.height:
+        staged.append((store.dead_letter_file(ingested_at.date(), batch), rejects.sort("kafka_offset")))
+    temps = []
+    for final, frame in staged:
+        temp = temp_path_for(final, store.temp_dir)
+        write_parquet_durably(frame, temp)
+        temps.append((temp, final))
+    for temp, final in temps:
+        publish_new(temp, final)
+    return [final for _, final in temps]
+
+
+def previous_status(store: RawStoreWriter, partition: int) -> dict:
+    """The partition's last status report, for its watermark; {} when there is none or it is damaged."""
+    try:
+        status = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
+    except DamagedFile as error:
+        log.warning("%s; writing it anew", error)
+        return {}
+    return status if isinstance(status, dict) and status.get("epoch") is not None else {}

@@ -1,0 +1,66 @@
+"""The batch manifest as the speed layer follows it, and which days it keeps: it drops a day only
+once the batch serves it whole, its reconciliation passed, and the grace period after the boundary
+is over."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from lambdaflow.core import reconciled
+from lambdaflow.core.boundary import BatchHours, boundary_of, read_manifest, start_of
+from lambdaflow.core.files import DamagedFile
+
+log = logging.getLogger(__name__)
+
+
+def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
+    """The first day the speed layer keeps (None: keep all): it drops the days before the boundary (less
+    the grace) that the batch serves whole and whose reconciliation passed, never a day the batch has
+    not built (the speed layer alone serves it) or one whose reconciliation failed or has not run."""
+    hours = BatchHours.of(manifest)
+    if hours.boundary is None or earliest is None:
+        return None
+    first_kept = (hours.boundary - grace).date()
+    day = earliest
+    while day < first_kept:
+        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconciled.passed(data_dir, day):
+            return day
+        day += timedelta(days=1)
+    return first_kept
+
+
+class FollowedManifest:
+    """The batch manifest as last read, and which hours the batch serves by it (BatchHours)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.boundary: datetime | None = None
+        self.hours = BatchHours.of(None)
+        self._manifest: dict | None = None
+        self._damaged = False
+
+    def read(self) -> dict | None:
+        """Read the batch manifest and its boundary. While it is damaged, say so once and return None:
+        counting goes on at the last boundary read (it never moves back) and no day is dropped."""
+        try:
+            manifest = read_manifest(self.data_dir)
+        except DamagedFile as error:
+            if not self._damaged:
+                log.warning(
+                    "%s; counting goes on at the last boundary read (%s) and no day is dropped", error, self.boundary
+                )
+            self._damaged = True
+            return None
+        if self._damaged:
+            log.info("the batch manifest is readable again")
+        self._damaged = False
+        self.boundary = boundary_of(manifest)
+        self.hours = BatchHours.of(manifest)
+        return manifest
+
+    def first_day_kept(self, earliest: date | None, grace: timedelta) -> date | None:
+        """:func:`first_day_kept` by the manifest read now (None, keep all, while it is damaged)."""
+        manifest = self.read()
+        return None if manifest is None else first_day_kept(self.data_dir, manifest, earliest, grace)
