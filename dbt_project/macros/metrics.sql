@@ -118,3 +118,17 @@
     {#- The days a run builds: ds, or ds to ds_end (inclusive) for a range in one build. -#}
     event_date between cast('{{ day_var("ds") }}' as date) and cast('{{ day_var("ds_end") if var("ds_end") else day_var("ds") }}' as date)
 {%- endmacro %}
+
+{% macro user_metrics_relation() -%}
+    {#- The users metrics of the definition as rows (name, event_types; null: every type). -#}
+    select * from (values
+        {%- for metric in user_metrics() %}
+        ('{{ metric.name }}', {{ ("['" ~ metric.event_types | join("', '") ~ "']") if metric.get('event_types') else "null" }}::varchar[]){{ "," if not loop.last }}
+        {%- else %}
+        (null::varchar, null::varchar[])
+        {%- endfor %}
+    ) as user_metrics (name, event_types)
+    {%- if not user_metrics() %}
+    where false
+    {%- endif %}
+{%- endmacro %}

@@ -11,34 +11,42 @@ events as (
 
 ),
 
-{% for metric in user_metrics() %}
-first_for_{{ metric.name }} as (
+user_metrics as (
+
+    -- One row per users metric: its name, and the event types it looks at (null: every type).
+    {{ user_metrics_relation() }}
+
+),
+
+candidates as (
+
+    select
+        events.event_date,
+        events.user_id,
+        user_metrics.name as attribution,
+        events.event_hour,
+        events.country,
+        events.occurred_at,
+        events.kafka_offset
+    from events
+    inner join user_metrics
+        on user_metrics.event_types is null
+        or list_contains(user_metrics.event_types, events.event_type)
+
+),
+
+final as (
 
     select
         event_date,
         user_id,
-        '{{ metric.name }}' as attribution,
+        attribution,
         event_hour,
         country
-    from events
-    where {{ metric_selects(metric) }}
+    from candidates
     qualify row_number() over (
-        partition by event_date, user_id order by occurred_at, kafka_offset
+        partition by attribution, event_date, user_id order by occurred_at, kafka_offset
     ) = 1
-
-),
-
-{% endfor %}
-final as (
-
-    {% for metric in user_metrics() %}
-    select * from first_for_{{ metric.name }}
-    {{ "union all" if not loop.last }}
-    {% else %}
-    select event_date, user_id, null::varchar as attribution, event_hour, country
-    from events
-    where false
-    {% endfor %}
 
 )
 
