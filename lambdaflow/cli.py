@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import click
 
-from lambdaflow.core.config import settings
+from lambdaflow.core.config import Settings, settings
 from lambdaflow.core.days import today as today_utc
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.output import FORMATS, ProgressBar, configure_logging, emit, emit_record
@@ -226,13 +227,8 @@ def archive(until_idle: bool, verify: bool, fmt: str) -> None:
         _verify_archive(fmt)
         return
     from lambdaflow.batch.commands import archive as run_archive
-    from lambdaflow.kafka.broker import resolve_bootstrap
-    from lambdaflow.kafka.clients import ensure_topic
 
-    config = settings()
-    bootstrap = resolve_bootstrap(config)
-    ensure_topic(bootstrap, config.topic, config.partitions)
-    emit_record(run_archive(config, bootstrap, _stop_on_signals(), until_idle), fmt)
+    _consume(lambda config, bootstrap, stop: run_archive(config, bootstrap, stop, until_idle), fmt)
 
 
 def _verify_archive(fmt: str) -> None:
@@ -265,14 +261,9 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
     replaced for the serving layer. Runs until SIGINT/SIGTERM, or with
     --until-idle until caught up. Prints a JSON summary on exit.
     """
-    from lambdaflow.kafka.broker import resolve_bootstrap
-    from lambdaflow.kafka.clients import ensure_topic
     from stream_worker.commands import stream as run_stream
 
-    config = settings()
-    bootstrap = resolve_bootstrap(config)
-    ensure_topic(bootstrap, config.topic, config.partitions)
-    emit_record(run_stream(config, bootstrap, _stop_on_signals(), until_idle, replay), fmt)
+    _consume(lambda config, bootstrap, stop: run_stream(config, bootstrap, stop, until_idle, replay), fmt)
 
 
 @cli.command()
@@ -353,6 +344,18 @@ def status(fmt: str) -> None:
         return
     emit(partition_rows(report), fmt)
     emit_record({k: v for k, v in report.items() if k != "partitions"}, fmt)
+
+
+def _consume(run: Callable[[Settings, str, threading.Event], dict], fmt: str) -> None:
+    """A consumer command: find the broker, create the topic unless it exists, run until SIGINT or
+    SIGTERM (or caught up), print the summary."""
+    from lambdaflow.kafka.broker import resolve_bootstrap
+    from lambdaflow.kafka.clients import ensure_topic
+
+    config = settings()
+    bootstrap = resolve_bootstrap(config)
+    ensure_topic(bootstrap, config.topic, config.partitions)
+    emit_record(run(config, bootstrap, _stop_on_signals()), fmt)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -38,7 +38,7 @@ from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import remove_stale_temps, replace_json
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.log_identity import fingerprint
-from lambdaflow.kafka.loop import PartitionedLoop
+from lambdaflow.kafka.loop import Counts, PartitionedLoop
 from stream_worker.paths import SpeedPaths
 from stream_worker.retention import FollowedManifest
 from stream_worker.state import PartitionState, StaleBatch, StateFileBusy
@@ -71,17 +71,12 @@ class Owned:
 
 
 @dataclass
-class Totals:
-    messages: int = 0
-    events: int = 0
+class Totals(Counts):
     new_events: int = 0
     rejects: int = 0
     commits: int = 0
     stale_batches: int = 0
     log_restarts: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -239,14 +234,7 @@ class StreamWorker:
         if same is False:
             self._restart_log(tp.partition, f"offset {offset} arrived after offset {owned.position - 1}")
         else:
-            log.warning(
-                "%s[%d] the consumer went back to offset %d; resuming at %d",
-                self.topic,
-                tp.partition,
-                offset,
-                owned.position,
-            )
-            self._consumer.seek(tp, owned.position)
+            self.loop.went_back(tp, offset, owned.position)
 
     def _restart_log(self, partition: int, why: str) -> None:
         owned = self.owned[partition]

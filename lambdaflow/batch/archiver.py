@@ -146,14 +146,7 @@ class Archiver:
         if self._same_log(tp.partition, owned.manifest) is False:
             self._start_new_epoch(tp, owned, f"offset {offset} arrived after offset {owned.position - 1}")
         else:
-            log.warning(
-                "%s[%d] the consumer went back to offset %d; resuming at %d",
-                self.topic,
-                tp.partition,
-                offset,
-                owned.position,
-            )
-            self._consumer.seek(tp, owned.position)
+            self.loop.went_back(tp, offset, owned.position)
 
     def _same_log(self, partition: int, manifest: Manifest, buffer: Buffer | None = None) -> bool | None:
         """Does the broker's log still hold what this epoch archived? None: cannot tell now."""

@@ -24,6 +24,7 @@ from lambdaflow.core.files import (
 )
 from lambdaflow.core.raw_store import BatchRange, Manifest
 from lambdaflow.kafka.log_identity import fingerprint
+from lambdaflow.kafka.loop import Counts
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,11 @@ class OwnedPartition:
 
 
 @dataclass
-class Totals:
-    messages: int = 0
-    events: int = 0
+class Totals(Counts):
     rejects: int = 0
     files: int = 0
     batches: int = 0
     new_epochs: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 def arrived_by(event_time: datetime | str | None, arrival: datetime) -> str | None:

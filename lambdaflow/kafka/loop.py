@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -75,6 +76,17 @@ class Sink(Protocol):
     def close(self) -> None:
         """The loop ends, cleanly or not: release what the sink holds."""
         ...
+
+
+@dataclass
+class Counts:
+    """What a sink has done so far; each sink adds its own counts (its summary on exit)."""
+
+    messages: int = 0
+    events: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
 
 
 class PartitionedLoop(ConsumerRebalanceListener):
@@ -139,6 +151,13 @@ class PartitionedLoop(ConsumerRebalanceListener):
     def fail(self, error: LambdaflowError) -> None:
         """Stop the loop with ``error`` at its next turn (the first error wins)."""
         self._fatal = self._fatal or error
+
+    def went_back(self, tp: TopicPartition, offset: int, position: int) -> None:
+        """The consumer fetched from below where the sink stands, in the same log: fetch from there again."""
+        log.warning(
+            "%s[%d] the consumer went back to offset %d; resuming at %d", self.topic, tp.partition, offset, position
+        )
+        self.consumer.seek(tp, position)
 
     def end_offset(self, partition: int) -> int | None:
         """The partition's end offset as last read (None: not read yet)."""
