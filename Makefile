@@ -43,14 +43,11 @@ bench: install
 chaos: install
 	$(BIN)/python -m chaos $(if $(SEED),--seed $(SEED))
 
-# The dbt docs site on 127.0.0.1:$(DOCS_PORT). Generating it opens the warehouse, so it
-# takes the warehouse lock that every batch build holds. The data directory is made absolute
-# first, as lambdaflow does (dbt runs inside dbt_project/), and quoted: it may hold spaces.
+# The dbt docs site on 127.0.0.1:$(DOCS_PORT), as `make up` serves it: the metrics definition is
+# checked first, the site is generated under the warehouse lock that every batch build holds
+# (generating opens the warehouse), then served until stopped. Files under <data>/docs.
 docs: install
-	@set -e; data="$$(realpath -ms -- "$${LAMBDAFLOW_DATA_DIR:-data}")"; \
-	mkdir -p "$$data/warehouse"; cd dbt_project; export LAMBDAFLOW_DATA_DIR="$$data"; \
-	flock "$$data/warehouse/write.lock" ../$(BIN)/dbt docs generate --profiles-dir . --quiet; \
-	exec ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port $(DOCS_PORT) --no-browser
+	$(BIN)/python -m lambdaflow.ops.stack docs --port $(DOCS_PORT)
 
 # The stack as long-running services on 127.0.0.1 (broker, archiver, stream worker, a live
 # producer, Airflow on 8080, the dbt docs on $(DOCS_PORT)); `up` returns once all are ready

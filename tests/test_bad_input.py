@@ -356,11 +356,12 @@ print(json.dumps(results))
 """
 
 
-def test_dbt_refuses_a_bad_definition_or_day_before_any_sql_runs(world, project_copy, tmp_path) -> None:
+def test_dbt_refuses_a_bad_day_or_instant_before_any_sql_runs(world, project_copy, tmp_path) -> None:
+    """The metrics definition is lambdaflow's to check, before it runs dbt (the tests above); the day and
+    the instant a run is given reach SQL too, and dbt refuses them itself, however it is started."""
     with_definition(project_copy, defined_metrics())
     data_dir = tmp_path / "data"
-    cases = [{"metrics": [*defined_metrics(), entry]} for entry, _ in BAD_DEFINITIONS]
-    cases += [{"ds": "2026-11-26' or 1=1 --"}, {"ds": "2026-11-26", "until": "now(); drop table x"}]
+    cases = [{"ds": "2026-11-26' or 1=1 --"}, {"ds": "2026-11-26", "until": "now(); drop table x"}]
     done = subprocess.run(
         [sys.executable, "-c", DBT_BUILDS, str(project_copy / "dbt_project"), str(tmp_path), json.dumps(cases)],
         env={**world.env, "LAMBDAFLOW_DATA_DIR": str(data_dir), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
@@ -370,8 +371,7 @@ def test_dbt_refuses_a_bad_definition_or_day_before_any_sql_runs(world, project_
     )
     assert done.returncode == 0, done.stderr[-5000:]
     results = json.loads(done.stdout.splitlines()[-1])
-    expected = [f"vars.metrics: metric 7{problem}" for _, problem in BAD_DEFINITIONS]
-    expected += [
+    expected = [
         "vars.ds '2026-11-26' or 1=1 --' is not a date: use YYYY-MM-DD",
         "vars.until 'now(); drop table x' is not an ISO-8601 date and time",
     ]

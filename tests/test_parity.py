@@ -257,6 +257,7 @@ def expected_logins_and_buyers(events: pl.DataFrame) -> dict:
     return dict(table)
 
 
+@pytest.mark.slow  # two builds of a copy of the project and a backfill: half a minute
 def test_a_metric_added_later_is_null_on_older_days_until_a_backfill_rebuilds_them(events, tmp_path) -> None:
     work = tmp_path / "warehouse"
     raw_files = write_raw_store(events, work)

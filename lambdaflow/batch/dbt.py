@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 
+from lambdaflow.core import metrics
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.project import DBT_PROJECT_DIR
@@ -20,6 +21,7 @@ def run_dbt(settings: Settings, *args: str) -> None:
     several days (a backfill, the demo) pays it once."""
     from dbt.cli.main import dbtRunner
 
+    metrics.defined()  # the models build their columns from it: a bad one is refused before dbt runs
     os.environ["LAMBDAFLOW_DATA_DIR"] = str(settings.data_dir)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     try:

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from lambdaflow.core import metrics
 from lambdaflow.core.project import DBT_PROJECT_DIR
 from lambdaflow.core.warehouse import warehouse_lock
 from lambdaflow.kafka.broker import HOST, port_answers
@@ -110,6 +111,7 @@ def serve_docs(config: StackConfig) -> None:
         "--target-path",
         str(target),
     ]
+    metrics.defined()  # the models build their columns from it: a bad one is refused before dbt runs
     env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(config.settings.data_dir)}
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     dbt = str(Path(sys.executable).parent / "dbt")
