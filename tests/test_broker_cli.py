@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
 
 from lambdaflow.kafka.broker import free_port, port_answers
+from lambdaflow.ops.processes import Child, lambdaflow_command
 
 
 def _alive(pid: int) -> bool:
@@ -25,39 +25,40 @@ def _alive(pid: int) -> bool:
 
 
 class BrokerCommand:
-    def __init__(self, cli, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lambdaflow", "broker", *args],
-            env=cli.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    """`lambdaflow broker` in lambdaflow's child wrapper: its stdout and its stderr (the log) in files."""
+
+    def __init__(self, cli, log_path: Path, *args: str) -> None:
+        self.child = Child("broker", lambdaflow_command("broker", *args), cli.env, log_path).start()
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
 
     def first_line(self) -> str:
-        return self.process.stdout.readline().rstrip("\n")
+        return self.child.read_line(timeout=30)
 
-    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str, str]:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        out, err = self.process.communicate(timeout=30)
-        return self.process.returncode, out, err
+    def finished(self) -> tuple[int, str, str]:
+        """Its exit code, what it printed after the lines read, and its log."""
+        done = self.child.wait(30)
+        return done.returncode, done.stdout, self.child.log_path.read_text()
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
+        self.child.send_signal(signum)
+        return self.finished()
 
 
 @pytest.fixture
-def broker_command(cli):
+def broker_command(cli, tmp_path):
     started: list[BrokerCommand] = []
 
     def start(*args: str) -> BrokerCommand:
-        started.append(BrokerCommand(cli, *args))
+        started.append(BrokerCommand(cli, tmp_path / f"broker-{len(started)}.log", *args))
         return started[-1]
 
     yield start
     for command in started:
-        if command.process.poll() is None:
-            command.process.kill()
-            command.process.wait()
+        if command.child.running():
+            command.child.kill_9()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -77,7 +78,7 @@ def test_broker_prints_its_address_serves_the_topic_and_stops_cleanly(cli, data_
 
     announcement = json.loads((data_dir / "broker" / "broker.json").read_text())
     assert announcement["bootstrap"] == bootstrap
-    assert announcement["pid"] == broker.process.pid
+    assert announcement["pid"] == broker.pid
 
     code, out, err = broker.stop(signum)
     assert code == 0
@@ -108,10 +109,10 @@ def test_a_second_broker_on_the_same_data_dir_is_refused(data_dir, broker_comman
     first = broker_command()
     bootstrap = first.first_line().removeprefix("bootstrap: ")
     second = broker_command()
-    out, err = second.process.communicate(timeout=30)
-    assert second.process.returncode == 1
+    code, out, err = second.finished()
+    assert code == 1
     assert out == ""
     assert err.strip().splitlines()[-1] == (
-        f"lambdaflow: error: an embedded broker already serves {bootstrap} (pid {first.process.pid}) for {data_dir}"
+        f"lambdaflow: error: an embedded broker already serves {bootstrap} (pid {first.pid}) for {data_dir}"
     )
     assert first.stop()[0] == 0
