@@ -116,7 +116,7 @@ class Workers:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = env
         self.logs = logs
-        self.started = Counter()
+        self.started: Counter[str] = Counter()
         self.running: dict[str, list[WorkerProcess]] = {"archive": [], "stream": []}
 
     def start(self, command: str) -> WorkerProcess:
@@ -182,6 +182,7 @@ class Builds:
                     text=True,
                 )
             threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        assert self.process.stdin is not None  # a pipe
         self.process.stdin.write(" ".join(days) + "\n")
         self.process.stdin.flush()
         self.pending += len(days)
@@ -209,7 +210,7 @@ class Builds:
             self.poll(timeout=1.0)
 
     def close(self) -> None:
-        if self.process is not None:
+        if self.process is not None and self.process.stdin is not None:
             self.process.stdin.close()
             try:
                 self.process.wait(timeout=60)
@@ -218,6 +219,7 @@ class Builds:
                 self.process.wait()
 
     def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None  # a pipe
         for line in process.stdout:
             self.results.put(json.loads(line))
         process.wait()
@@ -321,12 +323,14 @@ class Producer(threading.Thread):
     def _acknowledged(self, _metadata) -> None:
         self.acknowledged += 1
 
-    def _clock(self, value: bytes) -> tuple[bytes, int | None]:
+    def _clock(self, value: bytes | None) -> tuple[bytes | None, int | None]:
         """Most events as produced now; 2% from a producer whose clock runs 3 hours ahead or behind:
         its event's occurred_at and the message's timestamp are both off by as much."""
         if self.rng.random() >= SKEWED_SHARE:
             return value, None
         skew = timedelta(hours=self.rng.choice((3, -3)))
+        if value is None:  # a tombstone stays as it is
+            return value, None
         try:
             event = json.loads(value)
             event["occurred_at"] = (datetime.fromisoformat(event["occurred_at"]) + skew).isoformat()
@@ -442,6 +446,7 @@ def _act(
             else:
                 workers.start(command)
         elif action == "pause broker":
+            assert broker.pid is not None  # it runs
             os.kill(broker.pid, signal.SIGSTOP)
             try:
                 _sleep(rng.uniform(2, 6), builds)
@@ -570,7 +575,8 @@ def _verify(
     tally: Tally,
 ) -> tuple[int, int]:
     records = read_all(bootstrap, TOPIC, acknowledged)
-    valid, rejected = set(), set()
+    valid: set[tuple[int, int]] = set()
+    rejected: set[tuple[int, int]] = set()
     for record in records:
         position = (record.partition, record.offset)
         (valid if expected_reason(record.key, record.value, record.timestamp) is None else rejected).add(position)

@@ -202,7 +202,7 @@ class RestartableBroker:
         """Stop it (SIGTERM to its PID): the port refuses connections and the log is gone."""
         self.broker.stop()
 
-    def come_back(self, paused: list[int] = ()) -> None:
+    def come_back(self, paused: tuple[int, ...] = ()) -> None:
         """Start it again on the same port, empty; processes in ``paused`` are stopped meanwhile, so
         that none of them asks the new broker for the topic before it is created with its 3
         partitions (the embedded broker would create it with its default count)."""
@@ -214,7 +214,7 @@ class RestartableBroker:
             for pid in paused:
                 os.kill(pid, signal.SIGCONT)
 
-    def restart(self, paused: list[int] = ()) -> None:
+    def restart(self, paused: tuple[int, ...] = ()) -> None:
         self.go_away()
         self.come_back(paused)
 
