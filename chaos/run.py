@@ -44,7 +44,6 @@ import argparse
 import json
 import logging
 import os
-import queue
 import random
 import shutil
 import signal
@@ -60,6 +59,7 @@ from pathlib import Path
 
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker import EmbeddedBroker
+from lambdaflow.ops.processes import Child
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import RateLimiter
 from tests.contract_oracle import expected_reason
@@ -165,65 +165,47 @@ class Builds:
         self.env = env
         self.logs = logs
         self.tally = tally
-        self.process: subprocess.Popen[str] | None = None
-        self.results: queue.Queue[dict | None] = queue.Queue()
+        self.child: Child | None = None
         self.pending = 0
         self.built: set[str] = set()
 
     def request(self, days: list[str]) -> None:
-        if self.process is None:
-            with (self.logs / "builds.log").open("w") as stderr:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "chaos", "build-server"],
-                    env=self.env,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    text=True,
-                )
-            threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        assert self.process.stdin is not None  # a pipe
-        self.process.stdin.write(" ".join(days) + "\n")
-        self.process.stdin.flush()
+        if self.child is None:
+            command = [sys.executable, "-m", "chaos", "build-server"]
+            self.child = Child("build-server", command, self.env, self.logs / "builds.log", requests=True).start()
+        self.child.send_line(" ".join(days))
         self.pending += len(days)
 
     def poll(self, timeout: float | None = None) -> None:
         """Take in the results that have arrived (waiting up to ``timeout`` for one)."""
-        try:
-            result = self.results.get(timeout=timeout) if timeout else self.results.get_nowait()
-        except queue.Empty:
-            return
-        while result is not None:
-            self._collect(result)
+        wait = timeout or 0.0
+        while self.child is not None:
             try:
-                result = self.results.get_nowait()
-            except queue.Empty:
+                line = self.child.read_line(wait)
+            except TimeoutError:
                 return
-        if self.pending:  # the process ended with requests open
-            self.tally.failures.append(
-                f"the build process exited with {self.pending} builds to go; see {self.logs / 'builds.log'}"
-            )
-            self.pending = 0
+            except RuntimeError:  # the process ended
+                if self.pending:
+                    self.tally.failures.append(
+                        f"the build process exited with {self.pending} builds to go; see {self.logs / 'builds.log'}"
+                    )
+                    self.pending = 0
+                return
+            self._collect(json.loads(line))
+            wait = 0.0
 
     def wait(self) -> None:
         while self.pending:
             self.poll(timeout=1.0)
 
     def close(self) -> None:
-        if self.process is not None and self.process.stdin is not None:
-            self.process.stdin.close()
+        """End the requests: it exits by itself, or is stopped by its PID after a minute."""
+        if self.child is not None and self.child.running():
+            self.child.end_requests()
             try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None  # a pipe
-        for line in process.stdout:
-            self.results.put(json.loads(line))
-        process.wait()
-        self.results.put(None)
+                self.child.wait(60)
+            except TimeoutError:
+                pass  # wait() has stopped it
 
     def _collect(self, result: dict) -> None:
         self.pending -= 1

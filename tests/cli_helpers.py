@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lambdaflow.core.config import Settings
+from lambdaflow.ops.processes import Child
 
 
 @dataclass
@@ -49,46 +49,31 @@ class LongLivedCli:
     def __init__(self, env: dict[str, str], scratch: Path) -> None:
         self.env = env
         self.scratch = scratch
-        self.process: subprocess.Popen | None = None
+        self.child: Child | None = None
 
     def __call__(self, *args: str, timeout: float = 600) -> CliResult:
-        if self.process is None:
-            self.scratch.mkdir(parents=True, exist_ok=True)
-            self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("cli_server.py"))],
-                env=self.env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
+        if self.child is None:
+            command = [sys.executable, str(Path(__file__).with_name("cli_server.py"))]
+            self.child = Child("cli-server", command, self.env, self.scratch / "cli-server.log", requests=True).start()
         out = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".out", delete=False).name
         err = tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".err", delete=False).name
-        self.process.stdin.write(json.dumps({"args": list(args), "stdout": out, "stderr": err}) + "\n")
-        self.process.stdin.flush()
-        reply = self._reply(timeout)
+        self.child.send_line(json.dumps({"args": list(args), "stdout": out, "stderr": err}))
+        try:
+            reply = json.loads(self.child.read_line(timeout))
+        except TimeoutError:
+            self.close()
+            raise
         return CliResult(reply["exit_code"], Path(out).read_text(), Path(err).read_text())
 
-    def _reply(self, timeout: float) -> dict:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                self.close()
-                raise TimeoutError(f"the long-lived lambdaflow gave no answer in {timeout:.0f} s")
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the long-lived lambdaflow exited with code {self.process.wait()}")
-        return json.loads(line)
-
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.stdin.close()
+        """End its requests: it exits by itself, or is stopped by its PID after 30 s."""
+        if self.child is not None and self.child.running():
+            self.child.end_requests()
             try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+                self.child.wait(30)
+            except TimeoutError:
+                pass  # wait() has stopped it
+        self.child = None
 
 
 class TopicWorld:

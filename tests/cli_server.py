@@ -8,7 +8,7 @@ pointed at the files the request names, and replies with the exit code. Output, 
 the DAG run are those of the real command; only the imports are paid once.
 
 Protocol: one JSON object per line on stdin, ``{"args": [...], "stdout": path, "stderr": path}``;
-one per line on the reply pipe (the process's original stdout), ``{"exit_code": n}``.
+one per line on the process's original stdout, ``{"exit_code": n}``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def run(args: list[str], stdout_path: str, stderr_path: str) -> int:
 
 def serve() -> None:
     reply = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # nothing but replies reaches the reply pipe
+    os.dup2(2, 1)  # nothing but replies reaches the original stdout
     for line in sys.stdin:
         request = json.loads(line)
         code = run(request["args"], request["stdout"], request["stderr"])

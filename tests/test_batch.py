@@ -563,8 +563,16 @@ def test_queries_while_dbt_and_the_stream_worker_write_always_see_whole_hours(wo
     build = threading.Thread(target=lambda: built.append(world.batch("--date", rebuilt.isoformat())))
     build.start()
     latencies, today_events, files_seen = [], [], set()
+    deadline = time.monotonic() + 300
+
+    def stream_worker_counted_meanwhile() -> bool:
+        return len(today_events) > 1 and today_events[-1] > today_events[0]
+
     try:
-        while len(latencies) < 200 or build.is_alive():
+        # 200 queries at least, for as long as the rebuild runs and until the stream worker has counted
+        # live events meanwhile (it joins its group first).
+        while len(latencies) < 200 or build.is_alive() or not stream_worker_counted_meanwhile():
+            assert time.monotonic() < deadline, "the rebuild did not end, or no live event was counted, in 5 minutes"
             started = time.perf_counter()
             if len(latencies) % 5 == 0:  # every fifth: the day being rebuilt, hour by hour
                 rows = answer(settings, Question(rebuilt, rebuilt, hourly=True))

@@ -95,6 +95,7 @@ class Child:
         cwd: Path | None = None,
         own_session: bool = True,
         mark_start: bool = False,
+        requests: bool = False,
     ) -> None:
         self.name = name
         self.args = list(args)
@@ -105,6 +106,7 @@ class Child:
         self.cwd = cwd
         self.own_session = own_session
         self.mark_start = mark_start
+        self.requests = requests  # a pipe to its stdin, for a child that serves requests line by line
         self.process: subprocess.Popen | None = None
         self.started = 0.0
         self._read = 0
@@ -129,7 +131,7 @@ class Child:
                 command,
                 env=self.env,
                 cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.requests else subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=self.own_session,
@@ -163,20 +165,33 @@ class Child:
         assert finished is not None
         return finished
 
+    def send_line(self, line: str) -> None:
+        """One request on the child's stdin (``requests=True``)."""
+        assert self.process is not None and self.process.stdin is not None, "started with requests=True"
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def end_requests(self) -> None:
+        """Close the child's stdin: a child serving requests exits at its end."""
+        if self.process is not None and self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+
     def read_line(self, timeout: float = 30.0) -> str:
         """The next line the child prints on stdout; fails when it exits first or prints nothing in time."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            exited = not self.running()  # asked first: once it has exited, all it printed is in the file
             with self.stdout_path.open("rb") as stdout:
                 stdout.seek(self._read)
                 line = stdout.readline()
             if line.endswith(b"\n"):
                 self._read += len(line)
                 return line.decode(errors="replace").rstrip("\n")
-            if not self.running():
+            if exited:
                 raise RuntimeError(f"{self.name} exited with code {self.result().returncode}; see {self.log_path}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name} printed nothing in {timeout:.0f} s; see {self.log_path}")
             time.sleep(0.02)
-        raise TimeoutError(f"{self.name} printed nothing in {timeout:.0f} s; see {self.log_path}")
 
     def wait(self, timeout: float) -> Finished:
         """Wait for the child to exit by itself; stop it and fail if it takes longer than ``timeout``."""
@@ -224,6 +239,7 @@ class Child:
         if pid == 0:
             return None
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        self.end_requests()
         peak_kb = 0
         if self.rusage_path is not None:
             try:
