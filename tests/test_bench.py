@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lambdaflow.ops.procfs import proc_cmdline, proc_environ, running_processes
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benchmark reads /proc")
 
 ROWS = {
@@ -36,18 +38,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _processes_mentioning(text: str) -> list[int]:
     """Running processes whose environment or command line names ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                continue
-            if text.encode() in (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return [
+        process.pid
+        for process in running_processes()
+        if process.pid != os.getpid()
+        and any(text in part for part in (proc_environ(process.pid) or []) + (proc_cmdline(process.pid) or []))
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -12,16 +11,13 @@ from kafka import KafkaConsumer
 
 from lambdaflow.kafka.broker import free_port, port_answers
 from lambdaflow.ops.processes import Child, lambdaflow_command
+from lambdaflow.ops.procfs import proc_stat
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(") ")[1][0] != "Z"
+    """Running: a zombie (exited, not yet reaped by its parent) counts as gone."""
+    stat = proc_stat(pid)
+    return stat is not None and stat.running
 
 
 class BrokerCommand:

@@ -42,8 +42,17 @@ def proc_stat(pid: int) -> ProcStat | None:
 
 
 def proc_cmdline(pid: int) -> list[str] | None:
+    return _nul_separated(pid, "cmdline")
+
+
+def proc_environ(pid: int) -> list[str] | None:
+    """The environment the process started with (``NAME=value`` each), as far as /proc still shows it."""
+    return _nul_separated(pid, "environ")
+
+
+def _nul_separated(pid: int, name: str) -> list[str] | None:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raw = Path(f"/proc/{pid}/{name}").read_bytes()
     except OSError:
         return None
     return [part.decode(errors="surrogateescape") for part in raw.split(b"\0")[:-1]]

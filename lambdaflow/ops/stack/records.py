@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lambdaflow.core.files import read_json, replace_json
-from lambdaflow.ops.procfs import ProcStat, proc_cmdline, proc_stat, running_processes
+from lambdaflow.ops.procfs import ProcStat, proc_cmdline, proc_environ, proc_stat, running_processes
 from lambdaflow.ops.stack.config import STACK_ID_VARIABLE, StackConfig, StackError
 
 
@@ -19,11 +19,7 @@ def carries_stack_id(pid: int, stack_id: str) -> bool:
     Only a hint: a process that rewrites its title, as Airflow's components do,
     may overwrite the environment /proc shows.
     """
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return f"{STACK_ID_VARIABLE}={stack_id}".encode() in environ.split(b"\0")
+    return f"{STACK_ID_VARIABLE}={stack_id}" in (proc_environ(pid) or [])
 
 
 @dataclass(frozen=True)
