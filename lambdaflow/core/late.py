@@ -9,11 +9,12 @@ for them, and the `lambda_batch_late` DAG rebuilds them.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
+from lambdaflow.core.days import midnight
 from lambdaflow.core.files import read_json
 from lambdaflow.core.raw_store import RESTORE, BatchRange, RawFileDamaged, RawStore, require_readable
 
@@ -71,13 +72,9 @@ def late_days(settings: Settings) -> dict[date, int]:
     found = {}
     for key, entry in sorted(manifest.get("days", {}).items()):
         day = date.fromisoformat(key)
-        if datetime.fromisoformat(entry["built_until"]) < _end_of(day):
+        if datetime.fromisoformat(entry["built_until"]) < midnight(day) + DAY:
             continue  # a partial day: its next build reads whatever has arrived
         late = late_files(settings, day)
         if late:
             found[day] = len(late)
     return found
-
-
-def _end_of(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY

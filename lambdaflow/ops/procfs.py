@@ -104,11 +104,11 @@ def descendants_of(pid: int, processes: list[ProcStat] | None = None) -> list[Pr
     return found
 
 
-def stop_leftovers(processes: list[ProcStat], grace: float = 10.0) -> None:
+def stop_leftovers(processes: list[ProcStat], grace: float = 10.0, settle: float = 2.0) -> None:
     """Stop those of ``processes`` still running that are the very ones recorded (same PID and start
-    time): SIGTERM, then SIGKILL after ``grace``. They get two seconds to go by themselves first: a
-    helper such as multiprocessing's resource tracker exits once its parent has."""
-    wait_until(lambda: not any(same_process(p) for p in processes), 2.0, every=0.05)
+    time): SIGTERM, then SIGKILL after ``grace``. They get ``settle`` seconds to go by themselves
+    first: a helper such as multiprocessing's resource tracker exits once its parent has."""
+    wait_until(lambda: not any(same_process(p) for p in processes), settle, every=0.05)
     left = [p for p in processes if same_process(p)]
     if not left:
         return

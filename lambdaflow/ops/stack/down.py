@@ -7,7 +7,7 @@ import os
 import signal
 from typing import Any
 
-from lambdaflow.ops.procfs import ProcStat, kill_quietly, running_processes, same_process, wait_until
+from lambdaflow.ops.procfs import ProcStat, kill_quietly, running_processes, same_process, stop_leftovers, wait_until
 from lambdaflow.ops.stack.config import STOP_SECONDS, STOP_SECONDS_DEFAULT, StackConfig, StackError
 from lambdaflow.ops.stack.records import Recorded, StackFile, carries_stack_id, exclusive
 
@@ -119,9 +119,4 @@ def _stop_strays(seen: list[ProcStat], stack_id: str) -> None:
     log.warning(
         "stopping %d processes the stack started outside its groups: %s", len(strays), sorted(p.pid for p in strays)
     )
-    for stray in strays:
-        kill_quietly(stray.pid, signal.SIGTERM)
-    if not wait_until(lambda: not any(same_process(p) for p in strays), 10.0):
-        for stray in strays:
-            if same_process(stray):
-                kill_quietly(stray.pid, signal.SIGKILL)
+    stop_leftovers(strays, grace=10.0, settle=0.0)

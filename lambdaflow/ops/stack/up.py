@@ -17,7 +17,7 @@ from lambdaflow.core.files import read_json
 from lambdaflow.core.project import PROJECT_DIR
 from lambdaflow.kafka.broker import HOST, BrokerAnnouncement, port_answers
 from lambdaflow.ops.airflow_api import answers_ok, healthy, http_json, logged_in
-from lambdaflow.ops.processes import Child
+from lambdaflow.ops.processes import Child, tail
 from lambdaflow.ops.procfs import proc_stat
 from lambdaflow.ops.stack.config import (
     DAG_IDS,
@@ -173,18 +173,11 @@ def _wait(service: Recorded, ready: Callable[[], Any]) -> Any:
             return result
         if service.leader() != "ours":
             raise StackError(
-                f"{service.name} exited before it was ready; the end of {service.log}:\n{_tail(service.log)}"
+                f"{service.name} exited before it was ready; the end of {service.log}:\n{tail(Path(service.log), 15)}"
             )
         if time.monotonic() - started > timeout:
             raise StackError(f"{service.name} was not ready in {timeout} s; see {service.log}")
         time.sleep(POLL_SECONDS)
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _broker_ready(config: StackConfig, broker: Recorded) -> str | None:
