@@ -5,6 +5,7 @@ time and peak RSS from the outside, exactly as for the `lambdaflow` commands
 it is compared with. Results go to stdout as JSON, logs to stderr.
 
 * ``bare-consume``: the ingest ceiling, a kafka-python consumer that only polls;
+* ``crc-check``: which CRC32C kafka-python checks records with in the workers' interpreter;
 * ``produce-paced``: sends pre-drawn events at a fixed rate, logging when each left;
 * ``build``: dbt builds of whole days as the batch DAG runs them, keeping dbt's run_results;
 * ``rebuild-loop``: rebuilds one day until stopped (load for the query benchmark);
@@ -53,6 +54,14 @@ def _stop_event() -> threading.Event:
 # ingest ceiling
 
 
+def crc_check() -> str:
+    """Which CRC32C kafka-python checks record batches with in this interpreter: "C" (the crc32c
+    package, which kafka-python uses whenever it imports) or "Python" (its pure-Python fallback)."""
+    from kafka.record import util
+
+    return "C" if util.crc32c_c is not None else "Python"
+
+
 def bare_consume(group: str) -> None:
     """Poll every message of the topic and nothing else, stopping when caught up as `--until-idle` does:
     once it owns every partition and has read each up to its high watermark."""
@@ -92,6 +101,7 @@ def bare_consume(group: str) -> None:
             "value_bytes": value_bytes,
             "seconds": round(time.monotonic() - started, 3),
             "first_message_after": round(first_at - started, 3) if first_at else None,
+            "crc32c": crc_check(),
         }
     )
 
@@ -264,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     hand.add_argument("--day", required=True)
     hand.add_argument("--database", type=Path, required=True)
     commands.add_parser("prepare-airflow")
+    commands.add_parser("crc-check")
     args = parser.parse_args(argv)
     configure_logging()
     _keep_stdout_for_results()
@@ -277,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         rebuild_loop(args.day)
     elif args.command == "hand-sql":
         hand_sql(args.day, args.database)
+    elif args.command == "crc-check":
+        _emit({"crc32c": crc_check(), "executable": sys.executable})
     else:
         prepare_airflow()
     return 0

@@ -4,6 +4,7 @@ each child with its peak RSS measured and its output in the section's log folder
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,3 +25,14 @@ def bench_child(name: str, args: list[str], env: Mapping[str, str], logs: Path) 
 def run(name: str, args: list[str], env: Mapping[str, str], logs: Path, timeout: float) -> Finished:
     """Run a child to the end; fail with the end of its log when it exits non-zero."""
     return processes.run(name, args, env, logs / f"{name}.log", timeout, peak_rss=True)
+
+
+SESSION_SECONDS = 7.0
+"""The workers' 6 s session timeout, and a margin."""
+
+
+def settle() -> None:
+    """Wait out the previous run's membership before a worker joins its group again: the embedded
+    broker notices that a worker left its group only after the session timeout, and a run that starts
+    sooner waits for that in its join. Every run started after this pause joins alike."""
+    time.sleep(SESSION_SECONDS)
