@@ -23,6 +23,8 @@ boundary moves, :func:`follow` hands user-days to the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import polars as pl
 
@@ -84,15 +86,21 @@ def any_late_firsts(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("select exists (select 1 from late_firsts)").fetchall()[0][0]
 
 
-def before_firsts_change(con: duckdb.DuckDBPyConnection, firsts: pl.DataFrame, days: pl.DataFrame) -> None:
-    """Record what the first events of the micro-batch in batch-served hours change, before
-    ``first_seen`` takes them. Reads ``first_seen`` only for those events: late or lagging data, rare."""
+def before_firsts_change(
+    con: duckdb.DuckDBPyConnection,
+    firsts: pl.DataFrame,
+    days: pl.DataFrame,
+    stored: Callable[[pl.DataFrame], pl.DataFrame],
+) -> None:
+    """Record what the first events of the micro-batch in batch-served hours change, before the
+    stored first events take them. Looks up (``stored``) only those user-days: late or lagging data, rare."""
     in_batch_hours = firsts.join(days, on="event_date", how="left").filter(
         pl.col("event_hour") < pl.col("served_until")
     )
     if in_batch_hours.is_empty():
         return
     con.register("candidates", in_batch_hours)
+    con.register("first_seen", stored(in_batch_hours))
     try:
         # Per candidate c and kept first event f: the user-day's first event after this batch, and
         # whether the batch read any of its events that this partition has seen.
@@ -158,6 +166,7 @@ def before_firsts_change(con: duckdb.DuckDBPyConnection, firsts: pl.DataFrame, d
         con.execute("drop table decided")
     finally:
         con.unregister("candidates")
+        con.unregister("first_seen")
 
 
 def after_realtime_events(con: duckdb.DuckDBPyConnection, realtime_firsts: pl.DataFrame) -> None:
@@ -204,12 +213,3 @@ def follow(con: duckdb.DuckDBPyConnection) -> int:
         where l.event_date = d.event_date and l.realtime_hour is not null and {realtime_in_batch}
     """).fetchall()[0][0]
     return changed
-
-
-USERS_SQL = """
-    select event_hour, country, kind from first_seen
-    union all
-    select realtime_hour, realtime_country, kind from late_firsts where realtime_hour is not null
-"""
-"""Every user-day's counted hours: its first event's, and for one whose first event is late and
-not followed by a read one, its first realtime event's (the only one of the two the speed layer serves)."""

@@ -1,8 +1,8 @@
 """One Kafka partition's speed-layer state, in a DuckDB file of its own.
 
-The file holds the hourly aggregates, the dedupe keys (per hour: copies of an
-event share occurred_at), each user-day's first event and first signup, and
-the partition's consumed offset. A micro-batch changes all of them in one
+The file holds the hourly aggregates, the dedupe keys (one table per hour, see
+dedupe), each user-day's first event per users metric (a log, indexed in
+memory, see firsts), and the partition's consumed offset. A micro-batch changes all of them in one
 transaction, which first checks that the stored offset is where the batch
 starts: a batch is counted once or not at all, whoever crashes when.
 
@@ -28,7 +28,7 @@ from lambdaflow.core.boundary import BatchHours, log_id
 from lambdaflow.core.errors import LambdaflowError, first_line
 from lambdaflow.core.files import fsync_file, temp_path_for
 from lambdaflow.core.metrics import Metric
-from stream_worker import attribution
+from stream_worker import attribution, dedupe, firsts
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,6 @@ create table if not exists consumed (
     committed_at timestamptz not null
 );
 alter table consumed add column if not exists log_id varchar;
-create table if not exists seen_events (
-    event_hour timestamp not null,
-    event_id varchar not null
-);
-create table if not exists first_seen (
-    event_date date not null,
-    user_id varchar not null,
-    kind varchar not null,
-    occurred_at timestamptz not null,
-    kafka_offset bigint not null,
-    event_hour timestamp not null,
-    country varchar not null,
-    primary key (event_date, user_id, kind)
-);
 drop table if exists late_attributions;
 """
 )
@@ -91,12 +77,12 @@ def snapshot_schema(metrics: tuple[Metric, ...]) -> pl.Schema:
 def _snapshot_sql(metrics: tuple[Metric, ...]) -> str:
     """Hourly rows of the partition: counted metrics beside the users metrics' attributions."""
     users = [m.name for m in metrics if m.counts_users]
-    user_counts = "".join(f",\n        count(*) filter (where kind = '{name}') as {name}" for name in users)
+    user_counts = "".join(f",\n        sum(users) filter (where kind = '{name}') as {name}" for name in users)
     merged = ",\n".join(f"        coalesce({'u' if m.counts_users else 'h'}.{m.name}, 0) as {m.name}" for m in metrics)
     return f"""
 with users as (
     select event_hour, country{user_counts}
-    from ({attribution.USERS_SQL}) as counted
+    from ({firsts.USERS_SQL}) as counted
     group by all
 ),
 
@@ -170,9 +156,15 @@ class PartitionState:
             raise StateUnreadable(path, error) from None
         except duckdb.Error as error:
             raise StateUnreadable(path, error) from None
-        self._run("set TimeZone = 'UTC'")
-        self._run(_SCHEMA + _hourly_table(self.metrics))
-        self._check_metrics()
+        try:
+            self._run("set TimeZone = 'UTC'")
+            self._run(_SCHEMA + _hourly_table(self.metrics))
+            dedupe.prepare(self._con, path)
+            self._firsts = firsts.FirstSeen(self._con)
+            self._check_metrics()
+        except BaseException:
+            self._con.close()
+            raise
 
     def _check_metrics(self) -> None:
         """Refuse a state built for other metrics: its history would be wrong, not just short."""
@@ -184,10 +176,9 @@ class PartitionState:
             )
         ][2:]
         expected = [m.name for m in aggregate.counted(self.metrics)]
-        kinds = {kind for (kind,) in self._run("select distinct kind from first_seen")}
+        kinds = self._firsts.kinds()
         unknown_kinds = kinds - {m.name for m in self.metrics if m.counts_users}
         if stored != expected or unknown_kinds:
-            self._con.close()
             raise StateMetricsDiffer(
                 f"the speed state {self.path} counts {stored + sorted(kinds)}, the definition "
                 f"{[m.name for m in self.metrics]}: rebuild it from the log with `lambdaflow stream --replay`"
@@ -229,7 +220,7 @@ class PartitionState:
             consumed = self.consumed()
             if consumed.next_offset != start:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
-            fresh = self._fresh(aggregate.first_copies(aggregate.with_event_hour(events)))
+            fresh = dedupe.fresh(con, aggregate.first_copies(aggregate.with_event_hour(events)))
             log = log_id(first_record) if start == 0 else consumed.log_id
             days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
             attribution.follow(con)
@@ -251,10 +242,12 @@ class PartitionState:
             con.commit()
         except BaseException:
             con.rollback()
+            self._firsts.rolled_back()
             raise
         finally:
-            for view in ("batch_events", "batch_hourly", "batch_first_seen", "batch_days"):
+            for view in ("batch_hourly", "batch_days"):
                 con.unregister(view)
+        self._firsts.committed()
         return fresh.height
 
     def follow(self, batch: BatchHours) -> bool:
@@ -274,20 +267,6 @@ class PartitionState:
             con.unregister("batch_days")
         return changed > 0
 
-    def _fresh(self, events: pl.DataFrame) -> pl.DataFrame:
-        """The events of the batch not counted before, their keys recorded as seen."""
-        con = self._con
-        con.register("batch_events", events)
-        fresh = con.sql("""
-            select b.*
-            from batch_events as b
-            anti join seen_events as s
-                on s.event_hour = b.event_hour and s.event_id = b.event_id
-        """).pl()
-        con.register("batch_events", fresh)
-        self._run("insert into seen_events select event_hour, event_id from batch_events")
-        return fresh
-
     def _register_batch_days(
         self, batch: BatchHours | None, consumed: Consumed, days: set, log: str | None
     ) -> pl.DataFrame:
@@ -299,19 +278,9 @@ class PartitionState:
 
     def _attribute(self, fresh: pl.DataFrame, days: pl.DataFrame) -> None:
         """Keep each user-day's first event, and what the speed layer counts beside it (see attribution)."""
-        firsts = aggregate.first_seen(fresh, self.metrics)
-        attribution.before_firsts_change(self._con, firsts, days)
-        self._con.register("batch_first_seen", firsts)
-        self._run("""
-            insert into first_seen by name (select * from batch_first_seen)
-            on conflict (event_date, user_id, kind) do update set
-                occurred_at = excluded.occurred_at,
-                kafka_offset = excluded.kafka_offset,
-                event_hour = excluded.event_hour,
-                country = excluded.country
-            where excluded.occurred_at < first_seen.occurred_at
-               or (excluded.occurred_at = first_seen.occurred_at and excluded.kafka_offset < first_seen.kafka_offset)
-        """)
+        batch_firsts = aggregate.first_seen(fresh, self.metrics)
+        attribution.before_firsts_change(self._con, batch_firsts, days, self._firsts.stored)
+        self._firsts.upsert(batch_firsts)
         if attribution.any_late_firsts(self._con):  # rare: late data; else no user-day needs it
             attribution.after_realtime_events(self._con, attribution.realtime_firsts(fresh, days, self.metrics))
 
@@ -344,11 +313,17 @@ class PartitionState:
     def drop_days_before(self, first_kept: date) -> None:
         con = self._con
         con.begin()
-        self._run("delete from seen_events where event_hour < ?", [first_kept])
-        self._run("delete from hourly where event_hour < ?", [first_kept])
-        self._run("delete from first_seen where event_date < ?", [first_kept])
-        self._run("delete from late_firsts where event_date < ?", [first_kept])
-        con.commit()
+        try:
+            dedupe.drop_before(con, first_kept)
+            self._firsts.drop_before(first_kept)
+            self._run("delete from hourly where event_hour < ?", [first_kept])
+            self._run("delete from late_firsts where event_date < ?", [first_kept])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            self._firsts.rolled_back()
+            raise
+        self._firsts.committed()
 
     def close(self) -> None:
         self._con.close()

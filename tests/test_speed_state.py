@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, date, datetime, timedelta
 
+import duckdb
 import polars as pl
 import pytest
 from test_aggregate import events
@@ -12,6 +13,7 @@ from test_aggregate import events
 from lambdaflow.core import metrics
 from lambdaflow.core.boundary import BatchHours, log_id
 from lambdaflow.core.metrics import Metric
+from stream_worker.dedupe import HashChanged
 from stream_worker.state import PartitionState, StaleBatch, StateFileBusy, StateMetricsDiffer, StateUnreadable
 
 LAST = {"offset": 0, "timestamp": 0, "crc32": 0}
@@ -263,3 +265,61 @@ def test_a_build_of_the_same_log_counts_though_the_workers_number_its_epochs_apa
     assert other_log.covered_end(date(2026, 11, 26), 0, 0, log_id(first)) == 0  # epoch 0, but another log
     state.apply(events(("e1", "login", "u1", "2026-11-26T09:10:00Z", "DE", None, 1)), 1, 2, LAST, same_log)
     assert served_users(state, same_log) == []  # the batch read e1 from this log: u1 is the batch's
+
+
+def test_an_earlier_first_event_survives_a_reopen_and_keeps_the_log_short(tmp_path) -> None:
+    path = tmp_path / "partition-0.duckdb"
+    state = PartitionState(path, 0)
+    state.apply(events(("e2", "login", "u1", "2026-11-26T11:00:00Z", "DE", None, 0)), 0, 1, LAST)
+    state.apply(events(("e1", "login", "u1", "2026-11-26T10:00:00Z", "FR", None, 1)), 1, 2, LAST)
+    before = state.snapshot()
+    state.close()
+    again = PartitionState(path, 0)
+    assert again.snapshot().equals(before)
+    hour_10 = before.filter(pl.col("hour") == 10)
+    assert hour_10["active_users"].to_list() == [1] and hour_10["country"].to_list() == ["FR"]
+    assert before.filter(pl.col("hour") == 11)["active_users"].to_list() == [0]
+    # the earlier event now stands first: a copy of the later one changes nothing
+    again.apply(events(("e3", "login", "u1", "2026-11-26T12:00:00Z", "DE", None, 2)), 2, 3, LAST)
+    assert totals(again)["active_users"] == 1
+    again.close()
+    with duckdb.connect(str(path)) as con:  # the superseded first event was compacted away on reopen
+        assert con.execute("select count(*) from first_events").fetchall() == [(1,)]
+
+
+def test_a_state_written_with_text_keys_and_an_indexed_first_seen_moves_to_the_new_layout(tmp_path) -> None:
+    """A state file of the earlier layout: every dedupe key as text in one table, first_seen on disk."""
+    path = tmp_path / "partition-0.duckdb"
+    state = PartitionState(path, 0)
+    state.apply(events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 0)), 0, 1, LAST)
+    state.close()
+    with duckdb.connect(str(path)) as con:
+        con.execute("set TimeZone = 'UTC'")
+        con.execute("""
+            create table seen_events as select timestamp '2026-11-26 10:00' as event_hour, 'e1' as event_id;
+            drop table seen_2026112610;
+            create table first_seen (
+                event_date date, user_id varchar, kind varchar, occurred_at timestamptz, kafka_offset bigint,
+                event_hour timestamp, country varchar, primary key (event_date, user_id, kind));
+            insert into first_seen select * from first_events;
+            drop table first_events;
+        """)
+    moved = PartitionState(path, 0)
+    assert moved.apply(events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 1)), 1, 2, LAST) == 0
+    assert moved.apply(events(("e2", "order", "u1", "2026-11-26T10:30:00Z", "DE", 700, 2)), 2, 3, LAST) == 1
+    assert totals(moved) == {"events": 2, "new_users": 0, "active_users": 1, "orders": 2, "revenue_cents": 1200}
+    moved.close()
+    with duckdb.connect(str(path)) as con:
+        tables = {name for (name,) in con.execute("select table_name from duckdb_tables()").fetchall()}
+    assert {"seen_2026112610", "first_events"} <= tables and not {"seen_events", "first_seen"} & tables
+
+
+def test_keys_hashed_by_another_duckdb_hash_are_refused_with_the_way_out(tmp_path) -> None:
+    path = tmp_path / "partition-0.duckdb"
+    PartitionState(path, 0).close()
+    with duckdb.connect(str(path)) as con:
+        con.execute("update state_format set value = '12345' where name = 'hash_probe'")
+    with pytest.raises(HashChanged, match="lambdaflow stream --replay"):
+        PartitionState(path, 0)
+    with duckdb.connect(str(path)):  # refused without holding the file
+        pass
