@@ -11,6 +11,7 @@ from pathlib import Path
 from lambdaflow.core import reconciled
 from lambdaflow.core.boundary import BatchHours, boundary_of, read_manifest, start_of
 from lambdaflow.core.files import DamagedFile
+from lambdaflow.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,17 @@ class FollowedManifest:
         self.hours = BatchHours.of(None)
         self._manifest: dict | None = None
         self._damaged = False
+        self._read_version: tuple[int, int, int] | None = None
 
     def read(self) -> dict | None:
         """Read the batch manifest and its boundary. While it is damaged, say so once and return None:
-        counting goes on at the last boundary read (it never moves back) and no day is dropped."""
+        counting goes on at the last boundary read (it never moves back) and no day is dropped.
+
+        Each micro-batch asks, and the manifest grows by a day each day: it is parsed again only once
+        replaced (publishing renames a new file over it), else a stat answers."""
+        version = self._version()
+        if version is not None and version == self._read_version and self._manifest is not None:
+            return self._manifest
         try:
             manifest = read_manifest(self.data_dir)
         except DamagedFile as error:
@@ -58,7 +66,17 @@ class FollowedManifest:
         self._damaged = False
         self.boundary = boundary_of(manifest)
         self.hours = BatchHours.of(manifest)
+        self._manifest, self._read_version = manifest, version
         return manifest
+
+    def _version(self) -> tuple[int, int, int] | None:
+        """The manifest file's identity: a replacement is another inode, an edit in place another size
+        or modification time."""
+        try:
+            found = Layout(self.data_dir).batch_manifest.stat()
+        except FileNotFoundError:
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns
 
     def first_day_kept(self, earliest: date | None, grace: timedelta) -> date | None:
         """:func:`first_day_kept` by the manifest read now (None, keep all, while it is damaged)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+import os
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -10,7 +11,7 @@ from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import replace_json
 from lambdaflow.core.layout import Layout
 from lambdaflow.serving.reconcile import judged, require_within_threshold
-from stream_worker.retention import first_day_kept
+from stream_worker.retention import FollowedManifest, first_day_kept
 
 FIRST = date(2026, 11, 20)
 GRACE = timedelta(days=1)
@@ -96,3 +97,18 @@ def test_reconciliation_maps_the_speed_layers_epoch_to_the_archivers_by_the_log(
     assert replayed.has_seen(BatchRange("events", 0, 0, 0, 3), archived) is True  # the log before it
     unknown = SpeedPosition(epoch=0, next_offset=5, log_id=None)  # a state from before log identities
     assert unknown.has_seen(in_new_log, archived) is False
+
+
+def test_the_followed_manifest_is_parsed_again_only_once_replaced(tmp_path) -> None:
+    path = Layout(tmp_path).batch_manifest
+    followed = FollowedManifest(tmp_path)
+    assert followed.read() == {} and followed.boundary is None
+    replace_json(path, manifest([FIRST], FIRST + timedelta(days=1)))
+    assert followed.read() is not None and followed.boundary == datetime(2026, 11, 21)
+    # An edit that keeps the inode, the size and the modification time goes unseen: nothing was parsed.
+    seen = path.stat()
+    path.write_text(path.read_text().replace("2026-11-21T00", "2026-11-22T00"))
+    os.utime(path, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    assert followed.read() is not None and followed.boundary == datetime(2026, 11, 21)
+    replace_json(path, manifest([FIRST, FIRST + timedelta(days=1)], FIRST + timedelta(days=2)))  # publishing renames
+    assert followed.read() is not None and followed.boundary == datetime(2026, 11, 22)
