@@ -11,3 +11,10 @@
     {% endset %}
     {% do run_query(export) %}
 {% endmacro %}
+
+{% macro export_built_days(days) %}
+    {#- A range build's days, each to a file of its own as export_built_hours writes it, in one dbt run. -#}
+    {% for day in days %}
+        {% do export_built_hours(day.ds, day.until, day.path) %}
+    {% endfor %}
+{% endmacro %}

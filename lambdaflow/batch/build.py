@@ -1,7 +1,9 @@
-"""The batch layer's build of one UTC day, called by the DAGs and by `lambdaflow batch`.
+"""The batch layer's build of one UTC day, or of a range of whole days in one dbt run, called by the
+DAGs and by `lambdaflow batch`.
 
-dbt builds the day over only its covered raw files (:func:`build_day`), then
-:mod:`lambdaflow.batch.publish` publishes it. Only dbt writes the warehouse,
+dbt builds the day over only its covered raw files (:func:`build_day`; a range:
+:func:`build_days`, over the covered files of its days), then
+:mod:`lambdaflow.batch.publish` publishes each day. Only dbt writes the warehouse,
 and only under the warehouse lock: the Airflow pool serialises scheduled runs,
 the lock also covers in-process runs.
 """
@@ -11,14 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
 from lambdaflow.batch.completeness import DAY, require_complete_hours
 from lambdaflow.batch.dbt import as_vars, run_dbt, sql_string
-from lambdaflow.batch.publish import publish
+from lambdaflow.batch.publish import publish, publish_days
 from lambdaflow.core import days, late, metrics
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
@@ -45,6 +47,27 @@ def run_day(params: dict | None, data_interval_start: datetime | None) -> date:
     if data_interval_start is None:
         raise InputError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")
     return data_interval_start.date()
+
+
+MOST_DAYS = 366
+"""The longest range one run builds: a backfill of years is several runs, and a typo such as
+1970-01-01 is refused instead of building fifty years of empty days."""
+
+
+def parse_range(first: object, last: object, *, latest: date, what: tuple[str, str] = ("--from", "--to")) -> list[date]:
+    """The whole UTC days ``first`` to ``last`` (inclusive), oldest first; bad input is an InputError."""
+    start, end = parse_day(first, latest=latest, what=what[0]), parse_day(last, latest=latest, what=what[1])
+    if start > end:
+        raise InputError(f"{what[0]} {start} is after {what[1]} {end}: give the first day, then the last")
+    if (end - start).days + 1 > MOST_DAYS:
+        raise InputError(f"{what[0]} {start} to {what[1]} {end} spans more than {MOST_DAYS} days: build it in parts")
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def run_days(params: dict | None) -> list[date]:
+    """The days a lambda_batch_range run builds: its `from` and `to` params."""
+    params = params or {}
+    return parse_range(params.get("from"), params.get("to"), latest=datetime.now(UTC).date(), what=("from", "to"))
 
 
 @contextmanager
@@ -101,6 +124,33 @@ def build_day(settings: Settings, day: date, until: datetime | None = None) -> d
         published = publish(settings, day, until, variables, read)
         record_build(settings, day, covered, digests)
     return published
+
+
+def build_days(settings: Settings, first: date, last: date) -> dict:
+    """One dbt build for the whole days ``first`` to ``last``, then each day published (and its build
+    recorded) exactly as :func:`build_day` would, oldest first: the same files, the same manifest.
+    Every day's inputs are checked before anything is written."""
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    inputs = {day: check_inputs(settings, day) for day in days}
+    covered = [path for day in days for path in inputs[day][0]]
+    files = covered or raw_files_for(settings, first, [])
+    variables = {
+        "ds": first.isoformat(),
+        "ds_end": last.isoformat(),
+        "until": None,
+        "raw_files": "[" + ", ".join(sql_string(str(f)) for f in files) + "]",
+    }
+    with warehouse_lock(settings):
+        log.info("dbt build for %s to %s (%d days) over %d raw files", first, last, len(days), len(files))
+        run_dbt(settings, "build", "--vars", as_vars(variables))
+        manifests = RawStore(settings.data_dir, settings.topic).manifests()
+        return publish_days(
+            settings,
+            {day: midnight(day) + DAY for day in days},
+            variables,
+            {day: read_ends(inputs[day][0], manifests) for day in days},
+            on_published=lambda day: record_build(settings, day, *inputs[day]),
+        )
 
 
 def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -24,15 +25,48 @@ def publish(
 ) -> dict:
     """Export the day's built hours and swap the batch manifest to include them, with what the build
     read of each partition (``covered``): the speed layer tells by it which users the batch counted."""
-    final = settings.layout.published_folder(day) / f"hourly-{uuid.uuid4().hex[:12]}.parquet"
-    temp = temp_path_for(final, settings.layout.temp("batch"))
-    export_args = {"ds": day.isoformat(), "until": until.replace(tzinfo=None).isoformat(sep=" "), "path": str(temp)}
-    run_dbt(
-        settings, "run-operation", "export_built_hours", "--args", as_vars(export_args), "--vars", as_vars(variables)
-    )
-    fsync_file(temp)
-    publish_replacing(temp, final)  # the file and its new folder are durable before the manifest names them
+    return publish_days(settings, {day: until}, variables, {day: covered or {}})
 
+
+def publish_days(
+    settings: Settings,
+    untils: dict[date, datetime],
+    variables: dict,
+    covered: dict[date, dict[str, dict[str, int]]],
+    on_published: Callable[[date], None] | None = None,
+) -> dict:
+    """Export the built hours of each day of ``untils`` (day: built until) in one dbt run, then publish
+    the days oldest first, each as a build of that day alone does: its file, then the manifest swapped
+    (``on_published`` is called after each). Returns the last manifest."""
+    finals = {
+        day: settings.layout.published_folder(day) / f"hourly-{uuid.uuid4().hex[:12]}.parquet" for day in sorted(untils)
+    }
+    temps = {day: temp_path_for(final, settings.layout.temp("batch")) for day, final in finals.items()}
+    exports = [
+        {"ds": day.isoformat(), "until": untils[day].replace(tzinfo=None).isoformat(sep=" "), "path": str(temps[day])}
+        for day in finals
+    ]
+    run_dbt(
+        settings,
+        "run-operation",
+        "export_built_days",
+        "--args",
+        as_vars({"days": exports}),
+        "--vars",
+        as_vars(variables),
+    )
+    document: dict = {}
+    for day, final in finals.items():
+        fsync_file(temps[day])
+        publish_replacing(temps[day], final)  # the file and its new folder are durable before the manifest names them
+        document = _swap_in(settings, day, final, untils[day], covered.get(day) or {})
+        if on_published is not None:
+            on_published(day)
+    return document
+
+
+def _swap_in(settings: Settings, day: date, final: Path, until: datetime, covered: dict[str, dict[str, int]]) -> dict:
+    """Replace the batch manifest with one that names ``final`` for ``day``, and its new boundary."""
     manifest = read_manifest(settings.data_dir) or {"days": {}}
     days = dict(manifest.get("days", {}))
     replaced = days.get(day.isoformat())
@@ -40,7 +74,7 @@ def publish(
         "file": str(final.relative_to(settings.data_dir)),
         "built_until": until.isoformat(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "covered": covered or {},
+        "covered": covered,
     }
     previous = manifest.get("boundary")
     boundary = _contiguous_end(days, since=datetime.fromisoformat(previous) if previous else None)
