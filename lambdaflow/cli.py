@@ -268,24 +268,30 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
 
 @cli.command()
 @click.option("--date", "day", metavar="YYYY-MM-DD", help="Build this UTC day (the run's data interval).")
+@click.option("--from", "first", metavar="YYYY-MM-DD", help="With --to: build these whole UTC days in one dbt build.")
+@click.option("--to", "last", metavar="YYYY-MM-DD", help="The last day of --from's range (inclusive).")
 @click.option("--today", is_flag=True, help="Build the complete hours of today so far (the manual DAG).")
 @click.option("--late", is_flag=True, help="Rebuild every built day that has raw files published after its build.")
 @_format_option
-def batch(day: str | None, today: bool, late: bool, fmt: str) -> None:
-    """Run the Airflow batch DAG in process: `--date D`, `--today` or `--late`.
+def batch(day: str | None, first: str | None, last: str | None, today: bool, late: bool, fmt: str) -> None:
+    """Run the Airflow batch DAG in process: `--date D`, `--from D1 --to D2`, `--today` or `--late`.
 
     `--date D` runs lambda_batch for day D: dbt build over D's raw files, then
     the built hours are published with the new serving boundary, then D is
     reconciled with the speed layer. It fails at once, saying why, when the
-    archiver has not seen the whole day yet. `--today` runs lambda_batch_today
+    archiver has not seen the whole day yet. `--from D1 --to D2` runs
+    lambda_batch_range: one dbt build for the whole days D1 to D2, then each day
+    published and reconciled as `--date` does. `--today` runs lambda_batch_today
     for the complete hours so far. `--late` runs lambda_batch_late: every whole
     built day whose raw store gained files after its build is rebuilt.
     """
-    from lambdaflow.batch.runner import run_batch, run_late
+    from lambdaflow.batch.runner import run_batch, run_late, run_range
 
-    if [day is not None, today, late].count(True) != 1:
-        raise click.UsageError("give exactly one of --date YYYY-MM-DD, --today or --late")
-    emit_record(run_late(settings()) if late else run_batch(settings(), day=day), fmt)
+    ranged = first is not None or last is not None
+    if [day is not None, ranged, today, late].count(True) != 1 or (ranged and None in (first, last)):
+        raise click.UsageError("give exactly one of --date D, --from D1 --to D2 (YYYY-MM-DD), --today or --late")
+    run = (lambda c: run_range(c, str(first), str(last))) if ranged else run_late if late else None
+    emit_record(run(settings()) if run else run_batch(settings(), day=day), fmt)
 
 
 @cli.command()

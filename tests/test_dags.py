@@ -13,7 +13,7 @@ from lambdaflow.batch import airflow_home
 from lambdaflow.core.config import Settings
 from lambdaflow.core.project import DAGS_FOLDER
 
-EXPECTED = {"lambda_batch", "lambda_batch_today", "lambda_batch_late"}
+EXPECTED = {"lambda_batch", "lambda_batch_today", "lambda_batch_late", "lambda_batch_range"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ def test_parsing_the_dags_folder_calls_neither_dbt_nor_the_warehouse(tmp_path) -
         f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch.py')!r})\n"
         f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch_today.py')!r})\n"
         f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch_late.py')!r})\n"
+        f"runpy.run_path({str(DAGS_FOLDER / 'lambda_batch_range.py')!r})\n"
         "heavy = sorted(m for m in ('dbt', 'duckdb', 'polars', 'kafka') if m in sys.modules)\n"
         "print(heavy, round(time.perf_counter() - t, 3))\n"
     )

@@ -56,6 +56,21 @@ def run_batch(settings: Settings, day: str | None) -> dict:
 
 
 @_logs_to_stderr
+def run_range(settings: Settings, first: str, last: str) -> dict:
+    """Run lambda_batch_range for the whole days ``first`` to ``last`` (one dbt build, each day published
+    as lambda_batch publishes it); return the manifest. Bad input, or a day that is not complete, fails
+    before Airflow's database is touched; every day's inputs are checked before anything is written."""
+    days = build.parse_range(first, last, latest=datetime.now(UTC).date())
+    require_complete(settings, days[-1])  # the days before the last are complete when it is
+    for day in days:
+        build.check_inputs(settings, day)
+    airflow_home.prepare(settings)
+    log.info("running lambda_batch_range for %s to %s (%d days)", days[0], days[-1], len(days))
+    _test_dag("lambda_batch_range", {"run_conf": {"from": days[0].isoformat(), "to": days[-1].isoformat()}})
+    return read_manifest(settings.data_dir)
+
+
+@_logs_to_stderr
 def run_late(settings: Settings) -> dict:
     """Run lambda_batch_late: rebuild the whole built days that have late raw files; return the manifest."""
     airflow_home.prepare(settings)

@@ -17,7 +17,7 @@ from lambdaflow.kafka.broker import HOST
 STACK_ID_VARIABLE = "LAMBDAFLOW_STACK_ID"
 
 
-DAG_IDS = ("lambda_batch", "lambda_batch_today")
+DAG_IDS = ("lambda_batch", "lambda_batch_today", "lambda_batch_range")
 
 
 READY_SECONDS = {"broker": 60, "archive": 240, "stream": 240, "produce": 120, "docs": 300, "airflow": 480}
