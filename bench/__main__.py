@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bench
-from bench import backfill, batch_build, footprint, freshness, ingest, queries, report
+from bench import backfill, batch_build, footprint, freshness, growth, ingest, queries, report, versus
 from bench.core import Context, Row, Section, Sizes
 from bench.machine import machine, versions
 from lambdaflow.core.output import configure_logging
@@ -24,7 +24,7 @@ from lambdaflow.core.project import PROJECT_DIR
 log = logging.getLogger("lambdaflow.bench")
 
 DEFAULT_OUT = PROJECT_DIR / "bench" / "results"
-SECTIONS = ("ingest", "freshness", "batch", "backfill", "queries", "footprint")
+SECTIONS = ("ingest", "freshness", "batch", "backfill", "queries", "footprint", "growth", "peer")
 TITLES = {
     "ingest": (1, "Ingest ceiling"),
     "freshness": (2, "Freshness"),
@@ -32,6 +32,8 @@ TITLES = {
     "queries": (4, "Queries"),
     "backfill": (5, "Backfill"),
     "footprint": (6, "State and files"),
+    "growth": (7, "State growth"),
+    "peer": (8, "Peer: quixstreams"),
 }
 
 
@@ -79,6 +81,8 @@ def run_sections(ctx: Context, chosen: tuple[str, ...]) -> list[Section]:
         "footprint": lambda: footprint.run_section(
             ctx, done["ingest"].details, done["freshness"].details if "freshness" in done else {}
         ),
+        "growth": lambda: growth.run_section(ctx),
+        "peer": lambda: versus.run_section(ctx),
     }
     for name in SECTIONS:
         if name not in chosen:

@@ -24,6 +24,13 @@ class Sizes:
     queries_per_block: int
     backfill_days: int
     backfill_events_per_day: int
+    freshness_history_events: int
+    """A day of history counted into the stream worker's state before freshness is measured."""
+    growth_events: int
+    """The events counted on an empty state and on top of ``growth_history_events`` of the same day."""
+    growth_history_events: int
+    peer_events: int
+    """Events (before duplicates) that lambdaflow and the quixstreams peer count."""
 
     @classmethod
     def full(cls) -> Sizes:
@@ -31,11 +38,15 @@ class Sizes:
             repetitions=3,
             ingest_events=1_000_000,
             freshness_rate=20_000,
-            freshness_seconds=60,
+            freshness_seconds=300,
             batch_events=(1_000_000, 5_000_000, 10_000_000),
             queries_per_block=80,
             backfill_days=30,
             backfill_events_per_day=20_000,
+            freshness_history_events=6_000_000,
+            growth_events=300_000,
+            growth_history_events=6_000_000,
+            peer_events=500_000,
         )
 
     @classmethod
@@ -49,6 +60,10 @@ class Sizes:
             queries_per_block=20,
             backfill_days=2,
             backfill_events_per_day=2_000,
+            freshness_history_events=100_000,
+            growth_events=20_000,
+            growth_history_events=400_000,
+            peer_events=30_000,
         )
 
 
