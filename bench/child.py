@@ -109,8 +109,13 @@ def bare_consume(group: str) -> None:
 # freshness
 
 
-def produce_paced(rate: float, seconds: float, seed: int, send_log: Path) -> None:
+def produce_paced(rate: float, seconds: float, seed: int, send_log: Path, partition: int | None = None) -> None:
     """Draw rate x seconds events first, say `ready`, wait for SIGUSR1, then send at ``rate`` for ``seconds``.
+
+    With ``partition``, every event goes to that partition, from users of this
+    producer's own (ids ``user-p<partition>-...``), so that each user still lives
+    in one partition: several producers, one per partition, reach a rate that one
+    kafka-python producer sharing two cores cannot.
 
     When the producer cannot keep up, it sends what it can in that time (the
     benchmark reports the rate reached). Every 100 messages it notes the
@@ -122,7 +127,10 @@ def produce_paced(rate: float, seconds: float, seed: int, send_log: Path) -> Non
 
     bootstrap, topic = os.environ["KAFKA_BOOTSTRAP"], os.environ["LAMBDAFLOW_TOPIC"]
     total = int(rate * seconds)
-    batch = kafka_messages(total, seed, datetime.now(UTC), timedelta(minutes=1), 3)
+    users = "user-" if partition is None else f"user-p{partition}-"
+    batch = kafka_messages(total, seed, datetime.now(UTC), timedelta(minutes=1), 3, users)
+    if partition is not None:
+        batch.partitions[:] = [partition] * total
     producer = clients.producer(bootstrap)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
     _emit({"ready": True, "messages": total})
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     paced.add_argument("--seconds", type=float, required=True)
     paced.add_argument("--seed", type=int, default=7)
     paced.add_argument("--send-log", type=Path, required=True)
+    paced.add_argument("--partition", type=int, help="send every event to this partition")
     builder = commands.add_parser("build")
     builder.add_argument("--day", action="append", required=True)
     loop = commands.add_parser("rebuild-loop")
@@ -281,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bare-consume":
         bare_consume(args.group)
     elif args.command == "produce-paced":
-        produce_paced(args.rate, args.seconds, args.seed, args.send_log)
+        produce_paced(args.rate, args.seconds, args.seed, args.send_log, args.partition)
     elif args.command == "build":
         build(args.day)
     elif args.command == "rebuild-loop":

@@ -27,8 +27,11 @@ TOPIC = "events"
 ROWS_PER_RAW_FILE = 330_000
 
 
-def _draws_sql(count: int, seed: int, start: datetime, span_seconds: float, partitions: int) -> str:
-    """One row per event, in time order: its fields, its index ``i`` and its partition."""
+def _draws_sql(
+    count: int, seed: int, start: datetime, span_seconds: float, partitions: int, user_prefix: str = "user-"
+) -> str:
+    """One row per event, in time order: its fields, its index ``i`` and its partition; user ids start
+    with ``user_prefix``."""
     users = max(20, count // 4)
     start_literal = start.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     return f"""
@@ -60,7 +63,7 @@ def _draws_sql(count: int, seed: int, start: datetime, span_seconds: float, part
             i,
             'bench-{seed}-' || lpad(cast(i as varchar), 10, '0') as event_id,
             event_type,
-            'user-' || lpad(cast(user_index as varchar), 7, '0') as user_id,
+            '{user_prefix}' || lpad(cast(user_index as varchar), 7, '0') as user_id,
             cast(timestamptz '{start_literal}+00' + to_microseconds(
                 cast(i * {span_seconds * 1e6 / max(count, 1)} as bigint)) as timestamptz) as occurred_at,
             case (hash(user_index, {seed}, 4) % 100)
@@ -96,7 +99,9 @@ class KafkaBatch:
         return sum(len(v) for v in self.values)
 
 
-def kafka_messages(count: int, seed: int, end: datetime, span: timedelta, partitions: int) -> KafkaBatch:
+def kafka_messages(
+    count: int, seed: int, end: datetime, span: timedelta, partitions: int, user_prefix: str = "user-"
+) -> KafkaBatch:
     """``count`` valid events spread evenly over ``span`` before ``end``, as JSON messages.
 
     The partition is Kafka's default (murmur2 of the key), computed once per
@@ -113,7 +118,7 @@ def kafka_messages(count: int, seed: int, end: datetime, span: timedelta, partit
         || case when country is null then '' else ',"country":"' || country || '"' end
         || case when amount_cents is null then '' else ',"amount_cents":' || amount_cents end
         || '}}' as value
-    from ({_draws_sql(count, seed, start, span.total_seconds(), partitions)})
+    from ({_draws_sql(count, seed, start, span.total_seconds(), partitions, user_prefix)})
     order by i
     """
     with _connect() as con:
