@@ -21,7 +21,7 @@ def stream(config: Settings, bootstrap: str, stop: threading.Event, until_idle: 
         replayed = replay_log(bootstrap, config.data_dir, config.topic, stop).as_dict()
         if until_idle or stop.is_set():
             return {"topic": config.topic, "replayed": replayed, "seconds": round(time.monotonic() - started, 3)}
-    worker = StreamWorker(bootstrap, config.data_dir, config.topic)
+    worker = StreamWorker(bootstrap, config.data_dir, config.topic, retention_days=config.speed_retention_days)
     log.info("counting %s from %s into %s", config.topic, bootstrap, worker.paths.root)
     totals = worker.run(stop, until_idle=until_idle)
     log.info(

@@ -44,6 +44,12 @@ create table if not exists consumed (
 );
 alter table consumed add column if not exists log_id varchar;
 drop table if exists late_attributions;
+create table if not exists sealed_counts (
+    event_hour timestamp not null,
+    country varchar not null,
+    kind varchar not null,
+    users bigint not null
+);
 """
 )
 
@@ -82,7 +88,7 @@ def _snapshot_sql(metrics: tuple[Metric, ...]) -> str:
     return f"""
 with users as (
     select event_hour, country{user_counts}
-    from ({firsts.USERS_SQL}) as counted
+    from ({firsts.USERS_SQL} union all select event_hour, country, kind, users from sealed_counts) as counted
     group by all
 ),
 
@@ -220,6 +226,7 @@ class PartitionState:
             consumed = self.consumed()
             if consumed.next_offset != start:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
+            events = self._without_sealed_days(events)
             fresh = dedupe.fresh(con, aggregate.first_copies(aggregate.with_event_hour(events)))
             log = log_id(first_record) if start == 0 else consumed.log_id
             days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
@@ -249,6 +256,47 @@ class PartitionState:
                 con.unregister(view)
         self._firsts.committed()
         return fresh.height
+
+    def _without_sealed_days(self, events: pl.DataFrame) -> pl.DataFrame:
+        """Events of a sealed day are left to the batch layer: without its keys, a copy would count twice."""
+        sealed = self.sealed_before()
+        if sealed is None:
+            return events
+        too_old = pl.col("occurred_at").dt.date() < sealed
+        dropped = events.filter(too_old).height
+        if dropped:
+            log.warning(
+                "partition %d: %d event(s) before %s, a day past the speed layer's retention, left to the batch layer",
+                self.partition,
+                dropped,
+                sealed,
+            )
+        return events.filter(~too_old)
+
+    def sealed_before(self) -> date | None:
+        """The days before this one are sealed: only their aggregates are kept (see seal_days_before)."""
+        rows = self._run("select value from state_format where name = 'sealed_before'")
+        return date.fromisoformat(rows[0][0]) if rows else None
+
+    def seal_days_before(self, first_open: date) -> None:
+        """Keep only the aggregates of the days before ``first_open``: their dedupe keys and user-days,
+        the bulk of the state, are dropped. Their later events are left to the batch layer."""
+        sealed = self.sealed_before()
+        if sealed is not None and first_open <= sealed:
+            return
+        con = self._con
+        con.begin()
+        try:
+            self._run("insert into sealed_counts select * from first_counts where event_hour < ?", [first_open])
+            dedupe.drop_before(con, first_open)
+            self._firsts.drop_before(first_open)
+            self._run("insert or replace into state_format values ('sealed_before', ?)", [first_open.isoformat()])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            self._firsts.rolled_back()
+            raise
+        self._firsts.committed()
 
     def follow(self, batch: BatchHours) -> bool:
         """Hand to the batch the user-days that ``batch``'s builds have since read (see attribution).
@@ -310,6 +358,11 @@ class PartitionState:
         earliest = self._run("select min(event_hour) from hourly")[0][0]
         return earliest.date() if earliest is not None else None
 
+    def last_day(self) -> date | None:
+        """The latest day the state holds counts for (None when it holds none)."""
+        latest = self._run("select max(event_hour) from hourly")[0][0]
+        return latest.date() if latest is not None else None
+
     def drop_days_before(self, first_kept: date) -> None:
         con = self._con
         con.begin()
@@ -318,6 +371,7 @@ class PartitionState:
             self._firsts.drop_before(first_kept)
             self._run("delete from hourly where event_hour < ?", [first_kept])
             self._run("delete from late_firsts where event_date < ?", [first_kept])
+            self._run("delete from sealed_counts where event_hour < ?", [first_kept])
             con.commit()
         except BaseException:
             con.rollback()

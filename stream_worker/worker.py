@@ -99,11 +99,13 @@ class StreamWorker:
         session_timeout_ms: int = 6000,
         retention_grace: timedelta = SPEED_RETENTION_GRACE,
         paths: SpeedPaths | None = None,
+        retention_days: int = 7,
     ) -> None:
         self.topic = topic
         self.data_dir = data_dir
         self.paths = paths or SpeedPaths(data_dir, topic).live()
         self.retention_grace = retention_grace
+        self.retention_days = retention_days
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
         self._batch = FollowedManifest(data_dir)
@@ -322,10 +324,14 @@ class StreamWorker:
                 owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
 
     def _prune(self, state: PartitionState) -> None:
-        """Drop the days the speed layer no longer needs (see first_day_kept)."""
+        """Drop the days the speed layer no longer needs (see first_day_kept), and seal the days before
+        the retention, built or not. The newest day counted bounds a clock that runs ahead."""
         kept = self._batch.first_day_kept(state.first_day(), self.retention_grace)
         if kept is not None:
             state.drop_days_before(kept)
+        newest = state.last_day()
+        if newest is not None:
+            state.seal_days_before(min(newest, datetime.now(UTC).date()) - timedelta(days=self.retention_days - 1))
 
     # progress
 

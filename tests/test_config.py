@@ -23,6 +23,7 @@ def test_environment_overrides_defaults(tmp_path: Path) -> None:
             "LAMBDAFLOW_DATA_DIR": str(tmp_path / "lake"),
             "LAMBDAFLOW_PARTITIONS": "6",
             "LAMBDAFLOW_RECONCILE_THRESHOLD": "3",
+            "LAMBDAFLOW_SPEED_RETENTION_DAYS": "2",
         }
     )
     assert settings.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
@@ -30,6 +31,7 @@ def test_environment_overrides_defaults(tmp_path: Path) -> None:
     assert settings.data_dir == tmp_path / "lake"
     assert settings.partitions == 6
     assert settings.reconcile_threshold == 3
+    assert settings.speed_retention_days == 2
 
 
 def test_settings_are_frozen() -> None:
@@ -56,6 +58,9 @@ def test_settings_are_frozen() -> None:
         {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "nan"},
         {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "1e12"},
         {"LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "-0.5"},
+        {"LAMBDAFLOW_SPEED_RETENTION_DAYS": "0"},
+        {"LAMBDAFLOW_SPEED_RETENTION_DAYS": "1.5"},
+        {"LAMBDAFLOW_SPEED_RETENTION_DAYS": "367"},
     ],
 )
 def test_unusable_values_are_refused(environ: dict[str, str]) -> None:

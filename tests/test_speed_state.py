@@ -323,3 +323,30 @@ def test_keys_hashed_by_another_duckdb_hash_are_refused_with_the_way_out(tmp_pat
         PartitionState(path, 0)
     with duckdb.connect(str(path)):  # refused without holding the file
         pass
+
+
+def test_a_sealed_day_keeps_its_counts_and_leaves_later_events_to_the_batch(tmp_path) -> None:
+    path = tmp_path / "partition-0.duckdb"
+    state = PartitionState(path, 0)
+    state.apply(events(("e1", "signup", "u1", "2026-11-20T10:00:00Z", "DE", None, 0)), 0, 1, LAST)
+    state.apply(events(("e2", "order", "u2", "2026-11-27T10:00:00Z", "FR", 300, 1)), 1, 2, LAST)
+    before = state.snapshot()
+    state.seal_days_before(date(2026, 11, 21))
+    state.seal_days_before(date(2026, 11, 19))  # the seal never moves back
+    assert state.sealed_before() == date(2026, 11, 21)
+    assert state.snapshot().equals(before)
+    state.close()
+    state = PartitionState(path, 0)
+    assert state.snapshot().equals(before)  # the sealed day's users survive a reopen
+    late = events(
+        ("e1", "signup", "u1", "2026-11-20T10:00:00Z", "DE", None, 2),  # a copy: its key is gone
+        ("e3", "signup", "u3", "2026-11-20T11:00:00Z", "DE", None, 3),
+        ("e4", "login", "u2", "2026-11-27T09:00:00Z", "FR", None, 4),
+    )
+    assert state.apply(late, 2, 5, LAST) == 1
+    assert totals(state) == {"events": 3, "new_users": 1, "active_users": 2, "orders": 1, "revenue_cents": 300}
+    state.close()
+    with duckdb.connect(str(path)) as con:
+        tables = {name for (name,) in con.execute("select table_name from duckdb_tables()").fetchall()}
+        assert "seen_2026112010" not in tables and "seen_2026112710" in tables
+        assert con.execute("select min(event_date) from first_events").fetchall() == [(date(2026, 11, 27),)]

@@ -46,6 +46,9 @@ class Settings:
     """How long after an hour ends its events may still arrive (LAMBDAFLOW_ALLOWED_LATENESS_MINUTES)."""
     reconcile_threshold: int = 0
     """The largest unexplained batch-vs-speed difference a reconciled day may show (LAMBDAFLOW_RECONCILE_THRESHOLD)."""
+    speed_retention_days: int = 7
+    """The speed layer keeps dedupe keys and user-days for this many recent days, built or not
+    (LAMBDAFLOW_SPEED_RETENTION_DAYS); of older days it keeps only the aggregates."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -73,6 +76,9 @@ class Settings:
                 )
             ),
             reconcile_threshold=_whole(environ, "LAMBDAFLOW_RECONCILE_THRESHOLD", default=0),
+            speed_retention_days=int(
+                _positive(environ, "LAMBDAFLOW_SPEED_RETENTION_DAYS", default=7, at_most=366, whole=True)
+            ),
         )
 
     @property
