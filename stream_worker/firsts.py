@@ -80,7 +80,8 @@ class FirstSeen:
         logged = con.execute("select count(*) from first_events").fetchall()[0][0]
         if logged > current.height * _COMPACT_ABOVE:
             con.register("current_firsts", current)
-            con.execute(f"delete from first_events; insert into first_events select {LOG_COLUMNS} from current_firsts")
+            con.execute("delete from first_events").fetchall()
+            con.execute(f"insert into first_events select {LOG_COLUMNS} from current_firsts").fetchall()
             con.unregister("current_firsts")
         con.register("current_firsts", current)
         con.execute("""
