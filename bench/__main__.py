@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.absolute()
     ctx = Context.create(sizes, args.quick, out, work)
     header = {
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "sizes": sizes.__dict__,

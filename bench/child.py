@@ -6,6 +6,7 @@ it is compared with. Results go to stdout as JSON, logs to stderr.
 
 * ``bare-consume``: the ingest ceiling, a kafka-python consumer that only polls;
 * ``crc-check``: which CRC32C kafka-python checks records with in the workers' interpreter;
+* ``bare-query``: the bare DuckDB query the serving answers are compared with, in a process of its own;
 * ``produce-paced``: sends pre-drawn events at a fixed rate, logging when each left;
 * ``build``: dbt builds of whole days as the batch DAG runs them, keeping dbt's run_results;
 * ``rebuild-loop``: rebuilds one day until stopped (load for the query benchmark);
@@ -174,6 +175,23 @@ def produce_paced(rate: float, seconds: float, seed: int, send_log: Path, partit
     )
 
 
+# queries
+
+
+def run_bare_query(files: Path) -> None:
+    """Import DuckDB and run the bare query once, as a user's own script over the published files would."""
+    import duckdb
+
+    from bench.bare_query import Files, statement
+
+    sql, values = statement(Files.load(files))
+    started = time.monotonic()
+    with duckdb.connect() as con:
+        con.execute("set TimeZone = 'UTC'")
+        rows = con.execute(sql, values).fetchall()
+    _emit({"days": len(rows), "seconds": round(time.monotonic() - started, 4)})
+
+
 # batch
 
 
@@ -284,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     hand.add_argument("--database", type=Path, required=True)
     commands.add_parser("prepare-airflow")
     commands.add_parser("crc-check")
+    bare_query = commands.add_parser("bare-query")
+    bare_query.add_argument("files", type=Path, help="the JSON of bench.bare_query.Files")
     args = parser.parse_args(argv)
     configure_logging()
     _keep_stdout_for_results()
@@ -297,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         rebuild_loop(args.day)
     elif args.command == "hand-sql":
         hand_sql(args.day, args.database)
+    elif args.command == "bare-query":
+        run_bare_query(args.files)
     elif args.command == "crc-check":
         _emit({"crc32c": crc_check(), "executable": sys.executable})
     else:

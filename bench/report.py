@@ -14,7 +14,7 @@ log = logging.getLogger("lambdaflow.bench")
 
 def _verdict(row: Row) -> str:
     if row.met is None:
-        return "reported"
+        return "reported (no target)"
     return "met" if row.met else "MISSED"
 
 
@@ -79,7 +79,8 @@ def _markdown(summary: dict, sections: list[Section], drawn: dict[int, list[str]
     lines = [
         f"# lambdaflow benchmark{' (quick mode: small sizes, not for judging targets)' if summary['quick'] else ''}",
         "",
-        f"Run on {summary['date']} in {summary['duration_seconds'] / 60:.1f} minutes. Machine: "
+        f"`{summary.get('command', 'python -m bench')}`, run on {summary['date']} in "
+        f"{summary['duration_seconds'] / 60:.1f} minutes. Machine: "
         f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gb']} GB memory, Linux {machine['kernel']}; "
         f"load average {machine['load_average']} at the start and {summary['load_average_at_end']} at the end "
         "(other work on the machine slows every figure; the comparisons alternate A and B to share the noise).",
@@ -110,10 +111,8 @@ def _markdown(summary: dict, sections: list[Section], drawn: dict[int, list[str]
         lines += [f"- **{r.what}** ({n}): {_number(r.figure)} {r.unit} against {r.target}. {r.why}." for n, r in missed]
     else:
         lines.append("Every target was met.")
-    derived = [r for s in sections for r in s.rows if r.met is None and r.why]
-    if derived:
-        lines += [
-            "",
-            "Rows without a target, reported only: " + "; ".join(f"{r.what} ({r.why})" for r in derived) + ".",
-        ]
+    unjudged = [r for s in sections for r in s.rows if r.met is None]
+    if unjudged:
+        named = "; ".join(f"{r.what} ({r.why})" if r.why else r.what for r in unjudged)
+        lines += ["", f"Rows without a target, so they cannot fail: {named}."]
     return "\n".join(lines) + "\n"

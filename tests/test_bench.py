@@ -25,6 +25,7 @@ ROWS = {
     "ingest.stream",
     "freshness.p99",
     "batch.dbt_models",
+    "batch.whole_process",
     "batch.scaling",
     "queries.idle",
     "queries.busy",
@@ -32,7 +33,10 @@ ROWS = {
     "backfill.overhead",
     "state.speed_state_per_million",
     "files.raw_per_partition_per_day",
+    "growth.ratio",
+    "peer.quixstreams",
 }
+UNJUDGED = {"backfill.overhead"}  # the one row that has no target yet
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -74,9 +78,15 @@ def test_quick_bench_writes_every_row_with_figure_ratio_and_target(quick_run) ->
     for row in rows.values():
         assert {"what", "figure", "unit", "peer", "peer_figure", "ratio", "target", "met"} <= set(row)
         assert row["figure"] is not None, row
+        if row["id"] not in UNJUDGED:
+            assert row["target"] is not None, row  # every row can fail
         if row["target"] is not None:
             assert row["ratio"] is not None and isinstance(row["met"], bool), row
             assert row["met"] or row["why"], row  # a missed target says why
+    assert rows["peer.quixstreams"]["detail"]["same_table"], rows["peer.quixstreams"]  # a peer that counts alike
+    assert rows["queries.idle"]["detail"]["same_answer"], rows["queries.idle"]
+    assert rows["ingest.stream"]["detail"]["crc32c_ceiling"] == "C", rows["ingest.stream"]
+    assert rows["ingest.stream"]["detail"]["crc32c_workers"] == "C", rows["ingest.stream"]
     assert summary["quick"] is True
     assert summary["machine"]["cores"] and summary["versions"]["duckdb"] and summary["date"]
 
@@ -99,6 +109,8 @@ def test_quick_bench_writes_the_report_with_its_plots(quick_run) -> None:
         "## 4. Queries",
         "## 5. Backfill",
         "## 6. State",
+        "## 7. State growth",
+        "## 8. Peer",
         "## Closing note",
     ):
         assert heading in report
@@ -141,3 +153,59 @@ def test_raw_files_per_day_follow_the_roll_policy() -> None:
     assert files_per_partition_per_day(0, 140, mb64, 300) == 289  # a quiet topic rolls on time
     # 30k events/s of 140 bytes over 3 partitions fill 64 MB in 47.9 s: 1803 rolls, plus the midnight split.
     assert files_per_partition_per_day(30_000, 140, mb64, 300) == 1804
+
+
+def test_the_producers_checkpoints_merge_into_one_sequence() -> None:
+    from bench.freshness import merge_checkpoints
+
+    # Two producers, each sending to a partition of its own.
+    first = [(1.0, 100, [100, 0, 0]), (3.0, 200, [200, 0, 0])]
+    second = [(2.0, 100, [0, 100, 0]), (4.0, 200, [0, 200, 0])]
+    assert merge_checkpoints([first, second]) == [
+        (1.0, 100, [100, 0, 0]),
+        (2.0, 200, [100, 100, 0]),
+        (3.0, 300, [200, 100, 0]),
+        (4.0, 400, [200, 200, 0]),
+    ]
+
+
+def test_a_peer_table_differs_by_any_row_or_metric() -> None:
+    import polars as pl
+
+    from bench.versus import differences
+
+    ours = pl.DataFrame(
+        {"event_date": ["2026-11-30"] * 2, "hour": [1, 2], "country": ["US", "DE"], "events": [5, 7]},
+        schema_overrides={"hour": pl.Int32},
+    )
+    assert differences(ours, ours.clone()) == 0
+    assert differences(ours, ours.with_columns(pl.Series("events", [5, 8]))) == 2  # one row each side
+    assert differences(ours, ours.head(1)) == 1  # a row only one side has
+
+
+def test_the_bare_query_takes_batch_hours_before_the_boundary_and_snapshots_from_it(tmp_path: Path) -> None:
+    import duckdb
+
+    from bench.bare_query import Files, statement
+
+    with duckdb.connect() as con:
+        for name, hours, events in (("batch", [22, 23], 10), ("speed", [22, 23, 24], 1)):
+            con.execute(f"""
+                copy (
+                    select cast(date '2026-11-30' + to_days(h // 24) as date) as event_date,
+                           cast(h % 24 as integer) as hour, 'US' as country, cast({events} as bigint) as events
+                    from unnest({hours}) as t(h)
+                ) to '{tmp_path / name}.parquet'
+            """)
+        files = Files(
+            batch_files=[str(tmp_path / "batch.parquet")],
+            speed_snapshots=[str(tmp_path / "speed.parquet")],
+            boundary="2026-11-30T23:00:00",
+            metrics=["events"],
+            date_from="2026-11-29",
+            date_to="2026-12-01",
+        )
+        sql, values = statement(files)
+        rows = con.execute(sql, values).fetchall()
+    # 22:00 from the batch (10), 23:00 and the next day's 00:00 from the snapshots (1 each)
+    assert [(day.isoformat(), events) for day, events in rows] == [("2026-11-30", 11), ("2026-12-01", 1)]
