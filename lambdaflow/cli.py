@@ -290,8 +290,11 @@ def batch(day: str | None, first: str | None, last: str | None, today: bool, lat
     ranged = first is not None or last is not None
     if [day is not None, ranged, today, late].count(True) != 1 or (ranged and None in (first, last)):
         raise click.UsageError("give exactly one of --date D, --from D1 --to D2 (YYYY-MM-DD), --today or --late")
-    run = (lambda c: run_range(c, str(first), str(last))) if ranged else run_late if late else None
-    emit_record(run(settings()) if run else run_batch(settings(), day=day), fmt)
+    if ranged:
+        manifest = run_range(settings(), str(first), str(last))
+    else:
+        manifest = run_late(settings()) if late else run_batch(settings(), day=day)
+    emit_record(manifest, fmt)
 
 
 @cli.command()
