@@ -87,7 +87,8 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     built = set(record["raw_files"]) if record else {f.name for f in files}
     late = [f for f in files if f.name not in built]
     archived = RawStore(settings.data_dir, settings.topic).manifests()
-    read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None, archived)  # noqa: E731
+    raw = {path: _read(path, "raw file") for path in files}  # each file once, for the four readings below
+    read = lambda chosen, seen_only: _events(chosen, raw, positions if seen_only else None, archived)  # noqa: E731
     as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
     with_late = _metrics_by_hour(
         _concat([read([f for f in files if f.name in built], False), read(late, True)]), metrics
@@ -211,12 +212,16 @@ def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
 
 
 def _events(
-    files: list[Path], positions: dict[int, SpeedPosition] | None, archived: dict[int, Manifest] | None = None
+    files: list[Path],
+    raw: dict[Path, pl.DataFrame],
+    positions: dict[int, SpeedPosition] | None,
+    archived: dict[int, Manifest] | None = None,
 ) -> pl.DataFrame:
-    """The valid events in ``files``; with ``positions``, only those the speed layer has counted."""
+    """The valid events in ``files`` (read already, in ``raw``); with ``positions``, only those the
+    speed layer has counted."""
     frames = []
     for path in files:
-        frame = _read(path, "raw file")
+        frame = raw[path]
         if positions is not None:
             batch = BatchRange.parse(path.name)
             position = positions.get(batch.partition) if batch else None
