@@ -92,14 +92,17 @@ def _create(con: duckdb.DuckDBPyConnection, hour: datetime) -> None:
     con.execute(f"create table if not exists {table_of(hour)} (event_hash ubigint not null)").fetchall()
 
 
-def fresh(con: duckdb.DuckDBPyConnection, events: pl.DataFrame) -> pl.DataFrame:
+def fresh(con: duckdb.DuckDBPyConnection, events: pl.DataFrame, known: set[datetime]) -> pl.DataFrame:
     """The events not counted before (``events`` has one row per event and its ``event_hour``);
-    their keys are recorded as seen, in the caller's transaction."""
+    their keys are recorded as seen, in the caller's transaction. ``known``: hours whose table is
+    known to exist, which this extends; clear it when the transaction rolls back."""
     if events.is_empty():
         return events
     hours = sorted(events["event_hour"].unique().to_list())
     for hour in hours:
-        _create(con, hour)
+        if hour not in known:
+            _create(con, hour)
+            known.add(hour)
     seen = " union all ".join(
         f"select cast('{hour.isoformat(sep=' ')}' as timestamp) as event_hour, event_hash from {table_of(hour)}"
         for hour in hours
@@ -125,8 +128,9 @@ def fresh(con: duckdb.DuckDBPyConnection, events: pl.DataFrame) -> pl.DataFrame:
     return new
 
 
-def drop_before(con: duckdb.DuckDBPyConnection, first_kept: date) -> None:
+def drop_before(con: duckdb.DuckDBPyConnection, first_kept: date, known: set[datetime]) -> None:
     """Drop the keys of the days before ``first_kept``, in the caller's transaction."""
     for table in tables(con):
         if hour_of(table).date() < first_kept:
             con.execute(f"drop table {table}").fetchall()
+            known.discard(hour_of(table))

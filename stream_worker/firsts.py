@@ -134,7 +134,8 @@ class FirstSeen:
                 select event_hour, country, kind, sum(users) from moved_counts group by all
                 on conflict (event_hour, country, kind) do update set users = first_counts.users + excluded.users
             """).fetchall()
-            con.execute("delete from first_counts where users = 0").fetchall()
+            if replaced:  # only a replaced first event takes a count away
+                con.execute("delete from first_counts where users = 0").fetchall()
         finally:
             con.unregister("changed_firsts")
             con.unregister("moved_counts")

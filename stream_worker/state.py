@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
@@ -166,6 +166,7 @@ class PartitionState:
             self._run("set TimeZone = 'UTC'")
             self._run(_SCHEMA + _hourly_table(self.metrics))
             dedupe.prepare(self._con, path)
+            self._hours: set[datetime] = set()  # hours whose dedupe table exists
             self._firsts = firsts.FirstSeen(self._con)
             self._check_metrics()
         except BaseException:
@@ -227,10 +228,11 @@ class PartitionState:
             if consumed.next_offset != start:
                 raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
             events = self._without_sealed_days(events)
-            fresh = dedupe.fresh(con, aggregate.first_copies(aggregate.with_event_hour(events)))
+            fresh = dedupe.fresh(con, aggregate.first_copies(aggregate.with_event_hour(events)), self._hours)
             log = log_id(first_record) if start == 0 else consumed.log_id
             days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
-            attribution.follow(con)
+            if attribution.any_late_firsts(con):  # else there is nothing to hand to the batch
+                attribution.follow(con)
             if fresh.height:
                 con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
                 updates = ", ".join(f"{m.name} = {m.name} + excluded.{m.name}" for m in aggregate.counted(self.metrics))
@@ -249,7 +251,7 @@ class PartitionState:
             con.commit()
         except BaseException:
             con.rollback()
-            self._firsts.rolled_back()
+            self._rolled_back()
             raise
         finally:
             for view in ("batch_hourly", "batch_days"):
@@ -288,13 +290,13 @@ class PartitionState:
         con.begin()
         try:
             self._run("insert into sealed_counts select * from first_counts where event_hour < ?", [first_open])
-            dedupe.drop_before(con, first_open)
+            dedupe.drop_before(con, first_open, self._hours)
             self._firsts.drop_before(first_open)
             self._run("insert or replace into state_format values ('sealed_before', ?)", [first_open.isoformat()])
             con.commit()
         except BaseException:
             con.rollback()
-            self._firsts.rolled_back()
+            self._rolled_back()
             raise
         self._firsts.committed()
 
@@ -367,7 +369,7 @@ class PartitionState:
         con = self._con
         con.begin()
         try:
-            dedupe.drop_before(con, first_kept)
+            dedupe.drop_before(con, first_kept, self._hours)
             self._firsts.drop_before(first_kept)
             self._run("delete from hourly where event_hour < ?", [first_kept])
             self._run("delete from late_firsts where event_date < ?", [first_kept])
@@ -375,9 +377,14 @@ class PartitionState:
             con.commit()
         except BaseException:
             con.rollback()
-            self._firsts.rolled_back()
+            self._rolled_back()
             raise
         self._firsts.committed()
+
+    def _rolled_back(self) -> None:
+        """Forget what the rolled back transaction would have changed outside the database."""
+        self._firsts.rolled_back()
+        self._hours.clear()
 
     def close(self) -> None:
         self._con.close()

@@ -350,3 +350,14 @@ def test_a_sealed_day_keeps_its_counts_and_leaves_later_events_to_the_batch(tmp_
         tables = {name for (name,) in con.execute("select table_name from duckdb_tables()").fetchall()}
         assert "seen_2026112010" not in tables and "seen_2026112710" in tables
         assert con.execute("select min(event_date) from first_events").fetchall() == [(date(2026, 11, 27),)]
+
+
+def test_a_micro_batch_that_fails_half_way_changes_nothing_and_the_next_one_counts(state) -> None:
+    bad = events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 0)).with_columns(
+        pl.lit(None, pl.String).alias("country")  # refused by the hourly table, after the keys were written
+    )
+    with pytest.raises(duckdb.ConstraintException):
+        state.apply(bad, 0, 1, LAST)
+    assert state.consumed().next_offset == 0
+    assert state.apply(events(("e1", "order", "u1", "2026-11-26T10:00:00Z", "DE", 500, 0)), 0, 1, LAST) == 1
+    assert totals(state) == {"events": 1, "new_users": 0, "active_users": 1, "orders": 1, "revenue_cents": 500}
