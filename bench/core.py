@@ -53,7 +53,7 @@ class Sizes:
     def quick(cls) -> Sizes:
         return cls(
             repetitions=1,
-            ingest_events=100_000,
+            ingest_events=300_000,
             freshness_rate=2_000,
             freshness_seconds=5,
             batch_events=(20_000, 50_000),
@@ -61,9 +61,9 @@ class Sizes:
             backfill_days=2,
             backfill_events_per_day=2_000,
             freshness_history_events=100_000,
-            growth_events=20_000,
-            growth_history_events=400_000,
-            peer_events=30_000,
+            growth_events=100_000,
+            growth_history_events=1_000_000,
+            peer_events=100_000,
         )
 
 
@@ -124,6 +124,21 @@ class Section:
     plots: list[Callable[[Path], Path]] = field(default_factory=list)
     seconds: float = 0.0
     """How long the section took, set by the runner."""
+
+
+MIN_COUNTING_SECONDS = 1.0
+"""A run whose counting took less than this (its own seconds less the fixed part measured apart) is
+within the noise of that fixed part: a row built on it fails as too short to judge."""
+
+
+def too_short(seconds: Iterable[float]) -> bool:
+    return min(seconds) < MIN_COUNTING_SECONDS
+
+
+TOO_SHORT = (
+    f"a run counted for less than {MIN_COUNTING_SECONDS:g} s beyond its fixed part, within the noise of that "
+    "part, so the rates cannot be judged at these sizes"
+)
 
 
 def median(values: Iterable[float]) -> float:

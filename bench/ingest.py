@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import plots, profiling
-from bench.core import Context, Row, Section, alternate, median
+from bench.core import TOO_SHORT, Context, Row, Section, alternate, median, too_short
 from bench.events import kafka_messages
 from bench.procs import bench_command, run, settle
 from lambdaflow.kafka import clients
@@ -256,9 +256,12 @@ def _summarize(
     for tool in ("archiver", "stream worker"):
         share = _share(reps, tool)
         target = TARGETS[tool]
-        met = share >= target and c_everywhere
+        short = too_short(r[t]["consuming_seconds"] for r in reps for t in ("bare consumer", tool))
+        met = share >= target and c_everywhere and not short
         why = ""
-        if not c_everywhere:
+        if short:
+            why = TOO_SHORT
+        elif not c_everywhere:
             why = (
                 f"kafka-python checked CRCs in {crc} in the workers and in {'/'.join(ceiling_crc)} in the bare "
                 "consumer: the comparison needs the C crc32c on both sides"

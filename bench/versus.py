@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from bench import plots
-from bench.core import Context, Row, Section, alternate, median
+from bench.core import TOO_SHORT, Context, Row, Section, alternate, median, too_short
 from bench.feed import Sent, create_topic, send_events
 from bench.peer import INPUT_CONFIGS
 from bench.procs import run, settle
@@ -159,8 +159,11 @@ def _summarize(
     theirs = median(r[TOOLS[1]]["events_per_second"] for r in reps)
     ratio = median(r[TOOLS[0]]["events_per_second"] / r[TOOLS[1]]["events_per_second"] for r in reps)
     same = not any(differing)
-    met = ratio > 1.0 and same
-    if not same:
+    short = too_short(r[t]["counting_seconds"] for r in reps for t in TOOLS)
+    met = ratio > 1.0 and same and not short
+    if short:
+        why = TOO_SHORT
+    elif not same:
         why = f"the two counted different tables ({max(differing)} hourly rows differ), so the comparison does not hold"
     elif not met:
         why = f"quixstreams counted the same metrics {1 / ratio:.2f}x as fast as lambdaflow's stream worker"
