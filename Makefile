@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/python -m lambdaflow.ops.demo
 
 # Every layer against its ceiling or peer; results in bench/results/ (report.md, summary.json,
-# PNG plots). QUICK=1: small sizes, minutes instead of half an hour; `make test-all` runs it.
+# PNG plots). QUICK=1: small sizes, minutes (the full run takes much longer); `make test-all` runs it.
 bench: install
 	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
