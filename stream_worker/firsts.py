@@ -18,8 +18,7 @@ so a snapshot adds up a few rows per hour instead of every user-day.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date
 
 import duckdb
 import polars as pl
@@ -50,17 +49,19 @@ create or replace temp table first_counts (
 # More log rows than this many per user-day: rewrite the log at the next open.
 _COMPACT_ABOVE = 1.25
 
-Key = tuple[date, str, str]
-"""(event_date, user_id, kind)"""
-First = tuple[datetime, int, datetime, str]
-"""(occurred_at, kafka_offset, event_hour, country)"""
+Day = tuple[date, str]
+"""(event_date, kind): the user-days of one users metric on one day."""
+First = tuple[int, int, str]
+"""A user-day's first event: (occurred_at in microseconds since the epoch, kafka_offset, country)."""
+_KEYS = ["event_date", "user_id", "kind"]
 
 
 class FirstSeen:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._con = con
-        self._firsts: dict[Key, First] = {}
-        self._pending: dict[Key, First] = {}
+        self._firsts: dict[Day, dict[str, First]] = {}
+        """Per day and metric, per user: the first event (about 400 bytes per user-day in all)."""
+        self._pending: dict[tuple[Day, str], First] = {}
         self._pending_drop: date | None = None
         self._load()
 
@@ -72,55 +73,82 @@ class FirstSeen:
             con.execute(f"create table first_events as select {LOG_COLUMNS} from first_seen").fetchall()
             con.execute("drop table first_seen").fetchall()
         con.execute(SCHEMA).fetchall()
-        current = con.sql(f"""
-            select {LOG_COLUMNS}
-            from first_events
-            qualify row_number() over (partition by event_date, user_id, kind order by occurred_at, kafka_offset) = 1
-        """).pl()
-        logged = con.execute("select count(*) from first_events").fetchall()[0][0]
-        if logged > current.height * _COMPACT_ABOVE:
+        logged = con.sql(f"select {LOG_COLUMNS} from first_events").pl()
+        current = logged.sort("occurred_at", "kafka_offset").unique(_KEYS, keep="first")
+        if logged.height > current.height * _COMPACT_ABOVE:
             con.register("current_firsts", current)
             con.execute("delete from first_events").fetchall()
             con.execute(f"insert into first_events select {LOG_COLUMNS} from current_firsts").fetchall()
             con.unregister("current_firsts")
-        con.register("current_firsts", current)
-        con.execute("""
-            insert into first_counts select event_hour, country, kind, count(*) from current_firsts group by all
-        """).fetchall()
-        con.unregister("current_firsts")
+        con.register("loaded_counts", current.group_by("event_hour", "country", "kind").agg(pl.len().alias("users")))
+        con.execute("insert into first_counts by name select * from loaded_counts").fetchall()
+        con.unregister("loaded_counts")
         con.commit()
-        self._firsts = dict(zip(_keys(current), _values(current), strict=True))
+        with_micros = current.with_columns(pl.col("occurred_at").dt.epoch("us"))
+        for (day, kind), users in with_micros.partition_by("event_date", "kind", as_dict=True).items():
+            self._firsts[(day, kind)] = dict(
+                zip(
+                    users["user_id"].to_list(),
+                    zip(
+                        users["occurred_at"].to_list(),
+                        users["kafka_offset"].to_list(),
+                        users["country"].to_list(),
+                        strict=True,
+                    ),
+                    strict=True,
+                )
+            )
+
+    def _get(self, day: Day, user: str) -> First | None:
+        pending = self._pending.get((day, user))
+        if pending is not None:
+            return pending
+        users = self._firsts.get(day)
+        return users.get(user) if users is not None else None
 
     def stored(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The stored first event of each user-day in ``keys`` that has one (FIRST_SEEN_SCHEMA)."""
-        found = [(key, self._pending.get(key) or self._firsts.get(key)) for key in _keys(keys)]
-        rows = [(*key, *first) for key, first in found if first is not None]
-        return pl.DataFrame(rows, schema=FIRST_SEEN_SCHEMA, orient="row")
+        rows = []
+        for day, user, kind in zip(*(keys[c].to_list() for c in _KEYS), strict=True):
+            first = self._get((day, kind), user)
+            if first is not None:
+                rows.append((day, user, kind, *first))
+        schema = pl.Schema(
+            {**{c: FIRST_SEEN_SCHEMA[c] for c in _KEYS}, "micros": pl.Int64(), "kafka_offset": pl.Int64()}
+        )
+        schema["country"] = pl.String()
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
+        return _with_times(frame).select(FIRST_SEEN_SCHEMA.names())
 
     def upsert(self, firsts: pl.DataFrame) -> None:
         """Keep the earlier of each user-day's stored first event and the one in ``firsts`` (by
         occurred_at, then offset), in the caller's transaction: log what changed and move its count.
         The index takes the changes at :meth:`committed`."""
+        columns = [firsts[c].to_list() for c in _KEYS]
+        values = zip(
+            firsts["occurred_at"].dt.epoch("us").to_list(),
+            firsts["kafka_offset"].to_list(),
+            firsts["country"].to_list(),
+            strict=True,
+        )
         changed, replaced = [], []
-        for index, (key, first) in enumerate(zip(_keys(firsts), _values(firsts), strict=True)):
-            stored = self._pending.get(key) or self._firsts.get(key)
+        for index, (day, user, kind, first) in enumerate(zip(*columns, values, strict=True)):
+            stored = self._get((day, kind), user)
             if stored is None or first[:2] < stored[:2]:
                 changed.append(index)
-                self._pending[key] = first
+                self._pending[((day, kind), user)] = first
                 if stored is not None:
-                    replaced.append((stored[2], stored[3], key[2]))
+                    replaced.append((stored[0], stored[2], kind))
         if not changed:
             return
         con = self._con
         rows = firsts[changed]
+        taken_schema = {"micros": pl.Int64, "country": pl.String, "kind": pl.String}
+        taken = pl.DataFrame(replaced, schema=taken_schema, orient="row")
         moved = pl.concat(
             [
                 rows.group_by("event_hour", "country", "kind").agg(pl.len().cast(pl.Int64).alias("users")),
-                pl.DataFrame(
-                    replaced,
-                    schema={"event_hour": pl.Datetime("us"), "country": pl.String, "kind": pl.String},
-                    orient="row",
-                )
+                _with_times(taken)
                 .group_by("event_hour", "country", "kind")
                 .agg((-pl.len().cast(pl.Int64)).alias("users")),
             ]
@@ -144,8 +172,9 @@ class FirstSeen:
         """The transaction of the upserts since the last call committed: the index takes them."""
         if self._pending_drop is not None:
             first_kept = self._pending_drop
-            self._firsts = {key: first for key, first in self._firsts.items() if key[0] >= first_kept}
-        self._firsts.update(self._pending)
+            self._firsts = {day: users for day, users in self._firsts.items() if day[0] >= first_kept}
+        for (day, user), first in self._pending.items():
+            self._firsts.setdefault(day, {})[user] = first
         self.rolled_back()
 
     def rolled_back(self) -> None:
@@ -163,18 +192,15 @@ class FirstSeen:
     def kinds(self) -> set[str]:
         return {kind for (kind,) in self._con.execute("select distinct kind from first_counts").fetchall()}
 
+    def user_days(self) -> int:
+        return sum(len(users) for users in self._firsts.values())
 
-def _keys(frame: pl.DataFrame) -> Iterable[Key]:
-    return zip(frame["event_date"].to_list(), frame["user_id"].to_list(), frame["kind"].to_list(), strict=True)
 
-
-def _values(frame: pl.DataFrame) -> Iterable[First]:
-    return zip(
-        frame["occurred_at"].to_list(),
-        frame["kafka_offset"].to_list(),
-        frame["event_hour"].to_list(),
-        frame["country"].to_list(),
-        strict=True,
+def _with_times(frame: pl.DataFrame) -> pl.DataFrame:
+    """``micros`` (since the epoch, UTC) as occurred_at and its naive UTC hour, event_hour."""
+    moment = pl.from_epoch("micros", time_unit="us")
+    return frame.with_columns(
+        moment.dt.replace_time_zone("UTC").alias("occurred_at"), moment.dt.truncate("1h").alias("event_hour")
     )
 
 
