@@ -30,9 +30,8 @@ from pathlib import Path
 from bench import plots
 from bench.core import TOO_SHORT, Context, Row, Section, alternate, median, too_short
 from bench.feed import Sent, create_topic, send_events
-from bench.procs import run, settle
+from bench.procs import stream_until_idle, worker_env
 from lambdaflow.kafka.broker import EmbeddedBroker
-from lambdaflow.ops.processes import lambdaflow_command
 
 log = logging.getLogger("lambdaflow.bench")
 
@@ -44,17 +43,9 @@ SMALL_EVENTS = 300
 VARIANTS = ("empty state", "on top of the history")
 
 
-def _env(ctx: Context, bootstrap: str, topic: str, data_dir: Path) -> dict[str, str]:
-    return {**ctx.env, "KAFKA_BOOTSTRAP": bootstrap, "LAMBDAFLOW_TOPIC": topic, "LAMBDAFLOW_DATA_DIR": str(data_dir)}
-
-
 def _count(ctx: Context, bootstrap: str, topic: str, data_dir: Path, name: str) -> dict:
     """`lambdaflow stream --until-idle` to the end: its summary, wall time and peak RSS."""
-    settle()
-    env = _env(ctx, bootstrap, topic, data_dir)
-    done = run(name, lambdaflow_command("stream", "--until-idle"), env, ctx.folder("growth", "logs"), timeout=3600)
-    summary = done.json()
-    return {**summary, "wall_seconds": round(done.wall_seconds, 3), "peak_rss_mb": round(done.peak_rss_mb, 1)}
+    return stream_until_idle(name, worker_env(ctx.env, bootstrap, topic, data_dir), ctx.folder("growth", "logs"))
 
 
 def _state_bytes(data_dir: Path) -> int:

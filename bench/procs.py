@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lambdaflow.ops import processes
-from lambdaflow.ops.processes import Child, Finished
+from lambdaflow.ops.processes import Child, Finished, lambdaflow_command
 
 
 def bench_command(*args: str) -> list[str]:
@@ -36,3 +36,15 @@ def settle() -> None:
     broker notices that a worker left its group only after the session timeout, and a run that starts
     sooner waits for that in its join. Every run started after this pause joins alike."""
     time.sleep(SESSION_SECONDS)
+
+
+def worker_env(base: Mapping[str, str], bootstrap: str, topic: str, data_dir: Path) -> dict[str, str]:
+    """``base`` with lambdaflow pointed at ``bootstrap``, ``topic`` and ``data_dir``."""
+    return {**base, "KAFKA_BOOTSTRAP": bootstrap, "LAMBDAFLOW_TOPIC": topic, "LAMBDAFLOW_DATA_DIR": str(data_dir)}
+
+
+def stream_until_idle(name: str, env: Mapping[str, str], logs: Path) -> dict:
+    """`lambdaflow stream --until-idle` to the end, after :func:`settle`: its summary, wall time and peak RSS."""
+    settle()
+    done = run(name, lambdaflow_command("stream", "--until-idle"), env, logs, timeout=3600)
+    return {**done.json(), "wall_seconds": round(done.wall_seconds, 3), "peak_rss_mb": round(done.peak_rss_mb, 1)}

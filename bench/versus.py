@@ -32,10 +32,9 @@ from bench import plots
 from bench.core import TOO_SHORT, Context, Row, Section, alternate, median, too_short
 from bench.feed import Sent, create_topic, send_events
 from bench.peer import INPUT_CONFIGS
-from bench.procs import run, settle
+from bench.procs import run, stream_until_idle, worker_env
 from lambdaflow.core.metrics import load
 from lambdaflow.kafka.broker import EmbeddedBroker
-from lambdaflow.ops.processes import lambdaflow_command
 
 log = logging.getLogger("lambdaflow.bench")
 
@@ -46,15 +45,8 @@ SMALL_EVENTS = 300
 TOOLS = ("lambdaflow stream", "quixstreams")
 
 
-def _env(ctx: Context, bootstrap: str, topic: str, data_dir: Path) -> dict[str, str]:
-    return {**ctx.env, "KAFKA_BOOTSTRAP": bootstrap, "LAMBDAFLOW_TOPIC": topic, "LAMBDAFLOW_DATA_DIR": str(data_dir)}
-
-
 def _lambdaflow(ctx: Context, bootstrap: str, topic: str, data_dir: Path, name: str) -> dict:
-    settle()
-    env = _env(ctx, bootstrap, topic, data_dir)
-    done = run(name, lambdaflow_command("stream", "--until-idle"), env, ctx.folder("peer", "logs"), timeout=3600)
-    return {**done.json(), "wall_seconds": round(done.wall_seconds, 3), "peak_rss_mb": round(done.peak_rss_mb, 1)}
+    return stream_until_idle(name, worker_env(ctx.env, bootstrap, topic, data_dir), ctx.folder("peer", "logs"))
 
 
 def _quixstreams(ctx: Context, bootstrap: str, topic: str, messages: int, rep: str) -> tuple[dict, Path]:
@@ -72,7 +64,7 @@ def _quixstreams(ctx: Context, bootstrap: str, topic: str, messages: int, rep: s
         "--state-dir",
         str(ctx.folder("peer", f"quixstreams-state-{rep}")),
     ]
-    env = _env(ctx, bootstrap, topic, ctx.work / "peer" / "unused")
+    env = worker_env(ctx.env, bootstrap, topic, ctx.work / "peer" / "unused")
     done = run(f"quixstreams-{rep}", args, env, ctx.folder("peer", "logs"), timeout=3600)
     return {**done.json(), "wall_seconds": round(done.wall_seconds, 3), "peak_rss_mb": round(done.peak_rss_mb, 1)}, out
 

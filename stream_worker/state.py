@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -221,42 +223,24 @@ class PartitionState:
         events were new.
         Raises StaleBatch, changing nothing, when the stored offset is not ``start``.
         """
-        con = self._con
-        con.begin()
         try:
-            consumed = self.consumed()
-            if consumed.next_offset != start:
-                raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
-            events = self._without_sealed_days(events)
-            fresh = dedupe.fresh(con, aggregate.first_copies(aggregate.with_event_hour(events)), self._hours)
-            log = log_id(first_record) if start == 0 else consumed.log_id
-            days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
-            if attribution.any_late_firsts(con):  # else there is nothing to hand to the batch
-                attribution.follow(con)
-            if fresh.height:
-                con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
-                updates = ", ".join(f"{m.name} = {m.name} + excluded.{m.name}" for m in aggregate.counted(self.metrics))
-                self._run(f"""
-                    insert into hourly by name (select * from batch_hourly)
-                    on conflict (event_hour, country) do {f"update set {updates}" if updates else "nothing"}
-                """)
-                self._attribute(fresh, days)
-            self._run(
-                """
-                insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
-                values (?, ?, ?, ?, now(), ?)
-            """,
-                [self.partition, end, consumed.epoch, json.dumps(last_record), log],
-            )
-            con.commit()
-        except BaseException:
-            con.rollback()
-            self._rolled_back()
-            raise
+            with self._transaction() as con:
+                consumed = self.consumed()
+                if consumed.next_offset != start:
+                    raise StaleBatch(f"state resumes at {consumed.next_offset}, batch starts at {start}")
+                events = self._without_sealed_days(events)
+                fresh = dedupe.fresh(con, aggregate.first_copies(aggregate.with_event_hour(events)), self._hours)
+                log = log_id(first_record) if start == 0 else consumed.log_id
+                days = self._register_batch_days(batch, consumed, set(fresh["event_date"].unique().to_list()), log)
+                if attribution.any_late_firsts(con):  # else there is nothing to hand to the batch
+                    attribution.follow(con)
+                if fresh.height:
+                    self._add_hourly(fresh)
+                    self._attribute(fresh, days)
+                self._store_consumed(end, consumed.epoch, last_record, log)
         finally:
             for view in ("batch_hourly", "batch_days"):
-                con.unregister(view)
-        self._firsts.committed()
+                self._con.unregister(view)
         return fresh.height
 
     def _without_sealed_days(self, events: pl.DataFrame) -> pl.DataFrame:
@@ -286,35 +270,22 @@ class PartitionState:
         sealed = self.sealed_before()
         if sealed is not None and first_open <= sealed:
             return
-        con = self._con
-        con.begin()
-        try:
+        with self._transaction() as con:
             self._run("insert into sealed_counts select * from first_counts where event_hour < ?", [first_open])
             dedupe.drop_before(con, first_open, self._hours)
             self._firsts.drop_before(first_open)
             self._run("insert or replace into state_format values ('sealed_before', ?)", [first_open.isoformat()])
-            con.commit()
-        except BaseException:
-            con.rollback()
-            self._rolled_back()
-            raise
-        self._firsts.committed()
 
     def follow(self, batch: BatchHours) -> bool:
         """Hand to the batch the user-days that ``batch``'s builds have since read (see attribution).
         True if any changed."""
-        con = self._con
-        con.begin()
         try:
-            consumed = self.consumed()
-            self._register_batch_days(batch, consumed, set(), consumed.log_id)
-            changed = attribution.follow(con)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
+            with self._transaction() as con:
+                consumed = self.consumed()
+                self._register_batch_days(batch, consumed, set(), consumed.log_id)
+                changed = attribution.follow(con)
         finally:
-            con.unregister("batch_days")
+            self._con.unregister("batch_days")
         return changed > 0
 
     def _register_batch_days(
@@ -336,13 +307,25 @@ class PartitionState:
 
     def restart_log(self, epoch: int) -> None:
         """The partition's log restarted: consume the new log from its beginning."""
+        self._store_consumed(0, epoch, None, None)
+
+    def _store_consumed(self, next_offset: int, epoch: int, last_record: dict | None, log: str | None) -> None:
         self._run(
             """
             insert or replace into consumed (kafka_partition, next_offset, epoch, last_record, committed_at, log_id)
-            values (?, 0, ?, null, now(), null)
+            values (?, ?, ?, ?, now(), ?)
         """,
-            [self.partition, epoch],
+            [self.partition, next_offset, epoch, json.dumps(last_record) if last_record else None, log],
         )
+
+    def _add_hourly(self, fresh: pl.DataFrame) -> None:
+        """Add the new events' count and sum metrics to their hours."""
+        self._con.register("batch_hourly", aggregate.hourly_counts(fresh, self.metrics))
+        updates = ", ".join(f"{m.name} = {m.name} + excluded.{m.name}" for m in aggregate.counted(self.metrics))
+        self._run(f"""
+            insert into hourly by name (select * from batch_hourly)
+            on conflict (event_hour, country) do {f"update set {updates}" if updates else "nothing"}
+        """)
 
     def snapshot(self) -> pl.DataFrame:
         return self._con.sql(_snapshot_sql(self.metrics)).pl().cast(snapshot_schema(self.metrics))
@@ -366,25 +349,28 @@ class PartitionState:
         return latest.date() if latest is not None else None
 
     def drop_days_before(self, first_kept: date) -> None:
-        con = self._con
-        con.begin()
-        try:
+        with self._transaction() as con:
             dedupe.drop_before(con, first_kept, self._hours)
             self._firsts.drop_before(first_kept)
             self._run("delete from hourly where event_hour < ?", [first_kept])
             self._run("delete from late_firsts where event_date < ?", [first_kept])
             self._run("delete from sealed_counts where event_hour < ?", [first_kept])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction. What it changes outside the database (the first events' index, the hours
+        whose dedupe table exists) follows its outcome."""
+        con = self._con
+        con.begin()
+        try:
+            yield con
             con.commit()
         except BaseException:
             con.rollback()
-            self._rolled_back()
+            self._firsts.rolled_back()
+            self._hours.clear()
             raise
         self._firsts.committed()
-
-    def _rolled_back(self) -> None:
-        """Forget what the rolled back transaction would have changed outside the database."""
-        self._firsts.rolled_back()
-        self._hours.clear()
 
     def close(self) -> None:
         self._con.close()
