@@ -12,6 +12,14 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+SETTINGS = """
+set TimeZone = 'UTC';
+set enable_external_file_cache = false;
+set parquet_metadata_cache = false;
+"""
+"""The serving layer's settings (lambdaflow.serving.query): a snapshot is replaced under the same name,
+and a cache keyed by path and modification time could answer with the file it replaced."""
+
 
 @dataclass(frozen=True)
 class Files:

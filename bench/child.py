@@ -182,12 +182,12 @@ def run_bare_query(files: Path) -> None:
     """Import DuckDB and run the bare query once, as a user's own script over the published files would."""
     import duckdb
 
-    from bench.bare_query import Files, statement
+    from bench.bare_query import SETTINGS, Files, statement
 
     sql, values = statement(Files.load(files))
     started = time.monotonic()
     with duckdb.connect() as con:
-        con.execute("set TimeZone = 'UTC'")
+        con.execute(SETTINGS).fetchall()
         rows = con.execute(sql, values).fetchall()
     _emit({"days": len(rows), "seconds": round(time.monotonic() - started, 4)})
 

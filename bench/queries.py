@@ -33,7 +33,7 @@ from pathlib import Path
 import duckdb
 
 from bench import plots
-from bench.bare_query import Files, statement
+from bench.bare_query import SETTINGS, Files, statement
 from bench.batch_build import dbt_env
 from bench.core import Context, Row, Section, percentile
 from bench.events import TOPIC
@@ -141,7 +141,7 @@ class Bare:
     def __init__(self, settings: Settings, question: Question) -> None:
         self.settings, self.question = settings, question
         self.con = duckdb.connect()
-        self.con.execute("set TimeZone = 'UTC'")
+        self.con.execute(SETTINGS).fetchall()
 
     def ask(self) -> tuple[float, list[tuple]]:
         """One query, timed; listed again when a rebuild swapped a file away in between."""
@@ -170,6 +170,9 @@ def same_answer(settings: Settings, question: Question, bare: Bare) -> bool:
     }
     _, rows = bare.ask()
     barely = {day.isoformat(): tuple(v or 0 for v in values) for day, *values in rows if any(values)}
+    for day in sorted(set(answered) | set(barely)):
+        if answered.get(day) != barely.get(day):
+            log.warning("queries: %s answered %s, the bare query %s", day, answered.get(day), barely.get(day))
     return answered == barely
 
 
