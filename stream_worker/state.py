@@ -119,6 +119,12 @@ order by event_date, hour, country
 """
 
 
+_CONFIG: dict[str, str | bool | int | float | list[str]] = {"threads": 1, "default_block_size": "16384"}
+"""One thread: a worker holds several partitions. Blocks of 16 KB instead of 256 KB for a new file:
+each hour's dedupe keys are a table of their own, and a quiet hour would take a whole block (72 hours of
+5,000 keys: 3.6 MB instead of 19 MB). A file keeps the block size it was created with."""
+
+
 class StaleBatch(Exception):
     """The stored offset is not where the batch starts: another owner moved it."""
 
@@ -157,7 +163,7 @@ class PartitionState:
         self.metrics = metrics or metric_definitions.defined()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(str(path), config={"threads": 1})
+            self._con = duckdb.connect(str(path), config=_CONFIG)
         except duckdb.IOException as error:
             if "lock" in str(error).lower():
                 raise StateFileBusy(str(error)) from None
