@@ -177,6 +177,8 @@ class PartitionState:
             self._hours: set[datetime] = set()  # hours whose dedupe table exists
             self._firsts = firsts.FirstSeen(self._con)
             self._check_metrics()
+            sealed = self._run("select value from state_format where name = 'sealed_before'")
+            self._sealed: date | None = date.fromisoformat(sealed[0][0]) if sealed else None
         except BaseException:
             self._con.close()
             raise
@@ -266,9 +268,9 @@ class PartitionState:
         return events.filter(~too_old)
 
     def sealed_before(self) -> date | None:
-        """The days before this one are sealed: only their aggregates are kept (see seal_days_before)."""
-        rows = self._run("select value from state_format where name = 'sealed_before'")
-        return date.fromisoformat(rows[0][0]) if rows else None
+        """The days before this one are sealed: only their aggregates are kept (see seal_days_before).
+        Read once at open, so that a micro-batch does not ask the file."""
+        return self._sealed
 
     def seal_days_before(self, first_open: date) -> None:
         """Keep only the aggregates of the days before ``first_open``: their dedupe keys and user-days,
@@ -281,6 +283,7 @@ class PartitionState:
             dedupe.drop_before(con, first_open, self._hours)
             self._firsts.drop_before(first_open)
             self._run("insert or replace into state_format values ('sealed_before', ?)", [first_open.isoformat()])
+        self._sealed = first_open
 
     def follow(self, batch: BatchHours) -> bool:
         """Hand to the batch the user-days that ``batch``'s builds have since read (see attribution).
