@@ -127,7 +127,7 @@ class Section:
 
 
 MIN_COUNTING_SECONDS = 1.0
-"""A run whose counting took less than this (its own seconds less the fixed part measured apart) is
+"""A run whose counting took less than this (its seconds less its fixed part: start-up, group join) is
 within the noise of that fixed part: a row built on it fails as too short to judge."""
 
 

@@ -4,15 +4,13 @@ The events are produced once to a topic of an embedded broker the benchmark
 starts; then, in every repetition and in rotating order, each consumer reads
 all of it in a process of its own (`lambdaflow archive --until-idle` and
 `lambdaflow stream --until-idle` into a fresh data directory, the bare consumer
-in a fresh consumer group). Each is also run on a small topic (300 events):
-that run's own seconds are its fixed part (the group join, which this broker
-holds for half the session timeout, noticing it has caught up, shutting down),
-subtracted from the full run's own seconds to give the rate while consuming.
-(An empty topic would not do: a consumer takes longer to notice it has caught
-up with a partition it has fetched nothing from.) Each archiver and stream worker run
-starts 7 s after the last one of its group ended (the broker lets a member
-that left go only after its session timeout; a run that started sooner would
-wait for that in its join).
+in a fresh consumer group). Each reports when its first records arrived and
+when it was done; the rate is counted between the two, so the interpreter's
+start, the group join (which this broker holds for half the session timeout)
+and the first poll's fetch are left out on every side alike. Each archiver and
+stream worker run starts 7 s after the last one of its group ended (the broker
+lets a member that left go only after its session timeout; a run that started
+sooner would wait for that in its join).
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from lambdaflow.ops.processes import Finished, lambdaflow_command
 log = logging.getLogger("lambdaflow.bench")
 
 TOOLS = ("bare consumer", "archiver", "stream worker")
-SMALL_EVENTS = 300
 TARGETS = {"archiver": 0.95, "stream worker": 0.9}
 """Each consumer's rate against the bare consumer's; every one of them checks CRCs with the C crc32c."""
 SEED = 1
@@ -100,53 +97,38 @@ def _consume(ctx: Context, tool: str, bootstrap: str, topic: str, data_dir: Path
     env = _env(ctx, bootstrap, topic, data_dir)
     finished: Finished = run(name, _command(tool), env, ctx.folder("ingest", "logs"), timeout=1800)
     summary = json.loads(finished.stdout.strip().splitlines()[-1])
+    first = summary["first_message_after"]
+    if first is None:
+        raise RuntimeError(f"ingest: {tool} read no message from {topic}")
+    consuming = max(summary["seconds"] - first, 1e-3)
     return {
         "wall_seconds": round(finished.wall_seconds, 3),
         "own_seconds": summary["seconds"],
+        "startup_seconds": first,
+        "consuming_seconds": round(consuming, 3),
         "messages": summary["messages"],
+        "messages_per_second": round(summary["messages"] / consuming),
+        "messages_per_wall_second": round(summary["messages"] / finished.wall_seconds),
         "peak_rss_mb": round(finished.peak_rss_mb, 1),
         "crc32c": summary.get("crc32c"),  # the bare consumer reports it; the workers' is asked apart
     }
 
 
-def _baselines(ctx: Context, bootstrap: str, small: str) -> dict[str, dict]:
-    """Each consumer once on the small topic: its fixed cost, measured before the repetitions."""
-    found = {}
-    for tool in TOOLS:
-        slug = tool.split()[0]
-        found[tool] = _consume(ctx, tool, bootstrap, small, ctx.work / "ingest" / f"{slug}-small", f"{slug}-small")
-        log.info(
-            "ingest: %s on the small topic: own %.1f s, wall %.1f s",
-            tool,
-            found[tool]["own_seconds"],
-            found[tool]["wall_seconds"],
-        )
-    return found
-
-
-def _repetition(ctx: Context, rep: int, bootstrap: str, topic: str, baselines: dict[str, dict]) -> dict[str, dict]:
+def _repetition(ctx: Context, rep: int, bootstrap: str, topic: str) -> dict[str, dict]:
     results = {}
     for tool in alternate(TOOLS, rep):
         slug = tool.split()[0]
-        idle = baselines[tool]
         data_dir = ctx.work / "ingest" / f"{slug}-{rep}"
         full = _consume(ctx, tool, bootstrap, topic, data_dir, f"{slug}-{rep}")
-        consuming = max(full["own_seconds"] - idle["own_seconds"], 1e-3)
-        full.update(
-            startup_seconds=idle["wall_seconds"],
-            idle_own_seconds=idle["own_seconds"],
-            consuming_seconds=round(consuming, 3),
-            messages_per_second=round((full["messages"] - idle["messages"]) / consuming),
-            messages_per_wall_second=round(full["messages"] / full["wall_seconds"]),
-            data_dir=str(data_dir),
-        )
+        full["data_dir"] = str(data_dir)
         results[tool] = full
         log.info(
-            "ingest rep %d %s: %d msg/s while consuming (own %.1f s), peak RSS %.0f MB",
+            "ingest rep %d %s: %d msg/s while consuming (%.1f s after %.1f s to the first records), peak RSS %.0f MB",
             rep + 1,
             tool,
             full["messages_per_second"],
-            full["own_seconds"],
+            full["consuming_seconds"],
+            full["startup_seconds"],
             full["peak_rss_mb"],
         )
     return results
@@ -174,16 +156,13 @@ def run_section(ctx: Context) -> Section:
     logs = ctx.folder("ingest", "logs")
     reps: list[dict[str, dict]] = []
     with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
-        topic, small = "bench-ingest", "bench-small"
+        topic = "bench-ingest"
         clients.ensure_topic(broker.bootstrap, topic, 3)
-        clients.ensure_topic(broker.bootstrap, small, 3)
-        produce_once(broker.bootstrap, small, SMALL_EVENTS)
         log.info("ingest: producing %d events (lz4, 3 partitions)", sizes.ingest_events)
         produced = produce_once(broker.bootstrap, topic, sizes.ingest_events)
         log.info("ingest: produced at %d msg/s", produced["messages_per_second"])
-        baselines = _baselines(ctx, broker.bootstrap, small)
         for rep in range(sizes.repetitions):
-            reps.append(_repetition(ctx, rep, broker.bootstrap, topic, baselines))
+            reps.append(_repetition(ctx, rep, broker.bootstrap, topic))
             if rep < sizes.repetitions - 1:
                 for result in reps[-1].values():
                     shutil.rmtree(result["data_dir"], ignore_errors=True)
@@ -242,9 +221,9 @@ def _summarize(
                 "messages_per_second",
                 "peak_rss_mb",
                 "startup_seconds",
+                "consuming_seconds",
                 "wall_seconds",
                 "own_seconds",
-                "idle_own_seconds",
             )
         }
         for tool in TOOLS
@@ -348,24 +327,22 @@ def _text(ctx: Context, medians: dict, produced: dict, reps: list, profiles: dic
         f"producer (values drawn in bulk by DuckDB in {produced['draw_seconds']} s first). Then, in "
         f"{len(reps)} repetitions, in rotating order, each consumer read all of it in a fresh process.",
         "",
-        "*msgs/s while consuming* = (messages − those of the small topic) / (the run's own seconds − the own "
-        "seconds of the same command "
-        f"on a 3-partition topic of {SMALL_EVENTS} events, measured once per consumer before the repetitions). "
+        "*msgs/s while consuming* = messages / (the run's own seconds − its seconds to the first records). "
         "*Own seconds* is what each prints in its summary: from creating its consumer (after the imports) to "
-        "the end. The small topic's "
-        "run's own seconds are the fixed part: the group join (the embedded broker holds a JoinGroup for half "
-        "the 6 s session timeout), noticing it has caught up, closing. *Start-up* is that run's wall time, "
-        "imports included. Peak RSS is the process's own (`wait4` in a small launcher, so the benchmark's own "
-        "memory is not counted).",
+        "the end; *first records* is when its first poll brought any (its `first_message_after`), after the "
+        "group join (the embedded broker holds a JoinGroup for half the 6 s session timeout) and the first "
+        "fetch. What follows them is counting, noticing it has caught up and closing, alike on every side. "
+        "Peak RSS is the process's own (`wait4` in a small launcher, so the benchmark's own memory is not "
+        "counted).",
         "",
-        "| consumer | msgs/s while consuming | own s | own s, small topic | wall s | start-up s | peak RSS MB |",
+        "| consumer | msgs/s while consuming | counting s | own s | to first records s | wall s | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for tool in TOOLS:
         m = medians[tool]
         lines.append(
-            f"| {tool} | {m['messages_per_second']:,.0f} | {m['own_seconds']:.1f} | "
-            f"{m['idle_own_seconds']:.1f} | {m['wall_seconds']:.1f} | {m['startup_seconds']:.1f} | "
+            f"| {tool} | {m['messages_per_second']:,.0f} | {m['consuming_seconds']:.1f} | {m['own_seconds']:.1f} | "
+            f"{m['startup_seconds']:.1f} | {m['wall_seconds']:.1f} | "
             f"{m['peak_rss_mb']:.0f} |"
         )
     lines += [

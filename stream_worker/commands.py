@@ -7,6 +7,7 @@ import threading
 import time
 
 from lambdaflow.core.config import Settings
+from lambdaflow.kafka.loop import keep_heap_off_collections
 from stream_worker.replay import replay as replay_log
 from stream_worker.worker import StreamWorker
 
@@ -23,6 +24,7 @@ def stream(config: Settings, bootstrap: str, stop: threading.Event, until_idle: 
             return {"topic": config.topic, "replayed": replayed, "seconds": round(time.monotonic() - started, 3)}
     worker = StreamWorker(bootstrap, config.data_dir, config.topic, retention_days=config.speed_retention_days)
     log.info("counting %s from %s into %s", config.topic, bootstrap, worker.paths.root)
+    keep_heap_off_collections()
     totals = worker.run(stop, until_idle=until_idle)
     log.info(
         "counted %d messages: %d new events, %d rejects, in %d commits",
@@ -31,5 +33,10 @@ def stream(config: Settings, bootstrap: str, stop: threading.Event, until_idle: 
         totals.rejects,
         totals.commits,
     )
-    summary = {"topic": config.topic, **totals.as_dict(), "seconds": round(time.monotonic() - started, 3)}
+    summary: dict[str, object] = {
+        "topic": config.topic,
+        **totals.as_dict(),
+        "seconds": round(time.monotonic() - started, 3),
+        "first_message_after": worker.loop.first_message_after(started),
+    }
     return summary if replayed is None else {**summary, "replayed": replayed}

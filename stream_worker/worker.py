@@ -36,7 +36,6 @@ from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours
 from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import remove_stale_temps, replace_json
-from lambdaflow.kafka import clients
 from lambdaflow.kafka.log_identity import fingerprint
 from lambdaflow.kafka.loop import Counts, PartitionedLoop
 from stream_worker.paths import SpeedPaths
@@ -120,7 +119,6 @@ class StreamWorker:
             session_timeout_ms,
             max_poll_records=MAX_BATCH_MESSAGES,
         )
-        self._consumer = self.loop.consumer
         self._probe = self.loop.probe
 
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
@@ -200,7 +198,7 @@ class StreamWorker:
         self.totals.new_events += new
         self.totals.commits += 1
         owned.open_state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
-        clients.commit_for_lag_tools(self._consumer, self.topic, partition, end)
+        self.loop.commit(partition, end)
         self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
 
@@ -224,7 +222,7 @@ class StreamWorker:
         log may have filled a new one past this position. If so, count the new log from its beginning."""
         same = self._holds_last_counted(tp, owned)
         if same is None:
-            self._consumer.seek(tp, owned.position)  # fetch again and ask again
+            self.loop.seek(tp, owned.position)  # fetch again and ask again
             return False
         owned.check_log = False
         if same is False:
@@ -265,7 +263,7 @@ class StreamWorker:
     def assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self.owned[tp.partition] = Owned()
-            self._consumer.pause(tp)  # until its state file is open
+            self.loop.pause(tp)  # until its state file is open
         self._open_pending()
 
     def _open_pending(self) -> None:
@@ -294,7 +292,7 @@ class StreamWorker:
             else:
                 self._seek_to_stored(partition)
             owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
-            self._consumer.resume(tp)
+            self.loop.resume(tp)
             log.info(
                 "%s[%d] assigned: resuming at offset %d (epoch %d)",
                 self.topic,
@@ -306,7 +304,7 @@ class StreamWorker:
     def _seek_to_stored(self, partition: int) -> None:
         owned = self.owned[partition]
         owned.position = owned.open_state.consumed().next_offset
-        self._consumer.seek(TopicPartition(self.topic, partition), owned.position)
+        self.loop.seek(TopicPartition(self.topic, partition), owned.position)
 
     def _close(self, partition: int) -> None:
         owned = self.owned.pop(partition)

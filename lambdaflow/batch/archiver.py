@@ -46,7 +46,6 @@ from lambdaflow.core.files import (
     replace_json,
 )
 from lambdaflow.core.raw_store import BatchRange, Manifest
-from lambdaflow.kafka import clients
 from lambdaflow.kafka.loop import PartitionedLoop
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,6 @@ class Archiver:
         self._classifier = Classifier()
         self._departures_seen = 0
         self.loop = PartitionedLoop(bootstrap, self.topic, group_id, self, f"archiver {self.topic}", session_timeout_ms)
-        self._consumer = self.loop.consumer
         self._probe = self.loop.probe
 
     def run(self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0) -> Totals:
@@ -187,7 +185,7 @@ class Archiver:
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=0, opened_at=time.monotonic())
         owned.position = 0
-        self._consumer.seek_to_beginning(tp)
+        self.loop.seek_to_beginning(tp)
 
     # publishing
 
@@ -272,7 +270,7 @@ class Archiver:
             latest = arrived_by(newest if isinstance(newest, datetime) else None, ingested_at)
             if latest is not None:
                 owned.watermark = latest if owned.watermark is None else max(owned.watermark, latest)
-        clients.commit_for_lag_tools(self._consumer, self.topic, partition, manifest.next_offset)
+        self.loop.commit(partition, manifest.next_offset)
         self.totals.messages += buffer.messages
         self.totals.events += events.height
         self.totals.rejects += rejects.height
@@ -381,4 +379,4 @@ class Archiver:
 
     def _seek_to_resume(self, tp: TopicPartition, owned: OwnedPartition) -> None:
         owned.position = owned.manifest.next_offset
-        self._consumer.seek(tp, owned.position)
+        self.loop.seek(tp, owned.position)

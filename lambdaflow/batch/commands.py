@@ -13,6 +13,7 @@ from lambdaflow.batch.verify import verify
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.raw_store import RawStore
+from lambdaflow.kafka.loop import keep_heap_off_collections
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ def archive(config: Settings, bootstrap: str, stop: threading.Event, until_idle:
     roll = RollPolicy(max_bytes=config.archive_roll_bytes, max_seconds=config.archive_roll_seconds)
     log.info("archiving %s from %s into %s", config.topic, bootstrap, store.events_dir)
     started = time.monotonic()
-    totals = Archiver(bootstrap, store, roll).run(stop, until_idle=until_idle)
+    archiver = Archiver(bootstrap, store, roll)
+    keep_heap_off_collections()
+    totals = archiver.run(stop, until_idle=until_idle)
     resume = {str(p): m.next_offset for p, m in sorted(store.manifests().items())}
     log.info(
         "archived %d messages: %d events, %d rejects, in %d files (%d batches); resume offsets %s",
@@ -39,6 +42,7 @@ def archive(config: Settings, bootstrap: str, stop: threading.Event, until_idle:
         **totals.as_dict(),
         "resume_offsets": resume,
         "seconds": round(time.monotonic() - started, 3),
+        "first_message_after": archiver.loop.first_message_after(started),
     }
 
 

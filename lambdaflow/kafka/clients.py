@@ -112,14 +112,17 @@ class NewConnections:
         return new
 
 
-def commit_for_lag_tools(consumer: KafkaConsumer, topic: str, partition: int, offset: int) -> None:
-    """Commit an offset to Kafka for lag tools only: lambdaflow resumes from its own files, so a
-    failed commit (say, during a rebalance) is logged and ignored, and one waits at most a second:
-    with the broker away, a commit without a timeout would wait for its return."""
+def commit_for_lag_tools(consumer: KafkaConsumer, topic: str, offsets: dict[int, int]) -> None:
+    """Commit offsets (per partition) to Kafka for lag tools only: lambdaflow resumes from its own
+    files, so a failed commit (say, during a rebalance) is logged and ignored, and one waits at most a
+    second: with the broker away, a commit without a timeout would wait for its return."""
     try:
-        consumer.commit({TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)}, timeout_ms=1000)
+        consumer.commit(
+            {TopicPartition(topic, p): OffsetAndMetadata(offset, "", -1) for p, offset in offsets.items()},
+            timeout_ms=1000,
+        )
     except Exception as error:
-        log.debug("%s[%d] committing offset %d to Kafka failed: %s", topic, partition, offset, error)
+        log.debug("%s: committing offsets %s to Kafka failed: %s", topic, offsets, error)
 
 
 def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> int:

@@ -9,20 +9,35 @@ caught up.
 
 One turn of the loop::
 
-    watch the broker -> sink.before_poll() -> poll -> sink.take(records, new connection?)
+    watch the broker -> sink.before_poll() -> start sink.take(previous batch) on the counting thread
+        -> poll the next batch -> wait for take -> apply the consumer calls take asked for
         -> read end offsets -> sink.after_poll() -> caught up everywhere? stop (--until-idle)
 
-kafka-python calls the rebalance callbacks from inside ``poll``; an error a sink
-raises there (a damaged manifest, a state file for other metrics) is raised by
-:meth:`PartitionedLoop.run` on the next turn, not inside kafka-python.
+Counting a batch overlaps with polling the next: kafka-python decodes records
+in Python while DuckDB and Polars, which release the GIL, do most of a sink's
+work. The sink is still used by one thread at a time: ``take`` runs while the
+loop thread only polls, and the rebalance callbacks, which kafka-python calls
+from inside ``poll``, first wait for ``take`` to return. The consumer is not
+thread-safe, so ``take`` reaches it only through :meth:`PartitionedLoop.seek`,
+:meth:`~PartitionedLoop.seek_to_beginning` and :meth:`~PartitionedLoop.commit`,
+which the loop applies on its own thread once ``take`` has returned; records
+already polled for a partition ``take`` moved are dropped (the consumer fetches
+them again from where it was moved to).
+
+An error a sink raises in a rebalance callback (a damaged manifest, a state
+file for other metrics) is raised by :meth:`PartitionedLoop.run` on the next
+turn, not inside kafka-python; so is an error ``take`` raised.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,7 +73,9 @@ class Sink(Protocol):
 
     def take(self, polled: dict[TopicPartition, list], new_connection: bool) -> None:
         """Count one batch of records, per partition. ``new_connection``: the consumer connected to the
-        broker anew since the last batch, so what it fetched may come from a log that restarted."""
+        broker anew since the last batch, so what it fetched may come from a log that restarted.
+        Runs on the counting thread while the loop polls: it reaches the consumer only through the
+        loop's seek, seek_to_beginning and commit."""
         ...
 
     def after_poll(self) -> None:
@@ -89,6 +106,47 @@ class Counts:
         return dict(self.__dict__)
 
 
+class _Counting:
+    """The sink's ``take`` of one batch, on a thread of its own while the loop polls the next."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="counting")
+        self._pending: Future | None = None
+
+    def start(self, take: Callable[..., None], *args: Any) -> None:
+        self._pending = self._pool.submit(take, *args)
+
+    def wait(self) -> None:
+        """Until ``take`` returned; its error, if any, is raised by :meth:`result`."""
+        if self._pending is not None:
+            wait_for([self._pending])
+
+    def result(self) -> None:
+        """Wait for ``take`` and raise what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()
+
+
+@dataclass
+class _Seek:
+    tp: TopicPartition
+    offset: int | None  # None: the beginning of the log
+
+
+def keep_heap_off_collections() -> None:
+    """For a long-running worker, once its modules are imported: move every object alive now out of
+    the garbage collector's sight. Polars, DuckDB and kafka-python leave a large heap of objects that
+    never become garbage; each full collection, which a poll's many new records set off, would walk
+    all of them again (measured: the archiver reads 30% more messages a second with it)."""
+    gc.collect()
+    gc.freeze()
+
+
 class PartitionedLoop(ConsumerRebalanceListener):
     def __init__(
         self,
@@ -116,25 +174,45 @@ class PartitionedLoop(ConsumerRebalanceListener):
         self._connections = clients.NewConnections(self.consumer)
         self._ends: dict[int, int] = {}
         self._fatal: LambdaflowError | None = None
+        self.first_message_at: float | None = None  # time.monotonic() of the first poll that brought records
+        self._counting = _Counting()
+        self._thread: int | None = None  # the loop's thread, once it runs
+        self._seeks: list[_Seek] = []  # asked for by take, applied by the loop's thread
+        self._commits: dict[int, int] = {}
+        self._partitions: int | None = None
 
     def run(
         self, stop: threading.Event, until_idle: bool = False, idle_timeout: float = 120.0, **poll_options: Any
     ) -> None:
         started = time.monotonic()
+        self._thread = threading.get_ident()
         self.consumer.subscribe([self.topic], listener=self)
         self.watch.install()
+        polled: dict[TopicPartition, list] = {}
+        new_connection = False
         try:
             while not stop.is_set():
                 self.watch.check()
                 self.sink.before_poll()
                 if self._fatal is not None:
                     raise self._fatal
+                self._counting.start(self.sink.take, polled, new_connection)
                 polled = clients.poll(self.consumer, self.watch.client_complained, **poll_options)
-                self.sink.take(polled, self._connections.since_last_asked())
+                new_connection = self._connections.since_last_asked()
+                self._counting.result()
+                self._apply_requests(polled)
+                if self.first_message_at is None and any(polled.values()):
+                    self.first_message_at = time.monotonic()
                 self._read_end_offsets()
                 self.sink.after_poll()
                 owned = list(self.sink.partitions())
-                if until_idle and owned and all(self.sink.caught_up(p) for p in owned) and self._settled(owned):
+                if (
+                    until_idle
+                    and not any(polled.values())
+                    and owned
+                    and all(self.sink.caught_up(p) for p in owned)
+                    and self._settled(owned)
+                ):
                     log.info("%s: caught up on partitions %s", self.topic, sorted(owned))
                     break
                 if until_idle and not owned and time.monotonic() - started > idle_timeout:
@@ -142,11 +220,16 @@ class PartitionedLoop(ConsumerRebalanceListener):
             self.sink.finish()
         finally:
             try:
+                self._counting.close()
                 self.sink.close()
             finally:
                 clients.close_consumer(self.consumer)
                 self.probe.close()
                 self.watch.close()
+
+    def first_message_after(self, started: float) -> float | None:
+        """Seconds from ``started`` (a time.monotonic()) to the first records polled; None if none came."""
+        return None if self.first_message_at is None else round(self.first_message_at - started, 3)
 
     def fail(self, error: LambdaflowError) -> None:
         """Stop the loop with ``error`` at its next turn (the first error wins)."""
@@ -157,17 +240,70 @@ class PartitionedLoop(ConsumerRebalanceListener):
         log.warning(
             "%s[%d] the consumer went back to offset %d; resuming at %d", self.topic, tp.partition, offset, position
         )
-        self.consumer.seek(tp, position)
+        self.seek(tp, position)
+
+    # the consumer calls a sink makes: at once on the loop's thread, after take returns from the counting thread
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._ask(_Seek(tp, offset))
+
+    def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self._ask(_Seek(tp, None))
+
+    def commit(self, partition: int, offset: int) -> None:
+        """Commit an offset to Kafka for lag tools (see clients.commit_for_lag_tools)."""
+        self._commits[partition] = offset
+        if self._on_loop_thread():
+            self._commit_asked()
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.consumer.pause(tp)
+
+    def resume(self, tp: TopicPartition) -> None:
+        self.consumer.resume(tp)
+
+    def _on_loop_thread(self) -> bool:
+        return self._thread is None or self._thread == threading.get_ident()
+
+    def _ask(self, seek: _Seek) -> None:
+        self._seeks.append(seek)
+        if self._on_loop_thread():
+            self._seek_asked()
+
+    def _apply_requests(self, polled: dict[TopicPartition, list]) -> None:
+        """What take asked of the consumer, now that it returned; records polled meanwhile for a partition
+        it moved come from where the partition was, so they are dropped (and fetched again)."""
+        for moved in self._seek_asked():
+            polled.pop(moved, None)
+        self._commit_asked()
+
+    def _seek_asked(self) -> set[TopicPartition]:
+        seeks, self._seeks = self._seeks, []
+        for seek in seeks:
+            try:
+                if seek.offset is None:
+                    self.consumer.seek_to_beginning(seek.tp)
+                else:
+                    self.consumer.seek(seek.tp, seek.offset)
+            except ValueError:  # kafka-python's "Unassigned partition": revoked meanwhile, its next owner seeks
+                log.debug("%s[%d]: not assigned any more; seek dropped", self.topic, seek.tp.partition)
+        return {seek.tp for seek in seeks}
+
+    def _commit_asked(self) -> None:
+        commits, self._commits = self._commits, {}
+        if commits:
+            clients.commit_for_lag_tools(self.consumer, self.topic, commits)
 
     def end_offset(self, partition: int) -> int | None:
         """The partition's end offset as last read (None: not read yet)."""
         return self._ends.get(partition)
 
     def partition_count(self) -> int | None:
-        """How many partitions the topic has, as the broker last reported."""
-        return len(self.consumer.partitions_for_topic(self.topic) or ()) or None
+        """How many partitions the topic has, as the broker reported at the end of the last turn."""
+        return self._partitions
 
     def _read_end_offsets(self) -> None:
+        self._partitions = len(self.consumer.partitions_for_topic(self.topic) or ()) or None
         for partition in self.sink.partitions():
             end = self.consumer.highwater(TopicPartition(self.topic, partition))
             if end is not None:
@@ -178,7 +314,15 @@ class PartitionedLoop(ConsumerRebalanceListener):
 
     # kafka-python calls these from inside poll
 
+    def _take_returned(self) -> None:
+        """In a rebalance callback, before the sink gains or loses partitions: let take finish and apply
+        what it asked of the consumer (its error is raised by run, after poll)."""
+        self._counting.wait()
+        self._seek_asked()
+        self._commit_asked()
+
     def on_partitions_revoked(self, revoked) -> None:
+        self._take_returned()
         self.watch.client_got_through()
         self._assignment.changed()
         self.sink.revoked(list(revoked))
@@ -186,6 +330,7 @@ class PartitionedLoop(ConsumerRebalanceListener):
             self._ends.pop(tp.partition, None)
 
     def on_partitions_assigned(self, assigned) -> None:
+        self._take_returned()
         self.watch.client_got_through()
         self._assignment.changed()
         try:
