@@ -10,12 +10,17 @@ DOCS_PORT ?= 8081
 
 install: $(INSTALLED)
 
-# Reinstalls whenever the lock or the project's metadata changes.
-$(INSTALLED): requirements.txt pyproject.toml
+# Reinstalls whenever the lock, the project's metadata or this recipe changes. Everything is
+# compiled to bytecode here: uv does not compile by default, and where PYTHONDONTWRITEBYTECODE is
+# set (container images often set it) no process caches what it compiles, so every command,
+# Airflow task and test process would compile Airflow, dbt and Polars from source again
+# (`import airflow`: 4.0 s without, 2.4 s with).
+$(INSTALLED): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	$(BIN)/python -m compileall -q -j 0 lambdaflow stream_worker dags bench chaos tests >/dev/null
 	touch $@
 
 # Two tiers (README, "Tests"): `test` is the fast default, `test-all` adds the tests marked slow.
