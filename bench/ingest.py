@@ -315,8 +315,8 @@ def _why_slow(tool: str, share: float, target: float, profile: dict | None) -> s
     where = f" (cProfile: {profiling.describe(profile)})" if profile else ""
     return (
         f"{share:.0%} of the ceiling, {target - share:.0%} short of {target:.0%}: on top of polling, the {tool} {work} "
-        f"in the same thread{where}, and on two cores that work competes with kafka-python's own decoding "
-        "and the broker"
+        f"on a second thread{where}; on two cores that work competes for CPU with kafka-python's decoding, which "
+        "alone keeps one core busy, and with the broker"
     )
 
 
@@ -362,7 +362,7 @@ def _text(ctx: Context, medians: dict, produced: dict, reps: list, profiles: dic
         lines += [
             "",
             "The bare consumer pays the same Kafka poll; everything else in a profile below is what that "
-            "consumer adds on top of the ceiling, in the same thread.",
+            "consumer adds on top of the ceiling, on its counting thread.",
         ]
     for tool, profile in profiles.items():
         lines += [""] + profiling.markdown(

@@ -1,17 +1,22 @@
 """cProfile for a target the benchmark misses: where the time of a command goes.
 
-py-spy is not installed, so a command is run again under ``python -m
-cProfile`` (which slows Python code, not C code: read the shares as
-relative). Time spent blocked (on locks, in select, asleep) is counted apart,
-and the shares are of the remaining, busy time. The summary keeps named
-functions of interest (their cumulative time, callees included) and the
-functions with the most time of their own.
+py-spy is not installed, so a command is run again under cProfile, every
+thread of it (``python -m bench.profiling OUT -m MODULE ...``: the main
+thread's stats to OUT, the other threads' to OUT.threads; cProfile slows
+Python code, not C code: read the shares as relative). Time spent blocked (on
+locks, in select, asleep) is counted apart, and the shares are of the
+remaining, busy time, in all threads. The summary keeps named functions of
+interest (their cumulative time, callees included) and the functions with the
+most time of their own.
 """
 
 from __future__ import annotations
 
+import cProfile
 import pstats
+import runpy
 import sys
+import threading
 from pathlib import Path
 
 WAITING = (
@@ -21,14 +26,46 @@ WAITING = (
     "<method 'poll' of 'select.epoll' objects>",
     "<method 'select' of 'select.epoll' objects>",
     "<built-in method select.select>",
+    "<method 'get' of '_queue.SimpleQueue' objects>",  # a thread pool's idle thread
 )
 
 
 def profiled(args: list[str], output: Path) -> list[str]:
-    """``args`` (a ``python -m module ...`` command) run under cProfile, writing its stats to ``output``."""
+    """``args`` (a ``python -m module ...`` command) run under cProfile, writing its stats to ``output``
+    (and its other threads' to ``output``.threads)."""
     if args[:2] != [sys.executable, "-m"]:
         raise ValueError(f"not a python -m command: {args}")
-    return [sys.executable, "-m", "cProfile", "-o", str(output), *args[1:]]
+    return [sys.executable, "-m", "bench.profiling", str(output), *args[1:]]
+
+
+def _threads_file(output: Path) -> Path:
+    return output.with_name(output.name + ".threads")
+
+
+def _run_profiled(output: Path, module: str, args: list[str]) -> None:
+    """Run ``module`` as ``python -m`` would, each thread under a profiler of its own."""
+    others: list[cProfile.Profile] = []
+
+    def profile_this_thread(*_: object) -> None:  # a new thread's first event: profile it from here on
+        profile = cProfile.Profile()
+        others.append(profile)
+        profile.enable()
+
+    threading.setprofile(profile_this_thread)
+    main = cProfile.Profile()
+    sys.argv = [module, *args]
+    main.enable()
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        main.disable()
+        threading.setprofile(None)  # new threads: no hook
+        main.dump_stats(output)
+        if others:
+            merged = pstats.Stats(others[0])
+            for profile in others[1:]:
+                merged.add(profile)
+            merged.dump_stats(_threads_file(output))
 
 
 def _label(key: tuple[str, int, str]) -> str:
@@ -45,21 +82,26 @@ def summarize(stats_file: Path, focus: dict[str, str], waits_in: str | None = No
     Blocked time is left out of the shares; it is taken off the ``waits_in``
     entry (a consumer blocks inside its poll), and off nothing else.
     """
-    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]  # the table, undocumented
-    total = sum(own for _, _, own, _, _ in stats.values()) or 1.0
-    waiting = sum(own for key, (_, _, own, _, _) in stats.items() if key[2] in WAITING)
+    tables = [_table(path) for path in (stats_file, _threads_file(stats_file)) if path.exists()]
+    total = sum(own for table in tables for _, _, own, _, _ in table.values()) or 1.0
+    waits = [sum(own for key, (_, _, own, _, _) in table.items() if key[2] in WAITING) for table in tables]
+    waiting = sum(waits)
     busy = max(total - waiting, 1e-9)
     focused = {}
     for label, name in focus.items():
         matches = [
-            (cumulative, key)
-            for key, (_, _, _, cumulative, _) in stats.items()
+            (cumulative - (waits[number] if label == waits_in else 0.0), key)
+            for number, table in enumerate(tables)
+            for key, (_, _, _, cumulative, _) in table.items()
             if f"{Path(key[0]).stem}.{key[2]}" == name
         ]
         if matches:
-            seconds = max(matches)[0] - (waiting if label == waits_in else 0.0)
-            focused[label] = {"seconds": round(max(seconds, 0.0), 2), "share": round(max(seconds, 0.0) / busy, 3)}
-    own = sorted(((own, key) for key, (_, _, own, _, _) in stats.items() if key[2] not in WAITING), reverse=True)
+            seconds = max(max(matches)[0], 0.0)
+            focused[label] = {"seconds": round(seconds, 2), "share": round(seconds / busy, 3)}
+    own = sorted(
+        ((own, key) for table in tables for key, (_, _, own, _, _) in table.items() if key[2] not in WAITING),
+        reverse=True,
+    )
     return {
         "total_seconds": round(total, 2),
         "waiting_seconds": round(waiting, 2),
@@ -70,6 +112,10 @@ def summarize(stats_file: Path, focus: dict[str, str], waits_in: str | None = No
             for seconds, key in own[:keep]
         ],
     }
+
+
+def _table(path: Path) -> dict:
+    return pstats.Stats(str(path)).stats  # type: ignore[attr-defined]  # the table, undocumented
 
 
 def describe(summary: dict) -> str:
@@ -89,3 +135,9 @@ def markdown(summary: dict, title: str) -> list[str]:
     lines += ["", "| most time of its own | s | share of busy |", "|---|---:|---:|"]
     lines += [f"| `{e['function']}` | {e['seconds']:.1f} | {e['share']:.0%} |" for e in summary["own_time"]]
     return lines
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4 or sys.argv[2] != "-m":
+        sys.exit("usage: python -m bench.profiling OUTPUT -m MODULE [ARGS...]")
+    _run_profiled(Path(sys.argv[1]), sys.argv[3], sys.argv[4:])
