@@ -61,7 +61,8 @@ class FirstSeen:
         self._con = con
         self._firsts: dict[Day, dict[str, First]] = {}
         """Per day and metric, per user: the first event (about 400 bytes per user-day in all)."""
-        self._pending: dict[tuple[Day, str], First] = {}
+        self._pending: dict[Day, dict[str, First]] = {}
+        """Per day and metric, per user: the first events changed in the open transaction."""
         self._pending_drop: date | None = None
         self._load()
 
@@ -100,9 +101,10 @@ class FirstSeen:
             )
 
     def _get(self, day: Day, user: str) -> First | None:
-        pending = self._pending.get((day, user))
-        if pending is not None:
-            return pending
+        pending = self._pending.get(day)
+        first = pending.get(user) if pending else None
+        if first is not None:
+            return first
         users = self._firsts.get(day)
         return users.get(user) if users is not None else None
 
@@ -124,21 +126,11 @@ class FirstSeen:
         """Keep the earlier of each user-day's stored first event and the one in ``firsts`` (by
         occurred_at, then offset), in the caller's transaction: log what changed and move its count.
         The index takes the changes at :meth:`committed`."""
-        columns = [firsts[c].to_list() for c in _KEYS]
-        values = zip(
-            firsts["occurred_at"].dt.epoch("us").to_list(),
-            firsts["kafka_offset"].to_list(),
-            firsts["country"].to_list(),
-            strict=True,
-        )
-        changed, replaced = [], []
-        for index, (day, user, kind, first) in enumerate(zip(*columns, values, strict=True)):
-            stored = self._get((day, kind), user)
-            if stored is None or first[:2] < stored[:2]:
-                changed.append(index)
-                self._pending[((day, kind), user)] = first
-                if stored is not None:
-                    replaced.append((stored[0], stored[2], kind))
+        changed: list[int] = []
+        replaced: list[tuple[int, str, str]] = []
+        numbered = firsts.with_row_index("row").with_columns(pl.col("occurred_at").dt.epoch("us").alias("micros"))
+        for (day, kind), group in numbered.partition_by("event_date", "kind", as_dict=True).items():
+            self._upsert_day((day, kind), group, changed, replaced)
         if not changed:
             return
         con = self._con
@@ -168,13 +160,34 @@ class FirstSeen:
             con.unregister("changed_firsts")
             con.unregister("moved_counts")
 
+    def _upsert_day(
+        self, day: Day, group: pl.DataFrame, changed: list[int], replaced: list[tuple[int, str, str]]
+    ) -> None:
+        """One day and metric of :meth:`upsert`: the rows (of ``firsts``) that change, and the first
+        events they replace. The loop that runs once per user-day: a dict lookup or two, no more."""
+        stored_users = self._firsts.get(day, {})
+        earlier = self._pending.get(day)  # changed by an earlier upsert of the same transaction
+        lookup = stored_users.get if not earlier else (lambda user: earlier.get(user) or stored_users.get(user))
+        now: dict[str, First] = {}
+        kind = day[1]
+        columns = (group[c].to_list() for c in ("row", "user_id", "micros", "kafka_offset", "country"))
+        for row, user, micros, offset, country in zip(*columns, strict=True):
+            stored = lookup(user)
+            if stored is None or micros < stored[0] or (micros == stored[0] and offset < stored[1]):
+                changed.append(row)
+                now[user] = (micros, offset, country)
+                if stored is not None:
+                    replaced.append((stored[0], stored[2], kind))
+        if now:
+            self._pending.setdefault(day, {}).update(now)
+
     def committed(self) -> None:
         """The transaction of the upserts since the last call committed: the index takes them."""
         if self._pending_drop is not None:
             first_kept = self._pending_drop
             self._firsts = {day: users for day, users in self._firsts.items() if day[0] >= first_kept}
-        for (day, user), first in self._pending.items():
-            self._firsts.setdefault(day, {})[user] = first
+        for day, users in self._pending.items():
+            self._firsts.setdefault(day, {}).update(users)
         self.rolled_back()
 
     def rolled_back(self) -> None:
