@@ -57,24 +57,29 @@ def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[s
     return digests
 
 
-def late_files(settings: Settings, day: date) -> list[Path]:
-    """The day's raw files published after its last build (none for a day never built)."""
+def late_files(settings: Settings, day: date, files: list[Path] | None = None) -> list[Path]:
+    """The day's raw files (``files``, else read now) published after its last build (none for a day
+    never built)."""
     record = read_build_record(settings, day)
     if record is None:
         return []
     built = set(record["raw_files"])
-    return [f for f in RawStore(settings.data_dir, settings.topic).files_for_date(day) if f.name not in built]
+    files = RawStore(settings.data_dir, settings.topic).files_for_date(day) if files is None else files
+    return [f for f in files if f.name not in built]
 
 
 def late_days(settings: Settings) -> dict[date, int]:
     """Whole built days with raw files published after their build, and how many."""
-    manifest = read_manifest(settings.data_dir)
+    days = read_manifest(settings.data_dir).get("days", {})
+    whole = [
+        day
+        for day in sorted(map(date.fromisoformat, days))
+        # a partial day is not late: its next build reads whatever has arrived
+        if datetime.fromisoformat(days[day.isoformat()]["built_until"]) >= midnight(day) + DAY
+    ]
     found = {}
-    for key, entry in sorted(manifest.get("days", {}).items()):
-        day = date.fromisoformat(key)
-        if datetime.fromisoformat(entry["built_until"]) < midnight(day) + DAY:
-            continue  # a partial day: its next build reads whatever has arrived
-        late = late_files(settings, day)
+    for day, files in RawStore(settings.data_dir, settings.topic).files_for_dates(whole).items():
+        late = late_files(settings, day, files)
         if late:
             found[day] = len(late)
     return found

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -222,10 +223,17 @@ class RawStore:
 
     def files_for_date(self, event_date: date) -> list[Path]:
         """The published files of one event date that the manifests cover, in offset order."""
-        return self._covered(self.events_dir / f"event_date={event_date.isoformat()}")
+        return self.files_for_dates([event_date])[event_date]
+
+    def files_for_dates(self, event_dates: Iterable[date]) -> dict[date, list[Path]]:
+        """:meth:`files_for_date` for each of ``event_dates``, reading the manifests once."""
+        manifests = self.manifests()
+        return {day: self._covered(self.events_dir / f"event_date={day.isoformat()}", manifests) for day in event_dates}
 
     def dead_letter_files(self) -> list[Path]:
-        return [path for folder in sorted(self.dead_letter_dir.glob("ingest_date=*")) for path in self._covered(folder)]
+        manifests = self.manifests()
+        folders = sorted(self.dead_letter_dir.glob("ingest_date=*"))
+        return [path for folder in folders for path in self._covered(folder, manifests)]
 
     def event_dates(self) -> list[date]:
         return sorted(
@@ -233,8 +241,7 @@ class RawStore:
             for folder in self.events_dir.glob("event_date=*")
         )
 
-    def _covered(self, folder: Path) -> list[Path]:
-        manifests = self.manifests()
+    def _covered(self, folder: Path, manifests: dict[int, Manifest]) -> list[Path]:
         covered = []
         for path in folder.glob("*.parquet"):
             batch = BatchRange.parse(path.name)
