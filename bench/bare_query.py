@@ -8,7 +8,10 @@ pays only for the interpreter and DuckDB.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -38,6 +41,25 @@ class Files:
     @classmethod
     def load(cls, path: Path) -> Files:
         return cls(**json.loads(path.read_text()))
+
+
+@contextmanager
+def pinned(files: Files) -> Iterator[Files]:
+    """The same files, each opened once and read through its descriptor, as the serving layer reads them:
+    DuckDB opens a Parquet file more than once per query, and a snapshot replaced in between would pair
+    one file's footer with another's bytes (DuckDB: "TProtocolException: Invalid data")."""
+    with ExitStack() as stack:
+
+        def pin(path: str) -> str:
+            descriptor = os.open(path, os.O_RDONLY)
+            stack.callback(os.close, descriptor)
+            return f"/dev/fd/{descriptor}"
+
+        yield replace(
+            files,
+            batch_files=[pin(p) for p in files.batch_files],
+            speed_snapshots=[pin(p) for p in files.speed_snapshots],
+        )
 
 
 def statement(files: Files) -> tuple[str, dict[str, object]]:

@@ -182,11 +182,11 @@ def run_bare_query(files: Path) -> None:
     """Import DuckDB and run the bare query once, as a user's own script over the published files would."""
     import duckdb
 
-    from bench.bare_query import SETTINGS, Files, statement
+    from bench.bare_query import SETTINGS, Files, pinned, statement
 
-    sql, values = statement(Files.load(files))
     started = time.monotonic()
-    with duckdb.connect() as con:
+    with duckdb.connect() as con, pinned(Files.load(files)) as files_now:
+        sql, values = statement(files_now)
         con.execute(SETTINGS).fetchall()
         rows = con.execute(sql, values).fetchall()
     _emit({"days": len(rows), "seconds": round(time.monotonic() - started, 4)})

@@ -33,7 +33,7 @@ from pathlib import Path
 import duckdb
 
 from bench import plots
-from bench.bare_query import SETTINGS, Files, statement
+from bench.bare_query import SETTINGS, Files, pinned, statement
 from bench.batch_build import dbt_env
 from bench.core import Context, Row, Section, percentile
 from bench.events import TOPIC
@@ -146,11 +146,13 @@ class Bare:
     def ask(self) -> tuple[float, list[tuple]]:
         """One query, timed; listed again when a rebuild swapped a file away in between."""
         for attempt in range(5):
-            sql, values = statement(published_files(self.settings, self.question))
+            files = published_files(self.settings, self.question)
             started = time.perf_counter()
             try:
-                rows = self.con.execute(sql, values).fetchall()
-            except duckdb.IOException:
+                with pinned(files) as files_now:
+                    sql, values = statement(files_now)
+                    rows = self.con.execute(sql, values).fetchall()
+            except FileNotFoundError:
                 if attempt == 4:
                     raise
                 continue
