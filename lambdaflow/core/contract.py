@@ -25,7 +25,8 @@ from typing import Protocol
 import duckdb
 import polars as pl
 
-EVENT_TYPES = ("signup", "login", "page_view", "order")
+from lambdaflow.core.event_types import EVENT_TYPES
+
 MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_COUNTRY = "ZZ"
 # How far occurred_at may run ahead of the message's Kafka timestamp.

@@ -6,11 +6,12 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from lambdaflow.core.errors import InputError, first_line
+
+if TYPE_CHECKING:  # only the frame's own method is called: readers of small files need not import Polars
+    import polars as pl
 
 
 def fsync_dir(path: Path) -> None:

@@ -17,13 +17,16 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
 import yaml
 
-from lambdaflow.core.contract import EVENT_TYPES
 from lambdaflow.core.errors import ConfigError
+from lambdaflow.core.event_types import EVENT_TYPES
 from lambdaflow.core.project import DBT_PROJECT_FILE
+
+if TYPE_CHECKING:  # the expressions are the speed layer's; a serving answer reads only the names
+    import polars as pl
 
 AGGREGATIONS = ("count", "sum", "users")
 SUMMABLE_FIELDS = ("amount_cents",)
@@ -45,12 +48,16 @@ class Metric:
 
     def selects(self) -> pl.Expr:
         """True for the events this metric looks at."""
+        import polars as pl
+
         if self.event_types:
             return pl.col("event_type").is_in(list(self.event_types))
         return pl.col("event_type").is_not_null()  # every valid event (a literal would not broadcast in a group)
 
     def hourly_expression(self) -> pl.Expr:
         """The metric over one group of distinct events (count and sum metrics only)."""
+        import polars as pl
+
         if self.aggregation == "count":
             return self.selects().sum().cast(pl.Int64).alias(self.name)
         if self.aggregation == "sum" and self.field is not None:  # load() refuses a sum without one

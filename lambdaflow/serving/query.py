@@ -23,16 +23,19 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import jinja2
-import polars as pl
 
 from lambdaflow.core import metrics
 from lambdaflow.core.boundary import BatchHours, boundary_of, read_manifest, start_of
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.project import SERVING_SQL
+
+if TYPE_CHECKING:
+    import polars as pl
 
 MAX_DAYS = 3660
 _COUNTRY = re.compile(r"[A-Z]{2}")
