@@ -351,6 +351,7 @@ class StreamWorker:
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
             },
+            durable=False,  # progress only, written every second: no fsync in the counting path
         )
 
     def caught_up(self, partition: int) -> bool:

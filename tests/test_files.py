@@ -45,3 +45,15 @@ def test_a_replacing_publish_and_a_json_replace_make_their_names_durable(tmp_pat
     synced.clear()
     files.replace_json(tmp_path / "state" / "new" / "status.json", {"a": 1})
     assert str(tmp_path / "state") in synced and synced[-1] == str(tmp_path / "state" / "new")
+
+
+def test_a_progress_file_is_replaced_whole_without_an_fsync(tmp_path, monkeypatch) -> None:
+    """The stream worker's status, written every second from the counting path: atomic, never fsynced."""
+    target = tmp_path / "speed" / "status-0.json"
+    files.replace_json(target, {"next_offset": 1})  # durable: makes the folders and syncs them
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    files.replace_json(target, {"next_offset": 2}, durable=False)
+    assert synced == []
+    assert files.read_json(target) == {"next_offset": 2}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["status-0.json"]  # no temporary file left

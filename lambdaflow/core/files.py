@@ -80,17 +80,23 @@ def publish_replacing(temp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def replace_json(path: Path, document: Any, temp_dir: Path | None = None) -> None:
-    """Atomically replace a small JSON file (write, fsync, rename, fsync the directory)."""
+def replace_json(path: Path, document: Any, temp_dir: Path | None = None, durable: bool = True) -> None:
+    """Atomically replace a small JSON file (write, fsync, rename, fsync the directory).
+
+    ``durable=False`` skips both fsyncs, for a file that only reports progress and is written again
+    within seconds: a killed process still leaves the old file or the new one, whole; only a machine
+    that loses power may leave it empty, and its worker then writes it again."""
     mkdir_durably(path.parent)
     temp = temp_path_for(path, temp_dir or path.parent)
     with temp.open("w") as handle:
         json.dump(document, handle, indent=1, sort_keys=True, default=str)
         handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 PROGRESS_ONLY = "it only reports progress: delete it, and the partition's worker writes it again"
