@@ -23,13 +23,16 @@ MESSAGES = 2_000
 class Recorder:
     """A sink that records every run of records it takes, and the gaps between them."""
 
-    def __init__(self, rewind_after: int | None = None, rewind_to: int = 0, fail: bool = False) -> None:
+    def __init__(
+        self, rewind_after: int | None = None, rewind_to: int = 0, fail: bool = False, after_poll: bool = False
+    ) -> None:
         self.loop: PartitionedLoop | None = None
         self.position: dict[int, int] = {}
         self.runs: list[tuple[int, int]] = []  # (first offset, last offset) per take, partition 0
         self.gaps: list[tuple[int, int]] = []  # (expected, got)
         self.threads: set[str] = set()
         self.rewind_after, self.rewind_to, self.fail = rewind_after, rewind_to, fail
+        self.rewind_in_after_poll = after_poll  # as the archiver does when a publish finds a new log
         self.finished: dict[int, int] | None = None  # the positions when the loop finished
         self.closed = False
 
@@ -60,13 +63,19 @@ class Recorder:
             if first != self.position[tp.partition]:
                 self.gaps.append((self.position[tp.partition], first))
             self.position[tp.partition] = last + 1
-            if self.rewind_after is not None and last >= self.rewind_after:
-                self.rewind_after = None  # once
-                self.loop.seek(tp, self.rewind_to)  # as a stale batch makes the stream worker do
-                self.position[tp.partition] = self.rewind_to
+            if not self.rewind_in_after_poll:
+                self._maybe_rewind(tp)  # as a stale batch makes the stream worker do
+
+    def _maybe_rewind(self, tp: TopicPartition) -> None:
+        assert self.loop is not None
+        if self.rewind_after is not None and self.position.get(tp.partition, 0) > self.rewind_after:
+            self.rewind_after = None  # once
+            self.loop.seek(tp, self.rewind_to)
+            self.position[tp.partition] = self.rewind_to
 
     def after_poll(self) -> None:
-        pass
+        if self.rewind_in_after_poll:
+            self._maybe_rewind(TopicPartition(self.loop.topic if self.loop else "", 0))
 
     def caught_up(self, partition: int) -> bool:
         assert self.loop is not None
@@ -118,6 +127,16 @@ def test_a_seek_asked_while_counting_drops_what_was_polled_meanwhile(kafka_boots
     """The batch polled while the sink counted comes from where the partition was; the sink must next
     see the records from where it moved the consumer, not that batch."""
     sink = Recorder(rewind_after=700, rewind_to=250)
+    _run(kafka_bootstrap, one_partition, sink)
+    assert sink.gaps == []
+    rewound = next(i for i, (first, last) in enumerate(sink.runs) if last >= 700)
+    assert sink.runs[rewound + 1][0] == 250
+    assert sink.finished == {0: MESSAGES}
+
+
+def test_a_seek_on_the_loops_thread_drops_the_batch_in_hand(kafka_bootstrap: str, one_partition: str) -> None:
+    """after_poll runs while the next batch is already polled: a seek there must drop that batch too."""
+    sink = Recorder(rewind_after=700, rewind_to=250, after_poll=True)
     _run(kafka_bootstrap, one_partition, sink)
     assert sink.gaps == []
     rewound = next(i for i, (first, last) in enumerate(sink.runs) if last >= 700)

@@ -20,9 +20,10 @@ loop thread only polls, and the rebalance callbacks, which kafka-python calls
 from inside ``poll``, first wait for ``take`` to return. The consumer is not
 thread-safe, so ``take`` reaches it only through :meth:`PartitionedLoop.seek`,
 :meth:`~PartitionedLoop.seek_to_beginning` and :meth:`~PartitionedLoop.commit`,
-which the loop applies on its own thread once ``take`` has returned; records
-already polled for a partition ``take`` moved are dropped (the consumer fetches
-them again from where it was moved to).
+which the loop applies on its own thread once ``take`` has returned. Records
+polled for a partition that was moved after they were polled (by ``take``,
+``after_poll`` or ``before_poll``) are dropped: the consumer fetches them again
+from where it was moved to.
 
 An error a sink raises in a rebalance callback (a damaged manifest, a state
 file for other metrics) is raised by :meth:`PartitionedLoop.run` on the next
@@ -179,6 +180,8 @@ class PartitionedLoop(ConsumerRebalanceListener):
         self._thread: int | None = None  # the loop's thread, once it runs
         self._seeks: list[_Seek] = []  # asked for by take, applied by the loop's thread
         self._commits: dict[int, int] = {}
+        self._moved: set[TopicPartition] = set()  # seeked since the batch in hand was polled
+        self._polling = False
         self._partitions: int | None = None
 
     def run(
@@ -196,11 +199,16 @@ class PartitionedLoop(ConsumerRebalanceListener):
                 self.sink.before_poll()
                 if self._fatal is not None:
                     raise self._fatal
-                self._counting.start(self.sink.take, polled, new_connection)
-                polled = clients.poll(self.consumer, self.watch.client_complained, **poll_options)
+                self._counting.start(self.sink.take, self._without_moved(polled), new_connection)
+                self._polling = True
+                try:
+                    polled = clients.poll(self.consumer, self.watch.client_complained, **poll_options)
+                finally:
+                    self._polling = False
                 new_connection = self._connections.since_last_asked()
                 self._counting.result()
-                self._apply_requests(polled)
+                self._seek_asked()
+                self._commit_asked()
                 if self.first_message_at is None and any(polled.values()):
                     self.first_message_at = time.monotonic()
                 self._read_end_offsets()
@@ -270,14 +278,15 @@ class PartitionedLoop(ConsumerRebalanceListener):
         if self._on_loop_thread():
             self._seek_asked()
 
-    def _apply_requests(self, polled: dict[TopicPartition, list]) -> None:
-        """What take asked of the consumer, now that it returned; records polled meanwhile for a partition
-        it moved come from where the partition was, so they are dropped (and fetched again)."""
-        for moved in self._seek_asked():
-            polled.pop(moved, None)
-        self._commit_asked()
+    def _without_moved(self, polled: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
+        """The polled batch less the partitions moved since it was polled (by take, after_poll or
+        before_poll): those records come from where the partition was, and are fetched again from where
+        it was moved to. A seek made inside poll (a rebalance callback) is not among them: kafka-python
+        returns only records from the position it left."""
+        moved, self._moved = self._moved, set()
+        return {tp: records for tp, records in polled.items() if tp not in moved}
 
-    def _seek_asked(self) -> set[TopicPartition]:
+    def _seek_asked(self) -> None:
         seeks, self._seeks = self._seeks, []
         for seek in seeks:
             try:
@@ -287,7 +296,9 @@ class PartitionedLoop(ConsumerRebalanceListener):
                     self.consumer.seek(seek.tp, seek.offset)
             except ValueError:  # kafka-python's "Unassigned partition": revoked meanwhile, its next owner seeks
                 log.debug("%s[%d]: not assigned any more; seek dropped", self.topic, seek.tp.partition)
-        return {seek.tp for seek in seeks}
+                continue
+            if not self._polling:
+                self._moved.add(seek.tp)
 
     def _commit_asked(self) -> None:
         commits, self._commits = self._commits, {}
