@@ -123,20 +123,11 @@ def test_the_sink_counts_on_its_own_thread_and_sees_every_record_once_in_order(
     assert sink.closed
 
 
-def test_a_seek_asked_while_counting_drops_what_was_polled_meanwhile(kafka_bootstrap: str, one_partition: str) -> None:
-    """The batch polled while the sink counted comes from where the partition was; the sink must next
-    see the records from where it moved the consumer, not that batch."""
-    sink = Recorder(rewind_after=700, rewind_to=250)
-    _run(kafka_bootstrap, one_partition, sink)
-    assert sink.gaps == []
-    rewound = next(i for i, (first, last) in enumerate(sink.runs) if last >= 700)
-    assert sink.runs[rewound + 1][0] == 250
-    assert sink.finished == {0: MESSAGES}
-
-
-def test_a_seek_on_the_loops_thread_drops_the_batch_in_hand(kafka_bootstrap: str, one_partition: str) -> None:
-    """after_poll runs while the next batch is already polled: a seek there must drop that batch too."""
-    sink = Recorder(rewind_after=700, rewind_to=250, after_poll=True)
+@pytest.mark.parametrize("in_after_poll", [False, True], ids=["by-take", "by-after-poll"])
+def test_a_seek_drops_the_batch_polled_before_it(kafka_bootstrap: str, one_partition: str, in_after_poll: bool) -> None:
+    """The batch polled while the sink counted (or while after_poll ran, on the loop's thread) comes from
+    where the partition was; the sink must next see the records from where it moved the consumer."""
+    sink = Recorder(rewind_after=700, rewind_to=250, after_poll=in_after_poll)
     _run(kafka_bootstrap, one_partition, sink)
     assert sink.gaps == []
     rewound = next(i for i, (first, last) in enumerate(sink.runs) if last >= 700)
