@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 DOCS_PORT ?= 8081
 
-.PHONY: install test test-all demo bench chaos docs up down lock clean
+.PHONY: install browser test test-all demo bench chaos docs up down lock clean
 
 install: $(INSTALLED)
 
@@ -29,11 +29,19 @@ $(INSTALLED): requirements.txt pyproject.toml Makefile
 PYTEST_WORKERS ?= 3
 PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope
 
-test: install
+test: install browser
 	$(PYTEST) -m "not slow"
 
-test-all: install
+test-all: install browser
 	$(PYTEST)
+
+# Debian's Chromium and ChromeDriver, for the dashboard's tests in a real browser
+# (tests/test_dashboard.py); installed from the package registry when missing.
+AS_ROOT := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null && echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	    $(AS_ROOT) apt-get update -qq && \
+	    $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 demo: install
 	$(BIN)/python -m lambdaflow.ops.demo

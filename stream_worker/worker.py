@@ -33,7 +33,8 @@ import polars as pl
 from kafka import TopicPartition
 
 from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours
-from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, records_frame
+from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, reasons_by_partition, records_frame
+from lambdaflow.core.counters import PartitionCounters
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import remove_stale_temps, replace_json
 from lambdaflow.kafka.log_identity import fingerprint
@@ -60,6 +61,7 @@ class Owned:
     next_open_attempt: float = 0.0
     status_written: float = 0.0
     check_log: bool = False  # connected anew since the last commit: is the log still the one counted?
+    counters: PartitionCounters = field(default_factory=PartitionCounters)
 
     @property
     def open_state(self) -> PartitionState:
@@ -171,18 +173,29 @@ class StreamWorker:
             batches[tp.partition] = records
         if not batches:
             return
+        started = time.monotonic()
         records = [record for partition_records in batches.values() for record in partition_records]
         decoded = self._classifier.classify(records_frame(records))
         events_by_partition = decoded.events.partition_by("kafka_partition", as_dict=True)
+        reasons = reasons_by_partition(decoded.rejects)
         self.totals.messages += len(records)
         self.totals.events += decoded.events.height
         self.totals.rejects += decoded.rejects.height
         self._batch.read()
         for partition, partition_records in batches.items():
-            self._commit(partition, partition_records, events_by_partition.get((partition,)), self._batch.hours)
+            events = events_by_partition.get((partition,))
+            self.owned[partition].counters.count(
+                len(partition_records), 0 if events is None else events.height, reasons.get(partition, ())
+            )
+            self._commit(partition, partition_records, events, self._batch.hours)
+        took = time.monotonic() - started
+        for partition in batches:
+            self.owned[partition].counters.batch(took)
+            self._write_status(partition)
 
     def _commit(self, partition: int, records: list, events, batch: BatchHours) -> None:
         owned = self.owned[partition]
+        started = time.monotonic()
         start, end = owned.position, records[-1].offset + 1
         if events is None:
             events = pl.DataFrame(schema=EVENT_SCHEMA)
@@ -198,8 +211,8 @@ class StreamWorker:
         self.totals.new_events += new
         self.totals.commits += 1
         owned.open_state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+        owned.counters.commit(time.monotonic() - started, records[-1].timestamp)
         self.loop.commit(partition, end)
-        self._write_status(partition)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
 
     def _follow_batch(self) -> None:
@@ -350,6 +363,7 @@ class StreamWorker:
                 "epoch": owned.state.consumed().epoch,
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
+                "counters": owned.counters.as_dict(),
             },
             durable=False,  # progress only, written every second: no fsync in the counting path
         )

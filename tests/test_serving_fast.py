@@ -23,77 +23,11 @@ import jinja2
 import polars as pl
 import pytest
 
-from lambdaflow.core import metrics
 from lambdaflow.core.config import Settings
-from lambdaflow.core.files import read_json, replace_json
+from lambdaflow.core.files import read_json
 from lambdaflow.serving import query
 from lambdaflow.serving.query import SERVING_SQL, Question, ServingInputs, answer
-
-TODAY = date(2026, 11, 27)
-DAYS = [TODAY - timedelta(days=n) for n in range(6, 0, -1)]  # closed, built days
-COUNTRIES = ["DE", "FR", "ZZ"]
-NAMES = metrics.names()
-
-
-def _cells(rng: random.Random, day: date, hours: range, names: tuple[str, ...]) -> list[dict]:
-    return [
-        {"event_date": day, "hour": hour, "country": country, **{m: rng.randint(0, 40) for m in names}}
-        for hour in hours
-        for country in COUNTRIES
-        if rng.random() < 0.8
-    ]
-
-
-def _write(frame_rows: list[dict], path: Path, extra: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    frame = pl.DataFrame(frame_rows).with_columns(pl.col("hour").cast(pl.Int32))
-    if extra:
-        frame = frame.with_columns(**{k: pl.lit(v) for k, v in extra.items()})
-    frame.write_parquet(temp)
-    os.replace(temp, path)  # as the layers publish: whole files only
-
-
-def publish_day(data_dir: Path, day: date, rows: list[dict], until: datetime, boundary: datetime, tag: str) -> None:
-    """A batch day as `publish` leaves it: a new file, then the manifest swapped to name it."""
-    relative = f"batch/published/event_date={day.isoformat()}/hourly-{tag}.parquet"
-    batch_rows = [{**r, "event_hour": datetime(day.year, day.month, day.day, r["hour"])} for r in rows]
-    _write(batch_rows, data_dir / relative)
-    manifest_file = data_dir / "batch" / "manifest.json"
-    manifest = read_json(manifest_file) or {"days": {}}
-    manifest["days"][day.isoformat()] = {"file": relative, "built_until": until.isoformat() + "+00:00"}
-    manifest["boundary"] = boundary.isoformat() + "+00:00"
-    replace_json(manifest_file, manifest)
-
-
-def write_snapshot(data_dir: Path, partition: int, rows: list[dict]) -> None:
-    _write(
-        rows,
-        data_dir / "speed" / "events" / "snapshots" / f"partition-{partition}.parquet",
-        {"kafka_partition": partition, "next_offset": 100, "epoch": 0},
-    )
-
-
-def make_world(data_dir: Path, seed: int, boundary_hour: int | None = 10, snapshots: bool = True) -> Settings:
-    """Six built days (the two oldest before `page_views` existed), today built until ``boundary_hour``,
-    and three partitions' snapshots holding yesterday and today (rows before the boundary included, as
-    the speed layer keeps a day's grace)."""
-    rng = random.Random(seed)
-    boundary = datetime(TODAY.year, TODAY.month, TODAY.day, boundary_hour or 0)
-    if boundary_hour is not None:
-        for index, day in enumerate(DAYS):
-            names = tuple(m for m in NAMES if m != "page_views") if index < 2 else NAMES
-            end = datetime(day.year, day.month, day.day) + timedelta(days=1)
-            publish_day(data_dir, day, _cells(rng, day, range(24), names), end, end, f"{seed}-{index}")
-        if boundary_hour:  # no hour of today built: the boundary is today's midnight, the last day's end
-            publish_day(
-                data_dir, TODAY, _cells(rng, TODAY, range(boundary_hour), NAMES), boundary, boundary, f"{seed}-t"
-            )
-    if snapshots:
-        for partition in range(3):
-            rows = _cells(rng, DAYS[-1], range(24), NAMES) + _cells(rng, TODAY, range(24), NAMES)
-            write_snapshot(data_dir, partition, rows)
-    return Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir), "LAMBDAFLOW_TOPIC": "events"})
+from tests.serving_world import COUNTRIES, DAYS, NAMES, TODAY, cells, make_world, publish_day, write_snapshot
 
 
 def _dbt_template() -> jinja2.Template:
@@ -223,7 +157,7 @@ def test_a_day_the_batch_has_not_built_is_served_by_the_speed_layer_never_as_bat
     settings = make_world(data_dir, seed=12, boundary_hour=None)  # snapshots only: yesterday and today
     rng = random.Random(13)
     boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 10)
-    publish_day(data_dir, TODAY, _cells(rng, TODAY, range(10), NAMES), boundary, boundary, "today-first")
+    publish_day(data_dir, TODAY, cells(rng, TODAY, range(10), NAMES), boundary, boundary, "today-first")
 
     (yesterday,) = answer(settings, Question(DAYS[-1], DAYS[-1]))
     assert yesterday == {
@@ -249,9 +183,9 @@ def test_the_hours_after_a_days_built_until_are_the_speed_layers_even_before_the
     rng = random.Random(15)
     day = DAYS[-1]
     six = datetime(day.year, day.month, day.day, 6)
-    publish_day(data_dir, day, _cells(rng, day, range(6), NAMES), six, six, "partial")
+    publish_day(data_dir, day, cells(rng, day, range(6), NAMES), six, six, "partial")
     boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 3)
-    publish_day(data_dir, TODAY, _cells(rng, TODAY, range(3), NAMES), boundary, boundary, "later")
+    publish_day(data_dir, TODAY, cells(rng, TODAY, range(3), NAMES), boundary, boundary, "later")
 
     hourly = answer(settings, Question(day, day, hourly=True))
     assert [row["source"] for row in hourly] == ["batch"] * 6 + ["realtime"] * 18
@@ -275,7 +209,7 @@ def test_the_serving_sql_is_rendered_once_per_template_metrics_and_boundary(tmp_
     assert query.rendered_statement.cache_info().misses == 1
     # The boundary moves (today built further): rendered again, and the answer follows it.
     boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 12)
-    publish_day(data_dir, TODAY, _cells(random.Random(1), TODAY, range(12), NAMES), boundary, boundary, "moved")
+    publish_day(data_dir, TODAY, cells(random.Random(1), TODAY, range(12), NAMES), boundary, boundary, "moved")
     assert answer(settings, week) == reference(settings, week)
     assert query.rendered_statement.cache_info().misses == 2
 
@@ -289,8 +223,8 @@ def test_answers_from_threads_while_files_are_replaced_each_see_one_version_of_e
     day = DAYS[-1]
     end = datetime(day.year, day.month, day.day) + timedelta(days=1)
     boundary = datetime(TODAY.year, TODAY.month, TODAY.day, 10)
-    versions_day = [_cells(rng, day, range(24), NAMES) for _ in range(2)]
-    versions_snapshot = [_cells(rng, TODAY, range(24), NAMES) for _ in range(2)]
+    versions_day = [cells(rng, day, range(24), NAMES) for _ in range(2)]
+    versions_snapshot = [cells(rng, TODAY, range(24), NAMES) for _ in range(2)]
     week = Question(TODAY - timedelta(days=6), TODAY)
     expected = []
     for index, (day_rows, snapshot_rows) in enumerate(itertools.product(versions_day, versions_snapshot)):

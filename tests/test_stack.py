@@ -62,12 +62,13 @@ class Stack:
         return json.loads((self.data_dir / "run" / "stack.json").read_text())["services"]
 
 
-def _two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
+def _free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         if name.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW")):  # airflow_service_env reads os.environ too
             monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
-    airflow_port, docs_port = _two_free_ports()
+    airflow_port, docs_port, serve_port = _free_ports(3)
     today = datetime.now(UTC).date()
     env = dict(os.environ)
     env.update(
@@ -85,6 +86,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
             "LAMBDAFLOW_DATA_DIR": str(data_dir),
             "LAMBDAFLOW_AIRFLOW_PORT": str(airflow_port),
             "LAMBDAFLOW_DOCS_PORT": str(docs_port),
+            "LAMBDAFLOW_SERVE_PORT": str(serve_port),
             "LAMBDAFLOW_LIVE_RATE": "1",
             # A closed day is complete once the archiver has caught up, and publishes within seconds.
             "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0",
@@ -117,6 +119,8 @@ def test_up_serves_everything_and_down_stops_exactly_what_up_started(stack: Stac
         _docs_site_answers(report)
     with _phase("events"):
         _events_flow(stack)
+    with _phase("serving"):
+        _serving_answers(stack)
     with _phase("history"):
         _produce_history(stack, day)
     with _phase("backfill"):
@@ -154,6 +158,15 @@ def _a_second_up_is_refused(stack: Stack) -> None:
     assert again.returncode == 1
     assert "a stack is already up" in again.stderr and "run `make down` first" in again.stderr
     assert stack.recorded == before
+
+
+def _serving_answers(stack: Stack) -> None:
+    """The serving API answers what the CLI prints, and its health sees both workers running."""
+    url = stack.report["serve_url"]
+    status, rows = http_json("GET", url + "/api/query")
+    assert status == 200 and len(rows) == 7
+    status, health = http_json("GET", url + "/healthz/stream")
+    assert status == 200, health
 
 
 def _docs_site_answers(report: dict) -> None:
@@ -296,14 +309,14 @@ def _every_server_listens_on_loopback_only(stack: Stack) -> None:
                 servers[(process.pid, listening[inode][1])] = listening[inode][0]
     ports = {port for _, port in servers}
     report = stack.report
-    for url in (report["airflow_url"], report["docs_url"], f"tcp://{report['kafka_bootstrap']}"):
+    for url in (report["airflow_url"], report["docs_url"], report["serve_url"], f"tcp://{report['kafka_bootstrap']}"):
         assert int(url.rsplit(":", 1)[1].rstrip("/")) in ports, (url, servers)
     assert {address for address in servers.values()} <= LOOPBACK, servers
 
 
 def _down_stops_every_recorded_group(stack: Stack) -> None:
     recorded = stack.recorded
-    assert {s["name"] for s in recorded} == {"broker", "archive", "stream", "produce", "docs", "airflow"}
+    assert {s["name"] for s in recorded} == {"broker", "archive", "stream", "produce", "docs", "serve", "airflow"}
     down = stack.run("-m", "lambdaflow.ops.stack", "down")
     assert down.returncode == 0, down.stderr[-3000:]
     stopped = {s["name"]: s["stopped_by"] for s in json.loads(down.stdout)["stopped"]}

@@ -112,7 +112,8 @@ class Archiver:
     def _accept(self, polled: dict) -> None:
         if not polled:
             return
-        accepted = []
+        started = time.monotonic()
+        accepted, taken = [], []
         for tp, records in polled.items():
             owned = self.owned.get(tp.partition)
             if owned is None or not records:
@@ -123,15 +124,22 @@ class Archiver:
             owned.position = records[-1].offset + 1
             accepted.extend(records)
             owned.buffer.add(records)
+            owned.counters.count(messages=len(records))
+            taken.append(tp.partition)
         if not accepted:
             return
         decoded = self._classifier.classify(records_frame(accepted))
         for (partition,), events in decoded.events.partition_by("kafka_partition", as_dict=True).items():
             self.owned[partition].buffer.events.append(events)
+            self.owned[partition].counters.count(events=events.height)
         for (partition,), rejects in decoded.rejects.partition_by("kafka_partition", as_dict=True).items():
             self.owned[partition].buffer.rejects.append(rejects)
+            self.owned[partition].counters.count(reasons=rejects["reason"].to_list())
             for row in rejects.head(3).iter_rows(named=True):
                 log.debug("%s[%d] offset %d rejected: %s", self.topic, partition, row["kafka_offset"], row["reason"])
+        took = time.monotonic() - started
+        for partition in taken:
+            self.owned[partition].counters.batch(took)
 
     def _on_rewind(self, tp: TopicPartition, offset: int) -> None:
         """The consumer was reset below where it stood: most likely the log restarted."""
@@ -241,6 +249,7 @@ class Archiver:
             return
         assert buffer.last is not None and buffer.last_record is not None  # not empty: checked above
         batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
+        started = time.monotonic()
         ingested_at = datetime.now(UTC)
         stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
         events = concat_or_empty(buffer.events, EVENT_SCHEMA).with_columns(stamp)
@@ -270,6 +279,7 @@ class Archiver:
             latest = arrived_by(newest if isinstance(newest, datetime) else None, ingested_at)
             if latest is not None:
                 owned.watermark = latest if owned.watermark is None else max(owned.watermark, latest)
+        owned.counters.commit(time.monotonic() - started, buffer.last_record.get("timestamp"))
         self.loop.commit(partition, manifest.next_offset)
         self.totals.messages += buffer.messages
         self.totals.events += events.height
@@ -330,6 +340,7 @@ class Archiver:
                 "caught_up_at": owned.caught_up_at,
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
+                "counters": owned.counters.as_dict(),
             },
         )
 

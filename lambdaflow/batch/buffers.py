@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from lambdaflow.batch.raw_writer import RawStoreWriter
+from lambdaflow.core.counters import PartitionCounters
 from lambdaflow.core.files import (
     PROGRESS_ONLY,
     DamagedFile,
@@ -74,6 +75,7 @@ class OwnedPartition:
     watermark: str | None = None
     caught_up_at: str | None = None
     status_written: float = 0.0
+    counters: PartitionCounters = field(default_factory=PartitionCounters)
 
 
 @dataclass

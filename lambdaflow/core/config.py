@@ -9,6 +9,7 @@ one machine with no setup: the embedded broker and files under ``data/``.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -49,6 +50,11 @@ class Settings:
     speed_retention_days: int = 7
     """The speed layer keeps dedupe keys and user-days for this many recent days, built or not
     (LAMBDAFLOW_SPEED_RETENTION_DAYS); of older days it keeps only the aggregates."""
+    serve_port: int = 8082
+    """The port `lambdaflow serve` listens on unless --port says otherwise (LAMBDAFLOW_SERVE_PORT)."""
+    serve_host: str = "127.0.0.1"
+    """The address it listens on (LAMBDAFLOW_SERVE_HOST): loopback, except in a container whose
+    port is published (docker-compose.yml)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -79,6 +85,8 @@ class Settings:
             speed_retention_days=int(
                 _positive(environ, "LAMBDAFLOW_SPEED_RETENTION_DAYS", default=7, at_most=366, whole=True)
             ),
+            serve_port=int(_positive(environ, "LAMBDAFLOW_SERVE_PORT", default=8082, at_most=65535, whole=True)),
+            serve_host=_address(environ, "LAMBDAFLOW_SERVE_HOST", default="127.0.0.1"),
         )
 
     @property
@@ -102,6 +110,16 @@ def _positive(environ: Mapping[str, str], name: str, default: float, at_most: fl
     if not (value is not None and 0 < value <= at_most):
         raise ConfigError(f"{name}={raw!r} must be a number above 0 and at most {at_most:g}")
     return value
+
+
+def _address(environ: Mapping[str, str], name: str, default: str) -> str:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return str(ipaddress.IPv4Address(raw))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an IPv4 address, e.g. 127.0.0.1") from None
 
 
 def _minutes(environ: Mapping[str, str], name: str, default: float, at_most: float) -> float:

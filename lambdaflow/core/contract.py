@@ -287,3 +287,13 @@ def classify(records: pl.DataFrame) -> Decoded:
     if classifier is None:
         classifier = _local.classifier = Classifier()
     return classifier.classify(records)
+
+
+def reasons_by_partition(rejects: pl.DataFrame) -> dict[int, list[str]]:
+    """Each partition's reject reasons, one per rejected message."""
+    if not rejects.height:
+        return {}
+    found: dict[int, list[str]] = {}
+    for partition, reason in rejects.select("kafka_partition", "reason").iter_rows():
+        found.setdefault(partition, []).append(reason)
+    return found

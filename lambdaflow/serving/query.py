@@ -31,6 +31,7 @@ import jinja2
 from lambdaflow.core import metrics
 from lambdaflow.core.boundary import BatchHours, boundary_of, read_manifest, start_of
 from lambdaflow.core.config import Settings
+from lambdaflow.core.days import parse_query_day, today
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.project import SERVING_SQL
 
@@ -59,6 +60,23 @@ class Question:
         if country is not None and not _COUNTRY.fullmatch(country):
             raise LambdaflowError(f"--country {country!r} is not two capital letters, e.g. DE (ZZ: unknown)")
         return cls(start, end, hourly, country)
+
+
+DEFAULT_DAYS = 7
+"""A question without a range asks about the last seven UTC days, today included."""
+
+
+def ask(
+    date_from: str | None = None, date_to: str | None = None, hourly: bool = False, country: str | None = None
+) -> Question:
+    """A question as a user gives it (`lambdaflow query`'s options, `/api/query`'s parameters):
+    without ``--to``, up to today (UTC); without ``--from``, the :data:`DEFAULT_DAYS` days up to ``--to``.
+    Bad input raises :class:`LambdaflowError` with the one line both doors show."""
+    first = parse_query_day(date_from, "--from") if date_from is not None else None
+    last = parse_query_day(date_to, "--to") if date_to is not None else today()
+    if first is None:
+        first = last - timedelta(days=DEFAULT_DAYS - 1)
+    return Question.parse(first.isoformat(), last.isoformat(), hourly, country)
 
 
 def parse_date(option: str, text: str) -> date:

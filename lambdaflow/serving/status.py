@@ -11,19 +11,31 @@ from lambdaflow.core.files import PROGRESS_ONLY, read_json
 from lambdaflow.core.late import late_days
 from lambdaflow.core.raw_store import RawStore
 
+LAYERS = ("archiver", "stream")
+
+
+def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
+    """Per partition, the status file each worker last wrote for it ({} where none has), by layer."""
+    store = RawStore(settings.data_dir, settings.topic)
+    speed_dir = settings.layout.speed_state(settings.topic)
+    return {
+        partition: {
+            "archiver": read_json(store.status_path(partition), PROGRESS_ONLY) or {},
+            "stream": read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {},
+        }
+        for partition in store.partitions(fallback=settings.partitions)
+    }
+
 
 def status(settings: Settings) -> dict:
     store = RawStore(settings.data_dir, settings.topic)
-    speed_dir = settings.layout.speed_state(settings.topic)
     partitions = []
-    for partition in store.partitions(fallback=settings.partitions):
-        archiver = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
-        stream = read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {}
+    for partition, documents in worker_statuses(settings).items():
         partitions.append(
             {
                 "partition": partition,
-                "archiver": _progress(archiver, "watermark", "caught_up_at", "epoch"),
-                "stream": _progress(stream, "epoch", "updated_at"),
+                "archiver": _progress(documents["archiver"], "watermark", "caught_up_at", "epoch"),
+                "stream": _progress(documents["stream"], "epoch", "updated_at"),
             }
         )
     manifest = read_manifest(settings.data_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Mapping
@@ -20,7 +21,15 @@ STACK_ID_VARIABLE = "LAMBDAFLOW_STACK_ID"
 DAG_IDS = ("lambda_batch", "lambda_batch_today", "lambda_batch_range")
 
 
-READY_SECONDS = {"broker": 60, "archive": 240, "stream": 240, "produce": 120, "docs": 300, "airflow": 480}
+READY_SECONDS = {
+    "broker": 60,
+    "archive": 240,
+    "stream": 240,
+    "produce": 120,
+    "docs": 300,
+    "serve": 120,
+    "airflow": 480,
+}
 
 
 STOP_SECONDS = {"airflow": 60.0}
@@ -48,8 +57,11 @@ class StackConfig:
     def from_env(cls, environ: Mapping[str, str]) -> StackConfig:
         airflow_port = _port(environ, "LAMBDAFLOW_AIRFLOW_PORT", "AIRFLOW__API__PORT", default=8080)
         docs_port = _port(environ, "LAMBDAFLOW_DOCS_PORT", default=8081)
-        if airflow_port == docs_port:
-            raise StackError(f"Airflow and the docs site cannot share port {docs_port}")
+        serve_port = settings().serve_port
+        ports = {"Airflow": airflow_port, "the docs site": docs_port, "the serving API": serve_port}
+        for (one, port), (other, other_port) in itertools.combinations(ports.items(), 2):
+            if port == other_port:
+                raise StackError(f"{one} and {other} cannot share port {port}")
         live_rate = environ.get("LAMBDAFLOW_LIVE_RATE", "").strip() or None
         if live_rate is not None and not _positive_number(live_rate):
             raise StackError(f"LAMBDAFLOW_LIVE_RATE={live_rate!r} must be a number of events per second above 0")
@@ -74,6 +86,14 @@ class StackConfig:
     @property
     def docs_url(self) -> str:
         return f"http://{HOST}:{self.docs_port}"
+
+    @property
+    def serve_port(self) -> int:
+        return self.settings.serve_port
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{HOST}:{self.serve_port}"
 
 
 def _positive_number(text: str) -> bool:

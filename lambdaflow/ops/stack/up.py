@@ -71,18 +71,19 @@ def _refuse_a_running_stack(config: StackConfig) -> None:
 
 
 def _require_free_ports(config: StackConfig) -> None:
-    for what, port in (("Airflow", config.airflow_port), ("the docs site", config.docs_port)):
+    for what, port, variable in (
+        ("Airflow", config.airflow_port, "LAMBDAFLOW_AIRFLOW_PORT"),
+        ("the docs site", config.docs_port, "LAMBDAFLOW_DOCS_PORT"),
+        ("the serving API", config.serve_port, "LAMBDAFLOW_SERVE_PORT"),
+    ):
         if port_answers(HOST, port):
-            raise StackError(
-                f"port {port} on {HOST} for {what} is in use; choose another "
-                f"({'LAMBDAFLOW_AIRFLOW_PORT' if what == 'Airflow' else 'LAMBDAFLOW_DOCS_PORT'})"
-            )
+            raise StackError(f"port {port} on {HOST} for {what} is in use; choose another ({variable})")
 
 
 def _start_all(config: StackConfig, stack: StackFile) -> dict[str, Any]:
     started, bootstrap = _start_services(config, stack)
     airflow = _wait_until_ready(config, started)
-    stack.urls = {"airflow": config.airflow_url, "docs": config.docs_url}
+    stack.urls = {"airflow": config.airflow_url, "docs": config.docs_url, "serve": config.serve_url}
     stack.write()
     return {
         "airflow_url": config.airflow_url,
@@ -90,6 +91,7 @@ def _start_all(config: StackConfig, stack: StackFile) -> dict[str, Any]:
         "airflow_password": airflow.password,
         "airflow_dags": {dag_id: "paused" if paused else "unpaused" for dag_id, paused in airflow.paused.items()},
         "docs_url": config.docs_url,
+        "serve_url": config.serve_url,
         "kafka_bootstrap": bootstrap,
         "data_dir": str(config.settings.data_dir),
         "logs": str(config.logs_dir),
@@ -116,6 +118,7 @@ def _start_services(config: StackConfig, stack: StackFile) -> tuple[dict[str, Re
         ("stream", [*lambdaflow, "stream"]),
         ("produce", [*lambdaflow, "produce", "--live", *rate]),
         ("docs", [sys.executable, "-m", "lambdaflow.ops.stack", "docs", "--port", str(config.docs_port)]),
+        ("serve", [*lambdaflow, "serve", "--port", str(config.serve_port)]),
     ):
         started[name] = _launch(config, stack, name, command, env)
     _prepare_airflow(config)
@@ -134,6 +137,7 @@ def _wait_until_ready(config: StackConfig, started: dict[str, Recorded]) -> Airf
     _wait(stream, lambda: _status_written(layout.speed_state(topic), stream.pid))
     _wait(produce, lambda: _log_says(produce, "live: sending to"))
     _wait(started["docs"], lambda: answers_ok(config.docs_url + "/"))
+    _wait(started["serve"], lambda: answers_ok(config.serve_url + "/api/definitions"))
     airflow = _wait(started["airflow"], lambda: _airflow_ready(config))
     for service in started.values():
         if not service.is_alive():

@@ -17,21 +17,14 @@ from datetime import UTC, datetime
 
 import click
 
+from lambdaflow.cli.answers import query, reconcile, serve, status
+from lambdaflow.cli.options import format_option
 from lambdaflow.core.config import Settings, settings
-from lambdaflow.core.days import today as today_utc
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.output import FORMATS, ProgressBar, configure_logging, emit, emit_record
+from lambdaflow.core.output import ProgressBar, configure_logging, emit, emit_record
 
 log = logging.getLogger("lambdaflow")
 
-_format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="json",
-    show_default=True,
-    help="JSON lines, or a table for people.",
-)
 _share = click.FloatRange(0.0, 1.0)
 LIVE_RATE = 5.0
 """Events per second `produce --live` sends unless --rate says otherwise."""
@@ -136,7 +129,7 @@ def broker(port: int | None) -> None:
     show_default=True,
     help="Share of extra messages that break the contract, one kind after another.",
 )
-@_format_option
+@format_option
 def produce(
     days: int,
     events_per_day: int,
@@ -214,7 +207,7 @@ def _produce_live(seed: int, rate: float, fmt: str) -> None:
     help="Archive nothing: check that the raw store holds exactly the log's valid messages "
     "(and the dead letter its rejects), one JSON line per partition; exit 1 on any difference.",
 )
-@_format_option
+@format_option
 def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     """Land every message once in the raw store (consumer group `archiver`).
 
@@ -252,7 +245,7 @@ def _verify_archive(fmt: str) -> None:
     help="First rebuild the state from the start of the log into a fresh copy, then switch to it "
     "atomically (no other stream worker may run).",
 )
-@_format_option
+@format_option
 def stream(until_idle: bool, replay: bool, fmt: str) -> None:
     """Keep hourly metrics fresh from the log (consumer group `speed`).
 
@@ -272,7 +265,7 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
 @click.option("--to", "last", metavar="YYYY-MM-DD", help="The last day of --from's range (inclusive).")
 @click.option("--today", is_flag=True, help="Build the complete hours of today so far (the manual DAG).")
 @click.option("--late", is_flag=True, help="Rebuild every built day that has raw files published after its build.")
-@_format_option
+@format_option
 def batch(day: str | None, first: str | None, last: str | None, today: bool, late: bool, fmt: str) -> None:
     """Run the Airflow batch DAG in process: `--date D`, `--from D1 --to D2`, `--today` or `--late`.
 
@@ -297,62 +290,8 @@ def batch(day: str | None, first: str | None, last: str | None, today: bool, lat
     emit_record(manifest, fmt)
 
 
-@cli.command()
-@click.option("--from", "date_from", required=True, metavar="YYYY-MM-DD", help="First UTC day (inclusive).")
-@click.option("--to", "date_to", required=True, metavar="YYYY-MM-DD", help="Last UTC day (inclusive).")
-@click.option("--hourly", is_flag=True, help="One row per UTC hour with events, `hour` 0-23.")
-@click.option("--country", metavar="CC", help="Only this country (two capital letters; ZZ: unknown).")
-@_format_option
-def query(date_from: str, date_to: str, hourly: bool, country: str | None, fmt: str) -> None:
-    """Serving answers over both layers, per UTC day (or hour).
-
-    Hours before the serving boundary come from the batch layer, hours from it
-    on from the speed layer; `source` says which (`mixed`: a day served from
-    both). Runs the serving model's SQL in process over published files only.
-    A range spans at most 3660 days and ends at most 366 days after today.
-    """
-    from lambdaflow.core.days import parse_query_day
-    from lambdaflow.serving.query import Question, answer
-
-    first, last = parse_query_day(date_from, "--from"), parse_query_day(date_to, "--to")
-    question = Question.parse(first.isoformat(), last.isoformat(), hourly, country)
-    emit(answer(settings(), question), fmt)
-
-
-@cli.command()
-@click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The UTC day to compare.")
-@_format_option
-def reconcile(day: str, fmt: str) -> None:
-    """Batch vs speed for one built day, per metric: both totals, the difference, the parts that late
-    events and the speed layer's lag explain, and the hours that differ. Writes the report to
-    batch/reconcile/D.json; exits 1 when the unexplained part is above LAMBDAFLOW_RECONCILE_THRESHOLD."""
-    from lambdaflow.core.days import parse_day
-    from lambdaflow.serving.reconcile import reconcile as compare
-    from lambdaflow.serving.reconcile import require_within_threshold
-
-    config = settings()
-    rows = compare(config, parse_day(day, "--date", latest=today_utc()))
-    emit(rows, fmt)
-    require_within_threshold(rows, config.reconcile_threshold)
-
-
-@cli.command()
-@_format_option
-def status(fmt: str) -> None:
-    """Where each layer stands: lag and watermarks per partition, boundary, last build, dead letter.
-
-    Read from the files the workers and the batch publish; it opens no state file
-    and needs no broker.
-    """
-    from lambdaflow.serving.status import partition_rows
-    from lambdaflow.serving.status import status as read_status
-
-    report = read_status(settings())
-    if fmt == "json":
-        emit([report], fmt)
-        return
-    emit(partition_rows(report), fmt)
-    emit_record({k: v for k, v in report.items() if k != "partitions"}, fmt)
+for command in (query, reconcile, status, serve):
+    cli.add_command(command)
 
 
 def _consume(run: Callable[[Settings, str, threading.Event], dict], fmt: str) -> None:
