@@ -338,6 +338,18 @@ def test_make_docs_builds_and_serves_the_dbt_docs_site(world, tmp_path) -> None:
             manifest = json.loads(response.read())
         hourly = manifest["nodes"]["model.lambdaflow.fct_hourly_metrics"]
         assert "one row per UTC hour and country" in hourly["description"]
+        for model in ("fct_hourly_metrics", "fct_daily_metrics", "serving_hourly_metrics"):
+            node_id = f"model.lambdaflow.{model}"
+            declared = manifest["nodes"][node_id]["columns"]
+            built = catalog["nodes"][node_id]["columns"]
+            for metric in metric_definitions.defined():  # the page shows the manifest's, beside the catalog's type
+                assert declared[metric.name]["description"] == metric.description, (model, metric.name)
+                assert metric.name in built, (model, metric.name)
+        serving = manifest["nodes"]["model.lambdaflow.serving_hourly_metrics"]
+        assert sorted(serving["depends_on"]["nodes"]) == [
+            "source.lambdaflow.published.batch_hours",
+            "source.lambdaflow.published.speed_snapshots",
+        ]
         report = manifest["exposures"]["exposure.lambdaflow.reconciliation_report"]
         assert "explained by late events" in report["description"]
     finally:

@@ -40,7 +40,9 @@ def reference(settings: Settings, question: Question) -> list[dict]:
     inputs = ServingInputs.current(settings)
     with inputs.pinned() as pinned, duckdb.connect() as con:
         variables = pinned.variables()
-        sql = _dbt_template().render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
+        sql = _dbt_template().render(
+            var=lambda name, default=None: variables.get(name, default), config=lambda **_: "", source=lambda *_: ""
+        )
         result = con.sql(sql)
         served = [dict(zip(result.columns, row, strict=False)) for row in result.fetchall()]
     totals: dict[tuple, dict] = {}
@@ -101,7 +103,9 @@ def test_hourly_rows_are_the_models_rows_over_every_published_file(tmp_path) -> 
     inputs = ServingInputs.current(settings)
     with inputs.pinned() as pinned, duckdb.connect() as con:
         variables = pinned.variables()
-        sql = _dbt_template().render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
+        sql = _dbt_template().render(
+            var=lambda name, default=None: variables.get(name, default), config=lambda **_: "", source=lambda *_: ""
+        )
         expected = con.sql(sql).pl()
     order = ["event_date", "hour", "country", "source"]
     assert query.hourly_rows(inputs).sort(order).equals(expected.sort(order))

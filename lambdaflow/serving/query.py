@@ -212,7 +212,11 @@ class ServingInputs:
 def render_serving_sql(variables: dict[str, object]) -> str:
     """The serving model's SQL with dbt's var() answered from ``variables``."""
     template = compiled_template(SERVING_SQL.read_text())
-    return template.render(var=lambda name, default=None: variables.get(name, default), config=lambda **_: "")
+    return template.render(
+        var=lambda name, default=None: variables.get(name, default),
+        config=lambda **_: "",
+        source=lambda *_: "",  # named in a comment, for dbt's lineage only
+    )
 
 
 @functools.lru_cache(maxsize=4)

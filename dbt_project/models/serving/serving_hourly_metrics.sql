@@ -5,6 +5,8 @@
 -- batch has built (up to each day's built_until), realtime rows every other hour:
 -- the hours from the boundary on, and the days not built (invariant 5). No hour is
 -- served by both layers, none by neither.
+-- The files are the two published sources (for the lineage; the lists come from vars):
+-- depends_on: {{ source('published', 'batch_hours') }}, {{ source('published', 'speed_snapshots') }}
 
 {% set metrics = var('metrics') %}
 {% set served_columns -%}

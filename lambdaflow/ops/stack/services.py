@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lambdaflow.core import metrics
+from lambdaflow.core.config import Settings
 from lambdaflow.core.project import DBT_PROJECT_DIR
 from lambdaflow.core.warehouse import warehouse_lock
 from lambdaflow.kafka.broker import HOST, port_answers
@@ -91,41 +92,81 @@ def _stop_components(components: dict[str, Child]) -> None:
         child.stop(grace=max(0.1, deadline - time.monotonic()))
 
 
-def serve_docs(config: StackConfig) -> None:
-    """Generate the dbt docs under the warehouse lock, then serve them until stopped.
+DOCS_FILES = ("index.html", "manifest.json", "catalog.json")
+DOCS_CHECK_SECONDS = 10.0
 
-    Generating opens the warehouse, which a batch build may be writing: the
-    lock every build holds makes it wait. It runs in a child process because
-    dbt-duckdb keeps its connection, and with it DuckDB's lock on the file, for
-    the life of the process: a server holding it would fail every build. On a
-    fresh data directory dbt creates an empty warehouse, and the site shows the
-    models without row counts until the first build. The site's files live
-    under <data>/docs, apart from the dbt project's own target/.
+
+def generate_docs(settings: Settings, logs_dir: Path) -> None:
+    """`dbt docs generate` into <data>/docs/target, under the warehouse lock every batch build holds.
+
+    Generating opens the warehouse, which a build may be writing: the lock makes it wait. It runs
+    in a child process because dbt-duckdb keeps its connection, and with it DuckDB's lock on the
+    file, for the life of the process. The site is generated into a folder of its own and its three
+    files then replace the served ones one by one, so a reader never gets a half-written file.
     """
-    target = config.settings.layout.docs_target
-    common = [
-        "--project-dir",
-        str(DBT_PROJECT_DIR),
-        "--profiles-dir",
-        str(DBT_PROJECT_DIR),
-        "--target-path",
-        str(target),
-    ]
     metrics.defined()  # the models build their columns from it: a bad one is refused before dbt runs
-    env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(config.settings.data_dir)}
+    target = settings.layout.docs_target
+    fresh = target.with_name(target.name + ".next")
+    env = {**os.environ, "LAMBDAFLOW_DATA_DIR": str(settings.data_dir)}
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     dbt = str(Path(sys.executable).parent / "dbt")
-    with warehouse_lock(config.settings):
+    with warehouse_lock(settings):
         log.info("generating the dbt docs into %s", target)
         generated = subprocess.run(
-            [dbt, "docs", "generate", *common, "--log-path", str(config.logs_dir / "dbt")],
+            [dbt, "docs", "generate", *_dbt_paths(fresh), "--log-path", str(logs_dir / "dbt")],
             env=env,
             stdin=subprocess.DEVNULL,
         )
     if generated.returncode != 0:
         raise StackError(f"dbt docs generate failed with exit code {generated.returncode}")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in DOCS_FILES:
+        os.replace(fresh / name, target / name)
+
+
+def _dbt_paths(target: Path) -> list[str]:
+    return ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(target)]
+
+
+def _regenerate_after_builds(config: StackConfig) -> None:
+    """Generate the site again whenever a build has published (the batch manifest changed), so it
+    shows the warehouse as the last build left it."""
+    manifest = config.settings.layout.batch_manifest
+
+    def changed_at() -> float | None:
+        try:
+            return manifest.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    seen = changed_at()
+    while True:
+        time.sleep(DOCS_CHECK_SECONDS)
+        now = changed_at()
+        if now == seen:
+            continue
+        seen = now
+        try:
+            generate_docs(config.settings, config.logs_dir)
+        except (StackError, OSError) as error:
+            log.warning("the dbt docs were not regenerated after a build: %s", error)
+
+
+def serve_docs(config: StackConfig) -> None:
+    """Generate the dbt docs, then serve them until stopped, generating them again after each build.
+
+    On a fresh data directory dbt creates an empty warehouse, and the site shows the models
+    without row counts until the first build. The site's files live under <data>/docs, apart from
+    the dbt project's own target/.
+    """
+    generate_docs(config.settings, config.logs_dir)
+    threading.Thread(target=_regenerate_after_builds, args=(config,), name="docs-after-builds", daemon=True).start()
     log.info("serving the dbt docs on %s", config.docs_url)
     from dbt.cli.main import dbtRunner  # serving opens no connection, so this process holds no lock
 
-    os.environ.update(env)
-    dbtRunner().invoke(["docs", "serve", *common, "--host", HOST, "--port", str(config.docs_port), "--no-browser"])
+    os.environ["LAMBDAFLOW_DATA_DIR"] = str(config.settings.data_dir)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    target = config.settings.layout.docs_target
+    dbtRunner().invoke(
+        ["docs", "serve", *_dbt_paths(target), "--host", HOST, "--port", str(config.docs_port), "--no-browser"]
+    )
