@@ -15,6 +15,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from lambdaflow.batch.dag_parts import DOCS_HINT
+
 
 @dag(
     dag_id="lambda_batch_late",
@@ -24,7 +26,8 @@ from airflow.sdk import dag, task
     max_active_runs=1,
     default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=2), "pool": "warehouse"},
     tags=["lambdaflow", "batch", "late-data"],
-    doc_md=__doc__,
+    description="Every 30 minutes: rebuilds each built day whose raw store gained late files since its build.",
+    doc_md=f"{__doc__}\n{DOCS_HINT}",
 )
 def lambda_batch_late():
     @task

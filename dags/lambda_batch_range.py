@@ -28,6 +28,8 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.sdk.bases.sensor import PokeReturnValue
 
+from lambdaflow.batch.dag_parts import DOCS_HINT
+
 _DAY = {"type": "string", "format": "date"}
 
 
@@ -44,7 +46,8 @@ _DAY = {"type": "string", "format": "date"}
         "to": Param(**_DAY, title="Last UTC day (YYYY-MM-DD)", description="Inclusive; a closed day."),
     },
     tags=["lambdaflow", "batch", "backfill"],
-    doc_md=__doc__,
+    description="Backfill or catch up: builds the whole UTC days from..to in one dbt build, then each day.",
+    doc_md=f"{__doc__}\n{DOCS_HINT}",
 )
 def lambda_batch_range():
     @task.sensor(poke_interval=60, timeout=6 * 3600, mode="reschedule")

@@ -13,7 +13,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
+
+from lambdaflow.batch.dag_parts import DOCS_HINT, day_param
 
 
 @dag(
@@ -23,16 +25,10 @@ from airflow.sdk import Param, dag, task
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "lambdaflow", "retries": 1, "retry_delay": timedelta(minutes=1), "pool": "warehouse"},
-    params={
-        "ds": Param(
-            None,
-            type=["null", "string"],
-            title="UTC day (YYYY-MM-DD)",
-            description="Leave it out for today. The complete hours of that day are built.",
-        )
-    },
+    params={"ds": day_param("today (UTC), at run time. The complete hours of the day are built.")},
     tags=["lambdaflow", "batch", "manual"],
-    doc_md=__doc__,
+    description="Builds today's complete hours so far and moves the serving boundary to their end.",
+    doc_md=f"{__doc__}\n{DOCS_HINT}",
 )
 def lambda_batch_today():
     @task

@@ -103,9 +103,10 @@ class TopicWorld:
         """A `lambdaflow` process of its own, as a user runs it."""
         return Cli(env or self.env)(*args, timeout=timeout, cwd=cwd)
 
-    def batch(self, *args: str, timeout: float = 600) -> CliResult:
-        """`lambdaflow batch ARGS`, run by the world's long-lived process (Airflow and dbt imported once)."""
-        return self.long_lived("batch", *args, timeout=timeout)
+    def batch(self, *args: str, timeout: float = 600, verbose: bool = False) -> CliResult:
+        """`lambdaflow batch ARGS`, run by the world's long-lived process (Airflow and dbt imported once);
+        ``verbose``: with Airflow's and dbt's log on stderr (`-v`)."""
+        return self.long_lived(*(["-v"] if verbose else []), "batch", *args, timeout=timeout)
 
     def close(self) -> None:
         self.long_lived.close()

@@ -152,7 +152,7 @@ def truth_for(world: BatchWorld, day: date, before_hour: int = 24) -> dict:
 
 def test_each_closed_day_equals_an_independent_computation_hour_by_hour(world) -> None:
     for day in world.closed_days:
-        result = world.batch("--date", day.isoformat())
+        result = world.batch("--date", day.isoformat(), verbose=True)
         assert result.exit_code == 0, result.stderr[-3000:]
         assert json.loads(result.stdout)["days"][day.isoformat()]["built_until"] == (
             datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC).isoformat()
@@ -178,13 +178,23 @@ def test_building_a_day_twice_gives_the_same_table(world) -> None:
     assert result.exit_code == 0, result.stderr[-3000:]
     assert world.warehouse_checksum(day) == first
     assert world.published(day) == published_before
+    # Without -v, a line per task on stderr; Airflow's and dbt's log in the data directory's logs.
+    tasks = [line for line in result.stderr.splitlines() if line.startswith("lambda_batch ")]
+    assert [line.split(":")[0] for line in tasks] == [
+        "lambda_batch wait_for_complete_day",
+        "lambda_batch build_day",
+        "lambda_batch reconcile_day",
+    ]
+    assert all(": success in " in line for line in tasks)
+    assert "[DAG TEST]" not in result.stderr and "Done. PASS=" not in result.stderr
+    assert "Done. PASS=" in (world.data_dir / "logs" / "batch.log").read_text()
 
 
 def test_today_builds_the_complete_hours_so_far_and_moves_the_boundary(world) -> None:
     before = world.manifest()["boundary"]
     served_before = world.answer_for(world.today)
     assert served_before["source"] == "realtime"
-    result = world.batch("--today")
+    result = world.batch("--today", verbose=True)
     now = datetime.now(UTC)
     if now.hour == 0:  # no hour of today is over yet
         assert result.exit_code == 1
@@ -639,3 +649,29 @@ def test_a_rebuild_after_the_speed_layer_dropped_the_day_is_not_compared_again(w
         assert row["speed"] is None and row["unexplained"] == 0
         assert row["note"].startswith(f"rebuilt after the speed layer dropped {day}")
     assert {m: world.answer_for(day)[m] for m in METRICS} == daily_truth(world, day)
+
+
+def test_tables_for_people_show_money_mark_the_boundary_and_give_each_metric_a_row(world) -> None:
+    day = world.closed_days[-1]
+    args = ("query", "--from", day.isoformat(), "--to", world.today.isoformat(), "--hourly")
+    rows = [json.loads(line) for line in world.lambdaflow(*args).stdout.splitlines()]
+    table = world.lambdaflow(*args, "--format", "table")
+    assert table.exit_code == 0, table.stderr[-2000:]
+    lines = table.stdout.splitlines()
+    assert "revenue_cents" not in table.stdout and any("revenue" in line for line in lines[:3])
+    assert all(f"{row['revenue_cents'] / 100:,.2f}" in table.stdout for row in rows)
+    boundary = datetime.fromisoformat(world.manifest()["boundary"])
+    assert f"boundary {boundary:%Y-%m-%d %H:%M} UTC" in table.stdout
+    (section,) = [n for n, line in enumerate(lines) if line.startswith("├")]  # a line at the boundary
+    first_realtime = next(row for row in rows if row["source"] == "realtime")
+    below = lines[section + 1]
+    assert (
+        below.split("│")[1].strip() == first_realtime["event_date"]
+        and int(below.split("│")[2]) == first_realtime["hour"]
+    )
+
+    reconciled = world.lambdaflow("reconcile", "--date", day.isoformat(), "--format", "table")
+    assert reconciled.exit_code == 0, reconciled.stderr[-2000:]
+    metric_rows = [line.split("│")[1].strip() for line in reconciled.stdout.splitlines() if line.startswith("│")]
+    assert metric_rows == list(METRICS)  # one row per metric
+    assert all(len(line) <= 160 for line in reconciled.stdout.splitlines())

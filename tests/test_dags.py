@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -77,3 +78,47 @@ def test_parsing_the_dags_folder_calls_neither_dbt_nor_the_warehouse(tmp_path) -
     heavy, seconds = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert heavy == "[]"
     print(f"DAG files parsed in {seconds} s")
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_every_dag_says_what_it_does_and_where_its_docs_are(dagbag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag.description and len(dag.description) < 120  # one line in the DAG list
+    assert "http://127.0.0.1:8081" in dag.doc_md
+
+
+def test_one_ds_field_in_every_dag_that_takes_a_day_refused_at_the_trigger_unless_a_date(dagbag) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    with_ds = {dag_id: dag for dag_id, dag in dagbag.dags.items() if "ds" in dag.params}
+    assert set(with_ds) == {"lambda_batch", "lambda_batch_today"}
+    schemas = {dag_id: dict(dag.params.get_param("ds").schema) for dag_id, dag in with_ds.items()}
+    assert schemas["lambda_batch"]["format"] == "date"
+    assert {k: v for k, v in schemas["lambda_batch"].items() if k != "description"} == {
+        k: v for k, v in schemas["lambda_batch_today"].items() if k != "description"
+    }
+    for dag in with_ds.values():
+        for value, valid in ((None, True), ("2026-11-30", True), ("yesterday", False), ("30.11.2026", False)):
+            params = copy.deepcopy(dag.params)
+            if valid:
+                params["ds"] = value  # as a trigger's conf sets it
+                assert params.validate()["ds"] == value
+            else:
+                with pytest.raises(ParamValidationError):
+                    params["ds"] = value
+                    params.validate()
+
+
+def test_only_a_run_triggered_by_hand_builds_its_ds() -> None:
+    from datetime import UTC, date, datetime
+    from types import SimpleNamespace
+
+    from lambdaflow.batch.build import run_day
+
+    interval = datetime(2026, 11, 29, tzinfo=UTC)
+    asked = {"ds": "2026-11-27"}
+    assert run_day(asked, interval, SimpleNamespace(run_type="manual")) == date(2026, 11, 27)
+    assert run_day(asked, interval, None) == date(2026, 11, 27)  # `lambdaflow batch --date` runs dag.test()
+    for run_type in ("backfill", "scheduled"):  # a backfill's form offers ds: each run still builds its own day
+        assert run_day(asked, interval, SimpleNamespace(run_type=run_type)) == date(2026, 11, 29)
+    assert run_day({"ds": None}, interval, SimpleNamespace(run_type="manual")) == date(2026, 11, 29)

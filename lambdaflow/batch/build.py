@@ -39,10 +39,20 @@ def parse_day(text: object, *, latest: date | None = None, what: str | None = No
     return days.parse_day(text, what, latest=latest)
 
 
-def run_day(params: dict | None, data_interval_start: datetime | None) -> date:
-    """The day a lambda_batch run builds: its `ds` param when triggered by hand, else its data interval."""
+MANUAL_RUN_TYPES = ("manual",)
+"""Only a run triggered by hand builds its `ds`; a scheduled or backfill run builds its data interval."""
+
+
+def run_day(params: dict | None, data_interval_start: datetime | None, dag_run: object = None) -> date:
+    """The day a lambda_batch run builds: its `ds` param when triggered by hand, else its data interval.
+    A backfill's form offers `ds` too; a backfill run ignores it, or every run of the range would
+    build that one day."""
     chosen = (params or {}).get("ds")
-    if chosen is not None:
+    run_type = getattr(dag_run, "run_type", None) or "manual"
+    run_type = str(getattr(run_type, "value", run_type))
+    if chosen is not None and run_type not in MANUAL_RUN_TYPES:
+        log.info("ds %s ignored: a %s run builds its data interval", chosen, run_type)
+    elif chosen is not None:
         return parse_day(chosen, latest=datetime.now(UTC).date(), what="ds")
     if data_interval_start is None:
         raise InputError("a run without a data interval needs the day in its ds param (YYYY-MM-DD)")

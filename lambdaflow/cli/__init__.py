@@ -283,10 +283,14 @@ def batch(day: str | None, first: str | None, last: str | None, today: bool, lat
     ranged = first is not None or last is not None
     if [day is not None, ranged, today, late].count(True) != 1 or (ranged and None in (first, last)):
         raise click.UsageError("give exactly one of --date D, --from D1 --to D2 (YYYY-MM-DD), --today or --late")
+    verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+    output = None if verbose else settings().layout.logs / "batch.log"
     if ranged:
-        manifest = run_range(settings(), str(first), str(last))
+        manifest = run_range(settings(), str(first), str(last), airflow_log=output)
+    elif late:
+        manifest = run_late(settings(), airflow_log=output)
     else:
-        manifest = run_late(settings()) if late else run_batch(settings(), day=day)
+        manifest = run_batch(settings(), day=day, airflow_log=output)
     emit_record(manifest, fmt)
 
 

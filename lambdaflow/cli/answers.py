@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
+from lambdaflow.cli import tables
 from lambdaflow.cli.options import format_option
 from lambdaflow.core.config import settings
 from lambdaflow.core.days import today as today_utc
-from lambdaflow.core.output import emit, emit_record
+from lambdaflow.core.output import emit, emit_record, emit_table
 
 
 @click.command()
@@ -26,9 +27,15 @@ def query(date_from: str | None, date_to: str | None, hourly: bool, country: str
     both). Runs the serving model's SQL in process over published files only.
     A range spans at most 3660 days and ends at most 366 days after today.
     """
+    from lambdaflow.core.boundary import read_manifest
     from lambdaflow.serving.query import answer, ask
 
-    emit(answer(settings(), ask(date_from, date_to, hourly, country)), fmt)
+    rows = answer(settings(), ask(date_from, date_to, hourly, country))
+    if fmt == "json":
+        emit(rows, fmt)
+        return
+    shown, lines, caption = tables.query_rows(rows, read_manifest(settings().data_dir).get("boundary"))
+    emit_table(shown, caption, lines)
 
 
 @click.command()
@@ -44,7 +51,11 @@ def reconcile(day: str, fmt: str) -> None:
 
     config = settings()
     rows = compare(config, parse_day(day, "--date", latest=today_utc()))
-    emit(rows, fmt)
+    if fmt == "json":
+        emit(rows, fmt)
+    else:
+        shown, caption = tables.reconcile_rows(rows)
+        emit_table(shown, caption)
     require_within_threshold(rows, config.reconcile_threshold)
 
 

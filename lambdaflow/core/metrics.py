@@ -43,6 +43,11 @@ class Metric:
     field: str | None = None
 
     @property
+    def money(self) -> bool:
+        """An amount in cents (its name ends in ``_cents``): people read it as money, two decimals."""
+        return self.name.endswith("_cents")
+
+    @property
     def counts_users(self) -> bool:
         return self.aggregation == "users"
 

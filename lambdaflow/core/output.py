@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 FORMATS = ("json", "table")
+_AMOUNT = re.compile(r"-?[0-9][0-9,]*(\.[0-9]+)?")
 
 
 def emit(rows: Iterable[Mapping[str, object]], fmt: str = "json") -> None:
@@ -24,12 +26,21 @@ def emit(rows: Iterable[Mapping[str, object]], fmt: str = "json") -> None:
             sys.stdout.write(json.dumps(row, default=str) + "\n")
         sys.stdout.flush()
         return
-    table = Table()
+    emit_table(rows)
+
+
+def emit_table(
+    rows: Sequence[Mapping[str, object]], caption: str | None = None, lines_after: set[int] | None = None
+) -> None:
+    """One table with a column per key (numbers, and text that reads as a number, to the right), a
+    line under each row whose index is in ``lines_after``, and ``caption`` beneath."""
+    table = Table(caption=caption, caption_justify="left")
     columns = list(dict.fromkeys(key for row in rows for key in row))
     for column in columns:
         table.add_column(column, justify="right" if _numeric(rows, column) else "left")
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    for index, row in enumerate(rows):
+        cells = ("" if row.get(c) is None else str(row.get(c)) for c in columns)
+        table.add_row(*cells, end_section=index in (lines_after or ()))
     _stdout_console().print(table)
 
 
@@ -57,9 +68,12 @@ def emit_record(record: Mapping[str, object], fmt: str = "json") -> None:
     _stdout_console().print(table)
 
 
-def _numeric(rows: list[Mapping[str, object]], column: str) -> bool:
-    values = [row.get(column) for row in rows if row.get(column) is not None]
-    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+def _numeric(rows: Sequence[Mapping[str, object]], column: str) -> bool:
+    values = [row.get(column) for row in rows if row.get(column) not in (None, "")]
+    return bool(values) and all(
+        (isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and _AMOUNT.fullmatch(v))
+        for v in values
+    )
 
 
 def configure_logging(verbose: bool = False) -> None:

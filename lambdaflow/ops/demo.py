@@ -74,12 +74,14 @@ def _run_batches(config) -> None:
     from lambdaflow.core.errors import LambdaflowError
 
     today = datetime.now(UTC).date()
+    output = config.layout.logs / "batch.log"
+    log.info("Airflow's and dbt's log: %s", output)
     for days_ago in range(DAYS, 0, -1):
         day = today - timedelta(days=days_ago)
         log.info("batch for %s (%d of %d)", day, DAYS - days_ago + 1, DAYS)
-        run_batch(config, day=day.isoformat())
+        run_batch(config, day=day.isoformat(), airflow_log=output)
     try:
-        manifest = run_batch(config, day=None)
+        manifest = run_batch(config, day=None, airflow_log=output)
         log.info("batch for today so far: boundary now %s", manifest["boundary"])
     except LambdaflowError as error:  # just after midnight no hour of today is complete
         log.warning("no batch for today yet: %s", error)

@@ -142,7 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
         _only(request, ())
         return JSONResponse(
             [
-                {"name": m.name, "description": m.description, "aggregation": m.aggregation, "money": _is_money(m)}
+                {"name": m.name, "description": m.description, "aggregation": m.aggregation, "money": m.money}
                 for m in metrics.defined()
             ]
         )
@@ -189,10 +189,6 @@ def create_app(settings: Settings) -> FastAPI:
         return FileResponse(files[name], headers={"Cache-Control": "max-age=3600"})
 
     return app
-
-
-def _is_money(metric: metrics.Metric) -> bool:
-    return metric.name.endswith("_cents")
 
 
 def worker_rows(settings: Settings) -> list[dict]:

@@ -67,11 +67,11 @@ function layout(metric, extra) {
   return Object.assign(
     {
       title: { text: title(metric), font: { size: 14 }, x: 0.02 },
-      margin: { l: 55, r: 15, t: 36, b: 40 },
+      margin: { l: 60, r: 15, t: 36, b: 40 },
       barmode: "stack",
       showlegend: true,
       legend: { orientation: "h", y: -0.22, font: { size: 11 }, traceorder: "normal" },
-      yaxis: { rangemode: "tozero", tickformat: metric.money ? ",.2f" : "~s" },
+      yaxis: { rangemode: "tozero", tickformat: "~s" },
       paper_bgcolor: "#fff",
       plot_bgcolor: "#fff",
     },
@@ -103,6 +103,15 @@ function drawHourly(rows, boundary) {
   }
 }
 
+function halfDayAround(first, last) {
+  const start = new Date(`${first}T00:00:00Z`);
+  const end = new Date(`${last}T00:00:00Z`);
+  start.setUTCHours(-12);
+  end.setUTCHours(12);
+  const shown = (date) => date.toISOString().slice(0, 16).replace("T", " ");
+  return [shown(start), shown(end)];
+}
+
 function drawDaily(rows) {
   for (const metric of definitions) {
     const traces = SOURCES.map((source) => {
@@ -119,7 +128,16 @@ function drawDaily(rows) {
     Plotly.react(
       ensureChart("daily", `daily-${metric.name}`),
       traces,
-      layout(metric, { xaxis: { type: "date", tickformat: "%b %d", dtick: 86400000 } }),
+      layout(metric, {
+        xaxis: {
+          type: "date",
+          tickformat: "%b %d",
+          tickangle: 0,
+          tick0: rows[rows.length - 1].event_date,
+          dtick: 2 * 86400000,
+          range: halfDayAround(rows[0].event_date, rows[rows.length - 1].event_date),
+        },
+      }),
       CONFIG,
     );
   }
