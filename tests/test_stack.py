@@ -220,6 +220,9 @@ def _backfill_runs_in_the_scheduler(stack: Stack, day: date) -> None:
             day.isoformat(),
             "--reprocess-behavior",
             "completed",
+            # The backfill form offers ds too; a backfill run ignores it and builds its own day.
+            "--dag-run-conf",
+            json.dumps({"ds": (day - timedelta(days=3)).isoformat()}),
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -236,9 +239,25 @@ def _backfill_runs_in_the_scheduler(stack: Stack, day: date) -> None:
 
     manifest = json.loads((stack.data_dir / "batch" / "manifest.json").read_text())
     assert day.isoformat() in manifest["days"]
+    assert (day - timedelta(days=3)).isoformat() not in manifest["days"]
+    _task_logs_are_clean(stack.data_dir / "airflow" / "logs" / "dag_id=lambda_batch" / f"run_id={run['dag_run_id']}")
     assert manifest["boundary"] >= (datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)).isoformat()
     served = stack.lambdaflow("query", "--from", day.isoformat(), "--to", day.isoformat())
     assert served["events"] == EVENTS_PER_DAY and served["source"] == "batch"
+
+
+def _task_logs_are_clean(run_logs: Path) -> None:
+    """A successful run's task logs hold no warning and no error: nothing red for a user to chase."""
+    logs = sorted(run_logs.glob("task_id=*/attempt=*.log"))
+    assert {path.parent.name for path in logs} == {
+        "task_id=wait_for_complete_day",
+        "task_id=build_day",
+        "task_id=reconcile_day",
+    }
+    for path in logs:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        loud = [f"{r.get('level')}: {r.get('event')}" for r in records if r.get("level") not in ("debug", "info")]
+        assert loud == [], (path.parent.name, loud)
 
 
 def _wait_for_run(runs_url: str, token: str, day: date, timeout: float = 240) -> dict:

@@ -8,9 +8,16 @@ such as `yesterday` is refused there, not by a task later).
 from __future__ import annotations
 
 import os
+import warnings
 
 import pendulum
 from airflow.sdk import Param
+
+# `@task.sensor` imports the standard provider's PythonSensor, which itself imports a name Airflow 3
+# deprecated: a warning in every task's log that no DAG of ours can act on.
+warnings.filterwarnings(
+    "ignore", message="The `airflow.utils.operator_helpers.determine_kwargs` attribute is deprecated"
+)
 
 DOCS_HINT = (
     "The models and columns it builds are documented on the dbt docs site "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 
 from lambdaflow.core import metrics
@@ -22,6 +23,7 @@ def run_dbt(settings: Settings, *args: str) -> None:
     from dbt.cli.main import dbtRunner
 
     metrics.defined()  # the models build their columns from it: a bad one is refused before dbt runs
+    _quiet_resource_tracker()
     os.environ["LAMBDAFLOW_DATA_DIR"] = str(settings.data_dir)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     try:
@@ -34,6 +36,19 @@ def run_dbt(settings: Settings, *args: str) -> None:
         raise LambdaflowError(f"dbt {args[0]} failed: {_dbt_failure(result)}")
     for listener in AFTER_EACH_RUN:
         listener(args)
+
+
+RESOURCE_TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """dbt creates multiprocessing locks that live as long as the process. An Airflow task process
+    ends without finalizing them, so multiprocessing's resource tracker, a process of its own, removes
+    them and warns "There appear to be N leaked semaphore objects" in red at the end of every
+    successful build's log. Nothing leaks: removing them is the tracker's job. The tracker is started
+    with this process's -W options when dbt creates its first lock, so this one is added here, before."""
+    if RESOURCE_TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(RESOURCE_TRACKER_WARNING)
 
 
 def _release_warehouse() -> None:
