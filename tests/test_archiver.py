@@ -270,3 +270,29 @@ def test_a_log_that_restarted_longer_is_recognised_by_its_last_record(own_broker
     assert totals["messages"] == after.messages
     rows = archived_rows(data_dir, "raw/events")
     assert len(rows) == before.events + after.events
+
+
+def test_a_caught_up_archiver_completes_a_closed_day_without_waiting_for_its_roll(kafka_cli, tmp_path) -> None:
+    """The first catch-up: history arrives, the archiver reads it all, and the closed day must be
+    complete for the DAG's sensor soon after, not only once the default roll (300 s) publishes."""
+    import time
+    from datetime import timedelta
+
+    from lambdaflow.batch.buffers import RollPolicy
+    from lambdaflow.batch.completeness import completeness
+    from lambdaflow.core.config import Settings
+
+    env = {**kafka_cli.env, "LAMBDAFLOW_ALLOWED_LATENESS_MINUTES": "0"}  # the default roll: 64 MB or 300 s
+    settings = Settings.from_env(env)
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    archiver = WorkerProcess("archive", env, tmp_path / "archiver.log")
+    try:
+        sent = kafka_cli("produce", "--days", "1", "--events-per-day", "2000")
+        assert sent.exit_code == 0, sent.stderr[-2000:]
+        started = time.monotonic()
+        while not completeness(settings).day_is_complete(yesterday):
+            assert time.monotonic() - started < RollPolicy().max_seconds / 3, completeness(settings).partitions
+            assert archiver.running(), archiver.log_path.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        archiver.terminate()

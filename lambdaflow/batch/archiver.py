@@ -130,7 +130,7 @@ class Archiver:
             return
         decoded = self._classifier.classify(records_frame(accepted))
         for (partition,), events in decoded.events.partition_by("kafka_partition", as_dict=True).items():
-            self.owned[partition].buffer.events.append(events)
+            self.owned[partition].buffer.add_events(events)
             self.owned[partition].counters.count(events=events.height)
         for (partition,), rejects in decoded.rejects.partition_by("kafka_partition", as_dict=True).items():
             self.owned[partition].buffer.rejects.append(rejects)
@@ -201,10 +201,7 @@ class Archiver:
         buffer = self.owned[partition].buffer
         if buffer.empty:
             return
-        old = time.monotonic() - buffer.opened_at >= self.roll.max_seconds
-        big = buffer.value_bytes >= self.roll.max_bytes
-        idle = until_idle and self._consumed_to_end(partition)
-        if old or big or idle:
+        if self.roll.due(buffer, caught_up=self._consumed_to_end(partition), until_idle=until_idle):
             self._publish(partition)
 
     def _publish_on_departure(self) -> None:

@@ -8,6 +8,7 @@ written to a temporary name, fsynced, and linked to a name that must be new.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ import polars as pl
 
 from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.counters import PartitionCounters
+from lambdaflow.core.days import midnight
 from lambdaflow.core.files import (
     PROGRESS_ONLY,
     DamagedFile,
@@ -36,6 +38,22 @@ class RollPolicy:
 
     max_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 300.0
+    closed_day_seconds: float = 30.0
+    """Caught up with the log and holding events of a day that has ended (a catch-up, or the first
+    minutes after midnight), a buffer this old is published: the day's completeness waits on it,
+    and a DAG run waiting for the day should not wait a whole roll. At most one file per partition
+    this often, so the files per day stay bounded."""
+
+    def due(self, buffer: Buffer, caught_up: bool, until_idle: bool) -> bool:
+        """Is it time to publish this (non-empty) buffer?"""
+        age = time.monotonic() - buffer.opened_at
+        if age >= self.max_seconds or buffer.value_bytes >= self.max_bytes or (until_idle and caught_up):
+            return True
+        return (
+            caught_up
+            and age >= min(self.closed_day_seconds, self.max_seconds)
+            and buffer.holds_events_before(midnight(datetime.now(UTC).date()))
+        )
 
 
 @dataclass
@@ -52,10 +70,23 @@ class Buffer:
     rejects: list[pl.DataFrame] = field(default_factory=list)
     value_bytes: int = 0
     messages: int = 0
+    earliest_event: datetime | None = None
 
     @property
     def empty(self) -> bool:
         return self.last is None
+
+    def add_events(self, frame: pl.DataFrame) -> None:
+        """Classified valid events of the records added."""
+        self.events.append(frame)
+        if frame.height:
+            earliest = frame["occurred_at"].min()
+            if isinstance(earliest, datetime) and (self.earliest_event is None or earliest < self.earliest_event):
+                self.earliest_event = earliest
+
+    def holds_events_before(self, moment: datetime) -> bool:
+        """Does it hold an event that occurred before ``moment``?"""
+        return self.earliest_event is not None and self.earliest_event < moment
 
     def add(self, records: list) -> None:
         """Note a run of a partition's records (their classified frames are added by the caller)."""
