@@ -79,24 +79,31 @@ function layout(metric, extra) {
   );
 }
 
+// One bar trace per serving source (batch, realtime, mixed) that has rows; `where` gives a row's x
+// position and the hover text's time.
+function barsBySource(rows, metric, where) {
+  return SOURCES.map((source) => {
+    const picked = rows.filter((row) => row.source === source);
+    return {
+      type: "bar",
+      name: source,
+      marker: { color: COLORS[source] },
+      x: picked.map((row) => where(row).x),
+      y: picked.map((row) => scaled(metric, row[metric.name])),
+      customdata: picked.map((row) => where(row).label),
+      hovertemplate: "%{customdata}: %{y}<extra>" + source + "</extra>",
+    };
+  }).filter((trace) => trace.x.length);
+}
+
 function drawHourly(rows, boundary) {
   const marks = boundaryMarks(boundary);
+  const hour = (row) => String(row.hour).padStart(2, "0");
+  const where = (row) => ({ x: `${row.event_date} ${hour(row)}:30`, label: `${row.event_date} ${hour(row)}:00 UTC` });
   for (const metric of definitions) {
-    const traces = SOURCES.map((source) => {
-      const picked = rows.filter((row) => row.source === source);
-      return {
-        type: "bar",
-        name: source,
-        marker: { color: COLORS[source] },
-        x: picked.map((row) => `${row.event_date} ${String(row.hour).padStart(2, "0")}:30`),
-        y: picked.map((row) => scaled(metric, row[metric.name])),
-        customdata: picked.map((row) => [row.event_date, row.hour]),
-        hovertemplate: "%{customdata[0]} %{customdata[1]}:00 UTC: %{y}<extra>" + source + "</extra>",
-      };
-    }).filter((trace) => trace.x.length);
     Plotly.react(
       ensureChart("hourly", `hourly-${metric.name}`),
-      traces,
+      barsBySource(rows, metric, where),
       layout(metric, { shapes: marks.shapes, annotations: marks.annotations, bargap: 0.1, xaxis: { type: "date" } }),
       CONFIG,
     );
@@ -114,20 +121,9 @@ function halfDayAround(first, last) {
 
 function drawDaily(rows) {
   for (const metric of definitions) {
-    const traces = SOURCES.map((source) => {
-      const picked = rows.filter((row) => row.source === source);
-      return {
-        type: "bar",
-        name: source,
-        marker: { color: COLORS[source] },
-        x: picked.map((row) => row.event_date),
-        y: picked.map((row) => scaled(metric, row[metric.name])),
-        hovertemplate: "%{x}: %{y}<extra>" + source + "</extra>",
-      };
-    }).filter((trace) => trace.x.length);
     Plotly.react(
       ensureChart("daily", `daily-${metric.name}`),
-      traces,
+      barsBySource(rows, metric, (row) => ({ x: row.event_date, label: row.event_date })),
       layout(metric, {
         xaxis: {
           type: "date",
