@@ -36,9 +36,9 @@ from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import read_json
 from lambdaflow.serving import health
-from lambdaflow.serving.prometheus import ServingMetrics, seconds_of
+from lambdaflow.serving.prometheus import ServingMetrics
 from lambdaflow.serving.query import answer, ask
-from lambdaflow.serving.status import LAYERS, status, worker_statuses
+from lambdaflow.serving.status import LAYERS, WorkerFigures, status, worker_statuses
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 QUERY_PARAMETERS = ("from", "to", "hourly", "country")
@@ -199,26 +199,27 @@ def worker_rows(settings: Settings) -> list[dict]:
         for layer in LAYERS:
             document = documents[layer]
             counters = document.get("counters") or {}
-            offset, end = document.get("next_offset"), document.get("end_offset")
-            updated = seconds_of(document.get("updated_at"))
-            committed = seconds_of(counters.get("last_commit_at"))
-            record = seconds_of(counters.get("last_record_timestamp"))
+            figures = WorkerFigures.of(document, now)
             rows.append(
                 {
                     "layer": layer,
                     "partition": partition,
-                    "next_offset": offset,
-                    "end_offset": end,
-                    "lag": max(0, end - offset) if offset is not None and end is not None else None,
-                    "status_age_seconds": round(now - updated, 3) if updated is not None else None,
-                    "running": updated is not None and now - updated <= health.STALE_SECONDS,
-                    "commit_delay_seconds": round(committed - record, 3) if committed and record else None,
+                    "next_offset": document.get("next_offset"),
+                    "end_offset": document.get("end_offset"),
+                    "lag": figures.lag,
+                    "status_age_seconds": _rounded(figures.status_age),
+                    "running": figures.status_age is not None and figures.status_age <= health.STALE_SECONDS,
+                    "commit_delay_seconds": _rounded(figures.commit_delay),
                     "last_commit_at": counters.get("last_commit_at"),
                     "messages": counters.get("messages"),
                     "rejects": sum((counters.get("rejects") or {}).values()) if counters else None,
                 }
             )
     return rows
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def last_builds(settings: Settings, limit: int) -> list[dict]:

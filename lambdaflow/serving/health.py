@@ -17,9 +17,8 @@ from lambdaflow.core.config import Settings
 from lambdaflow.core.days import today
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import read_json
-from lambdaflow.serving.prometheus import seconds_of
 from lambdaflow.serving.query import Question, answer
-from lambdaflow.serving.status import LAYERS, worker_statuses
+from lambdaflow.serving.status import LAYERS, WorkerFigures, worker_statuses
 
 STALE_SECONDS = 30.0
 """A worker's status older than this means no worker is running for that partition."""
@@ -58,12 +57,12 @@ def _worker(layer: str, statuses: dict[int, dict[str, dict]]) -> Health:
     why = []
     for partition, documents in sorted(statuses.items()):
         document = documents[layer]
-        updated = seconds_of(document.get("updated_at")) if document else None
-        if updated is None:
+        age = WorkerFigures.of(document, now).status_age
+        if age is None:
             why.append(f"partition {partition}: no {layer} worker has written its status yet")
-        elif now - updated > STALE_SECONDS:
+        elif age > STALE_SECONDS:
             why.append(
-                f"partition {partition}: status last written {now - updated:.0f} s ago "
+                f"partition {partition}: status last written {age:.0f} s ago "
                 f"by pid {document.get('pid')}: no {layer} worker is running for it"
             )
     return Health(not why, why)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -21,14 +20,9 @@ from prometheus_client.registry import Collector
 
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
-from lambdaflow.serving.status import LAYERS, worker_statuses
+from lambdaflow.serving.status import LAYERS, WorkerFigures, seconds_of, worker_statuses
 
 PREFIX = "lambdaflow"
-
-
-def seconds_of(stamp: str | None) -> float | None:
-    """An ISO-8601 instant as Unix seconds; None stays None."""
-    return datetime.fromisoformat(stamp).timestamp() if stamp else None
 
 
 class PipelineCollector(Collector):
@@ -103,10 +97,17 @@ class PipelineCollector(Collector):
                 if not document:
                     continue
                 values = [layer, str(partition)]
-                self._offsets(family, values, document)
-                updated = seconds_of(document.get("updated_at"))
-                if updated is not None:
-                    family["age"].add_metric(values, max(0.0, now - updated))
+                figures = WorkerFigures.of(document, now)
+                for name, value in (
+                    ("offset", document.get("next_offset")),
+                    ("end", document.get("end_offset")),
+                    ("lag", figures.lag),
+                    ("age", figures.status_age),
+                    ("last_commit", figures.last_commit),
+                    ("delay", figures.commit_delay),
+                ):
+                    if value is not None:
+                        family[name].add_metric(values, value)
                 watermark = seconds_of(document.get("watermark"))
                 if layer == "archiver" and watermark is not None:
                     family["watermark"].add_metric([str(partition)], watermark)
@@ -114,16 +115,6 @@ class PipelineCollector(Collector):
                 if counters:
                     self._counters(family, values, counters)
         yield from family.values()
-
-    @staticmethod
-    def _offsets(family: dict[str, Any], values: list[str], document: dict) -> None:
-        offset, end = document.get("next_offset"), document.get("end_offset")
-        if offset is not None:
-            family["offset"].add_metric(values, offset)
-        if end is not None:
-            family["end"].add_metric(values, end)
-        if offset is not None and end is not None:
-            family["lag"].add_metric(values, max(0, end - offset))
 
     @staticmethod
     def _counters(family: dict[str, Any], values: list[str], counters: dict) -> None:
@@ -134,12 +125,6 @@ class PipelineCollector(Collector):
             family["rejects"].add_metric([*values, reason], count, created=created)
         family["batch"].add_metric(values, counters["batches"], counters["batch_seconds"])
         family["commit"].add_metric(values, counters["commits"], counters["commit_seconds"])
-        committed = seconds_of(counters.get("last_commit_at"))
-        if committed is not None:
-            family["last_commit"].add_metric(values, committed)
-            record = seconds_of(counters.get("last_record_timestamp"))
-            if record is not None:
-                family["delay"].add_metric(values, max(0.0, committed - record))
 
     def _snapshots(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(

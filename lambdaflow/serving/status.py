@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 import duckdb
 
 from lambdaflow.core.boundary import read_manifest
@@ -12,6 +15,39 @@ from lambdaflow.core.late import late_days
 from lambdaflow.core.raw_store import RawStore
 
 LAYERS = ("archiver", "stream")
+
+
+def seconds_of(stamp: str | None) -> float | None:
+    """An ISO-8601 instant as Unix seconds; None stays None."""
+    return datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+
+@dataclass(frozen=True)
+class WorkerFigures:
+    """What one worker's status file says about how it is doing, derived in one place for
+    `/metrics`, `/api/workers` and `/healthz`. None where the file does not say."""
+
+    lag: int | None
+    status_age: float | None
+    """Seconds since the worker last wrote its status."""
+    last_commit: float | None
+    """When it last committed (Unix seconds)."""
+    commit_delay: float | None
+    """That commit's time less its last record's Kafka timestamp."""
+
+    @classmethod
+    def of(cls, document: dict, now: float) -> WorkerFigures:
+        offset, end = document.get("next_offset"), document.get("end_offset")
+        counters = document.get("counters") or {}
+        updated = seconds_of(document.get("updated_at"))
+        committed = seconds_of(counters.get("last_commit_at"))
+        record = seconds_of(counters.get("last_record_timestamp"))
+        return cls(
+            lag=max(0, end - offset) if offset is not None and end is not None else None,
+            status_age=max(0.0, now - updated) if updated is not None else None,
+            last_commit=committed,
+            commit_delay=max(0.0, committed - record) if committed is not None and record is not None else None,
+        )
 
 
 def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
