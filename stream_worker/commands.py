@@ -7,7 +7,7 @@ import threading
 import time
 
 from lambdaflow.core.config import Settings
-from lambdaflow.kafka.loop import keep_heap_off_collections
+from lambdaflow.kafka.loop import hand_the_interpreter_over_often, keep_heap_off_collections
 from stream_worker.replay import replay as replay_log
 from stream_worker.worker import StreamWorker
 
@@ -25,6 +25,7 @@ def stream(config: Settings, bootstrap: str, stop: threading.Event, until_idle: 
     worker = StreamWorker(bootstrap, config.data_dir, config.topic, retention_days=config.speed_retention_days)
     log.info("counting %s from %s into %s", config.topic, bootstrap, worker.paths.root)
     keep_heap_off_collections()
+    hand_the_interpreter_over_often()
     totals = worker.run(stop, until_idle=until_idle)
     log.info(
         "counted %d messages: %d new events, %d rejects, in %d commits",

@@ -140,3 +140,26 @@ def test_an_error_while_counting_stops_the_loop_and_closes_the_sink(kafka_bootst
     with pytest.raises(RuntimeError, match="failed while counting"):
         _run(kafka_bootstrap, one_partition, sink)
     assert sink.closed and sink.finished is None
+
+
+def test_until_idle_the_loop_stops_without_waiting_out_a_poll_once_the_records_reach_the_end(
+    kafka_bootstrap: str, one_partition: str
+) -> None:
+    """`--until-idle` stops after an empty poll; once the records in hand reach the end offset that poll
+    does not wait for more, so a worker run to catch up costs no poll timeout at the end."""
+    sink = Recorder()
+    loop = PartitionedLoop(kafka_bootstrap, one_partition, f"loop-{uuid.uuid4().hex[:8]}", sink, "loop test")
+    sink.loop = loop
+    polls: list[tuple[int, int]] = []  # (timeout_ms asked, records returned)
+    poll = loop.consumer.poll
+
+    def recorded_poll(**options):
+        polled = poll(**options)
+        polls.append((options["timeout_ms"], sum(len(records) for records in polled.values())))
+        return polled
+
+    loop.consumer.poll = recorded_poll
+    loop.run(threading.Event(), until_idle=True, timeout_ms=30_000)
+    assert sink.finished == {0: MESSAGES}
+    assert polls[-1] == (0, 0)
+    assert all(timeout == 30_000 for timeout, _ in polls[:-1])

@@ -13,7 +13,7 @@ from lambdaflow.batch.verify import verify
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.raw_store import RawStore
-from lambdaflow.kafka.loop import keep_heap_off_collections
+from lambdaflow.kafka.loop import hand_the_interpreter_over_often, keep_heap_off_collections
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def archive(config: Settings, bootstrap: str, stop: threading.Event, until_idle:
     started = time.monotonic()
     archiver = Archiver(bootstrap, store, roll)
     keep_heap_off_collections()
+    hand_the_interpreter_over_often()
     totals = archiver.run(stop, until_idle=until_idle)
     resume = {str(p): m.next_offset for p, m in sorted(store.manifests().items())}
     log.info(

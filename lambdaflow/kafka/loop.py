@@ -10,7 +10,8 @@ caught up.
 One turn of the loop::
 
     watch the broker -> sink.before_poll() -> start sink.take(previous batch) on the counting thread
-        -> poll the next batch -> wait for take -> apply the consumer calls take asked for
+        -> poll the next batch (at once under --until-idle when the last one reached every end offset)
+        -> wait for take -> apply the consumer calls take asked for
         -> read end offsets -> sink.after_poll() -> caught up everywhere? stop (--until-idle)
 
 Counting a batch overlaps with polling the next: kafka-python decodes records
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -139,6 +141,17 @@ class _Seek:
     offset: int | None  # None: the beginning of the log
 
 
+THREAD_SWITCH_SECONDS = 0.001
+
+
+def hand_the_interpreter_over_often() -> None:
+    """For a worker, whose counting thread mostly waits in DuckDB and Polars: let it have the
+    interpreter back within a millisecond of their return instead of Python's 5 ms. The polling
+    thread holds the interpreter nearly always, so each return from C code would otherwise wait up
+    to the whole interval (measured: the archiver reads about 15% more messages a second)."""
+    sys.setswitchinterval(THREAD_SWITCH_SECONDS)
+
+
 def keep_heap_off_collections() -> None:
     """For a long-running worker, once its modules are imported: move every object alive now out of
     the garbage collector's sight. Polars, DuckDB and kafka-python leave a large heap of objects that
@@ -174,6 +187,7 @@ class PartitionedLoop(ConsumerRebalanceListener):
         self._assignment = AssignmentClock(session_timeout_ms)
         self._connections = clients.NewConnections(self.consumer)
         self._ends: dict[int, int] = {}
+        self._fetched: dict[int, int] = {}  # per partition: the offset after the last record polled
         self._fatal: LambdaflowError | None = None
         self.first_message_at: float | None = None  # time.monotonic() of the first poll that brought records
         self._counting = _Counting()
@@ -200,11 +214,13 @@ class PartitionedLoop(ConsumerRebalanceListener):
                 if self._fatal is not None:
                     raise self._fatal
                 self._counting.start(self.sink.take, self._without_moved(polled), new_connection)
+                options = self._poll_options(until_idle, polled, poll_options)
                 self._polling = True
                 try:
-                    polled = clients.poll(self.consumer, self.watch.client_complained, **poll_options)
+                    polled = clients.poll(self.consumer, self.watch.client_complained, **options)
                 finally:
                     self._polling = False
+                self._note_fetched(polled)
                 new_connection = self._connections.since_last_asked()
                 self._counting.result()
                 self._seek_asked()
@@ -234,6 +250,23 @@ class PartitionedLoop(ConsumerRebalanceListener):
                 clients.close_consumer(self.consumer)
                 self.probe.close()
                 self.watch.close()
+
+    def _poll_options(self, until_idle: bool, polled: dict[TopicPartition, list], options: dict) -> dict:
+        """Under ``--until-idle``, the poll after the records that reach every owned partition's end
+        offset does not wait for more: an empty answer at once is what lets the loop stop."""
+        owned = list(self.sink.partitions())
+        if until_idle and owned and any(polled.values()) and all(self._fetched_to_end(p) for p in owned):
+            return {**options, "timeout_ms": 0}
+        return options
+
+    def _note_fetched(self, polled: dict[TopicPartition, list]) -> None:
+        for tp, records in polled.items():
+            if records:
+                self._fetched[tp.partition] = records[-1].offset + 1
+
+    def _fetched_to_end(self, partition: int) -> bool:
+        fetched, end = self._fetched.get(partition), self._ends.get(partition)
+        return fetched is not None and end is not None and fetched >= end
 
     def first_message_after(self, started: float) -> float | None:
         """Seconds from ``started`` (a time.monotonic()) to the first records polled; None if none came."""
@@ -297,6 +330,7 @@ class PartitionedLoop(ConsumerRebalanceListener):
             except ValueError:  # kafka-python's "Unassigned partition": revoked meanwhile, its next owner seeks
                 log.debug("%s[%d]: not assigned any more; seek dropped", self.topic, seek.tp.partition)
                 continue
+            self._fetched.pop(seek.tp.partition, None)
             if not self._polling:
                 self._moved.add(seek.tp)
 
@@ -339,6 +373,7 @@ class PartitionedLoop(ConsumerRebalanceListener):
         self.sink.revoked(list(revoked))
         for tp in revoked:
             self._ends.pop(tp.partition, None)
+            self._fetched.pop(tp.partition, None)
 
     def on_partitions_assigned(self, assigned) -> None:
         self._take_returned()
