@@ -1,0 +1,183 @@
+"""The raw store as two Delta tables: every valid event, and the dead letter, of one topic.
+
+``raw/<topic>/events`` is partitioned by ``event_date``, ``raw/<topic>/dead_letter``
+by ``ingest_date``; both keep the Kafka coordinates of each row. Where each
+Kafka partition's archive stands lives in the events table itself, as a Delta
+application transaction: app id ``<topic>/<partition>``, version the partition's
+:class:`ResumePoint` (log epoch and next offset). A batch of offsets is archived
+by one commit that adds its files and moves that version on, so the files and the
+resume point can never disagree, whatever crashes when.
+
+Fencing: a writer states the resume point it started from. The commit is refused
+(:class:`Fenced`) when the table says otherwise, or when another commit for the
+same partition landed after the writer read the table (delta-rs's conflict check
+on application transactions, made atomic by the store's conditional write). A
+zombie archiver, one that lost its partition without knowing, therefore fails to
+commit and writes nothing twice.
+
+The dead letter of a batch is committed first, replacing whatever rows of that
+partition the dead letter holds at or above the batch's first offset: those can
+only come from a batch whose events commit never landed (this writer's, before a
+crash, or a fenced one's), and are the same records read again. Readers count a
+dead-letter row only below its partition's resume point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+import polars as pl
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.storage import Storage
+
+OFFSET_BITS = 40
+"""A resume point's version keeps the next offset in its low 40 bits (10^12 offsets a log epoch)
+and the epoch above them."""
+
+
+class Fenced(LambdaflowError):
+    """Another writer moved the partition's archive on since this one read where it stood."""
+
+
+@dataclass(frozen=True, order=True)
+class ResumePoint:
+    """Where a partition's archive stands: the log epoch and the next offset to archive in it."""
+
+    epoch: int = 0
+    next_offset: int = 0
+
+    @property
+    def version(self) -> int:
+        return (self.epoch << OFFSET_BITS) | self.next_offset
+
+    @classmethod
+    def of_version(cls, version: int | None) -> ResumePoint:
+        if version is None:
+            return cls()
+        return cls(version >> OFFSET_BITS, version & ((1 << OFFSET_BITS) - 1))
+
+
+class RawTables:
+    """The events and dead-letter tables of one topic, on one :class:`Storage`."""
+
+    def __init__(self, storage: Storage, topic: str) -> None:
+        self.storage = storage
+        self.topic = topic
+        self.events_uri = storage.table_uri("raw", topic, "events")
+        self.dead_letter_uri = storage.table_uri("raw", topic, "dead_letter")
+        self._options = storage.delta_options()
+
+    def app_id(self, partition: int) -> str:
+        return f"{self.topic}/{partition}"
+
+    def _open(self, uri: str) -> DeltaTable | None:
+        try:
+            return DeltaTable(uri, storage_options=self._options)
+        except TableNotFoundError:
+            return None
+
+    def resume_point(self, partition: int) -> ResumePoint:
+        """Where the partition's archive stands (epoch 0, offset 0 before its first commit)."""
+        table = self._open(self.events_uri)
+        return ResumePoint.of_version(table.transaction_version(self.app_id(partition)) if table else None)
+
+    def begin(self, partition: int, since: ResumePoint) -> BatchCommit:
+        """Start archiving a batch of ``partition`` from ``since``; raises :class:`Fenced` at once when
+        the partition does not stand there."""
+        table = self._open(self.events_uri)
+        standing = ResumePoint.of_version(table.transaction_version(self.app_id(partition)) if table else None)
+        if standing != since:
+            raise Fenced(
+                f"{self.app_id(partition)}: the archive stands at epoch {standing.epoch} offset "
+                f"{standing.next_offset}, not at epoch {since.epoch} offset {since.next_offset}: "
+                "another archiver took the partition"
+            )
+        return BatchCommit(self, partition, since, table)
+
+    def commit_batch(
+        self, partition: int, since: ResumePoint, until: ResumePoint, events: pl.DataFrame, rejects: pl.DataFrame
+    ) -> None:
+        """:meth:`begin` and :meth:`BatchCommit.commit` in one call."""
+        self.begin(partition, since).commit(until, events, rejects)
+
+    def _create(self, uri: str, like: pl.DataFrame, partition_by: str) -> DeltaTable:
+        """The table at ``uri``, created with the columns of ``like`` unless it exists (another writer
+        may be creating it at the same moment: one creation lands, the other finds it)."""
+        try:
+            DeltaTable.create(
+                uri, like.to_arrow().schema, mode="ignore", partition_by=[partition_by], storage_options=self._options
+            )
+        except DeltaError:
+            pass
+        table = self._open(uri)
+        if table is None:
+            raise LambdaflowError(f"the table {uri} could not be created")
+        return table
+
+    def _replace_dead_letter(self, partition: int, since: ResumePoint, rejects: pl.DataFrame) -> None:
+        table = self._open(self.dead_letter_uri) or self._create(self.dead_letter_uri, rejects, "ingest_date")
+        write_deltalake(
+            table,
+            rejects,
+            mode="overwrite",
+            predicate=(
+                f"kafka_partition = {int(partition)} and log_epoch = {since.epoch} "
+                f"and kafka_offset >= {since.next_offset}"
+            ),
+        )
+
+    def event_files(self, days: Iterable[date]) -> dict[date, list[str]]:
+        """Each day's files in the events table's current snapshot."""
+        table = self._open(self.events_uri)
+        if table is None:
+            return {day: [] for day in days}
+        return {day: table.file_uris(file_pruning_predicate=[("event_date", "=", day)]) for day in days}
+
+    def dead_letter_files(self) -> list[str]:
+        table = self._open(self.dead_letter_uri)
+        return table.file_uris() if table is not None else []
+
+
+@dataclass
+class BatchCommit:
+    """One batch on its way into the tables, from the snapshot its writer read."""
+
+    tables: RawTables
+    partition: int
+    since: ResumePoint
+    table: DeltaTable | None  # the events table as read by begin (None: not created yet)
+
+    def commit(self, until: ResumePoint, events: pl.DataFrame, rejects: pl.DataFrame) -> None:
+        """The batch's rejects, then its events with the partition's new resume point ``until``, in
+        one commit that lands only if no commit for the partition landed since :meth:`RawTables.begin`
+        read the table; otherwise :class:`Fenced`, with no event committed."""
+        tables, app = self.tables, self.tables.app_id(self.partition)
+        events, rejects = _for_delta(events, self.since.epoch), _for_delta(rejects, self.since.epoch)
+        table = self.table
+        if table is None:  # the topic's first batch anywhere: create the table, then check again
+            table = tables._create(tables.events_uri, events, "event_date")
+            tables.begin(self.partition, self.since)
+        try:
+            if rejects.height:
+                tables._replace_dead_letter(self.partition, self.since, rejects)
+            write_deltalake(
+                table,
+                events,
+                mode="append",
+                commit_properties=CommitProperties(app_transactions=[Transaction(app, until.version)]),
+            )
+        except CommitFailedError as error:
+            raise Fenced(f"{app}: another archiver committed this partition first ({error})") from error
+
+
+def _for_delta(frame: pl.DataFrame, epoch: int) -> pl.DataFrame:
+    """A batch's rows with their log epoch (offsets start again in each); timestamps in microseconds,
+    as Delta keeps them."""
+    return frame.with_columns(
+        pl.col(pl.Datetime("ms", "UTC")).dt.cast_time_unit("us"), log_epoch=pl.lit(epoch, pl.Int32)
+    )

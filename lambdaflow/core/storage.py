@@ -1,0 +1,90 @@
+"""Where lambdaflow's tables live: a local directory, or any S3-compatible object store.
+
+``LAMBDAFLOW_STORAGE_URL`` names the root: a path (the default, ``<data dir>/tables``)
+or ``s3://bucket/prefix``. For S3 the usual AWS variables apply
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) and
+``AWS_ENDPOINT_URL`` points at a store other than AWS (MinIO, moto). The tables
+are Delta tables (docs/storage.md says why): delta-rs writes them through the
+store's own conditional writes, so no lock service and no shared disk is
+involved, and DuckDB reads their files through an fsspec filesystem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lambdaflow.core.errors import ConfigError
+
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The root of the tables, and what it takes to reach it."""
+
+    url: str
+    """An absolute local path, or ``s3://bucket/prefix`` (no trailing slash)."""
+    aws: Mapping[str, str] = field(default_factory=dict)
+    """The AWS variables given, for an S3 root."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], data_dir: Path) -> Storage:
+        raw = environ.get("LAMBDAFLOW_STORAGE_URL", "").strip()
+        if not raw:
+            return cls(str((data_dir / "tables").resolve()))
+        parsed = urlparse(raw)
+        if parsed.scheme == "s3":
+            if not parsed.netloc:
+                raise ConfigError(f"LAMBDAFLOW_STORAGE_URL={raw!r} names no bucket: use s3://bucket/prefix")
+            aws = {name: environ[name] for name in AWS_VARIABLES if environ.get(name)}
+            if "AWS_REGION" not in aws and environ.get("AWS_DEFAULT_REGION"):
+                aws["AWS_REGION"] = environ["AWS_DEFAULT_REGION"]
+            return cls(f"s3://{parsed.netloc}{parsed.path.rstrip('/')}", aws)
+        if parsed.scheme in ("", "file"):
+            path = Path(parsed.path if parsed.scheme == "file" else raw).expanduser()
+            return cls(str(path.resolve()))
+        raise ConfigError(
+            f"LAMBDAFLOW_STORAGE_URL={raw!r}: lambdaflow keeps its tables in a local directory "
+            "or on an S3-compatible store (s3://bucket/prefix)"
+        )
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    def table_uri(self, *parts: str) -> str:
+        """The URI of the table at ``parts`` below the root."""
+        return "/".join([self.url, *parts])
+
+    def delta_options(self) -> dict[str, str] | None:
+        """deltalake's ``storage_options``: None for a local root."""
+        if not self.is_s3:
+            return None
+        options = {name: value for name, value in self.aws.items()}
+        options.setdefault("AWS_REGION", "us-east-1")
+        endpoint = self.aws.get("AWS_ENDPOINT_URL", "")
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+        options["conditional_put"] = "etag"  # commits by If-None-Match, not by a lock service
+        return options
+
+    def filesystem(self) -> Any:
+        """An fsspec filesystem for DuckDB's ``register_filesystem`` (None for a local root): DuckDB
+        reads ``s3://`` files through it, with no httpfs extension."""
+        if not self.is_s3:
+            return None
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=self.aws.get("AWS_ACCESS_KEY_ID"),
+            secret=self.aws.get("AWS_SECRET_ACCESS_KEY"),
+            token=self.aws.get("AWS_SESSION_TOKEN"),
+            client_kwargs={
+                "endpoint_url": self.aws.get("AWS_ENDPOINT_URL"),
+                "region_name": self.aws.get("AWS_REGION", "us-east-1"),
+            },
+        )

@@ -1,0 +1,158 @@
+"""The raw store's Delta tables, on a local directory and on a local S3-compatible server.
+
+The S3 server (moto's, which enforces conditional writes as S3 and MinIO do) is
+started here and stopped here by its PID. Frames are real classifier output:
+each batch is a run of Kafka-shaped records, some of them invalid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from lambdaflow.core.contract import RECORD_SCHEMA, classify
+from lambdaflow.core.raw_tables import Fenced, RawTables, ResumePoint
+from lambdaflow.core.storage import Storage
+from lambdaflow.ops.object_store import LocalS3Server
+
+TOPIC = "events"
+INGESTED = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    server = LocalS3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return Storage.from_env({}, tmp_path)
+    server: LocalS3Server = request.getfixturevalue("s3_server")
+    bucket = server.bucket(f"lake-{uuid.uuid4().hex[:12]}")
+    return Storage.from_env({"LAMBDAFLOW_STORAGE_URL": f"{bucket}/lambdaflow", **server.env()}, tmp_path)
+
+
+def batch(partition: int, first: int, last: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Offsets first..last of a partition, classified: every 7th message is not JSON."""
+    offsets = list(range(first, last + 1))
+    values = [
+        b"not json"
+        if offset % 7 == 0
+        else (
+            f'{{"event_id":"e-{partition}-{offset}","event_type":"page_view","user_id":"u{offset % 5}",'
+            f'"occurred_at":"2026-12-01T{offset % 12:02d}:00:00Z"}}'
+        ).encode()
+        for offset in offsets
+    ]
+    records = pl.DataFrame(
+        {
+            "kafka_topic": [TOPIC] * len(offsets),
+            "kafka_partition": [partition] * len(offsets),
+            "kafka_offset": offsets,
+            "kafka_timestamp": [int(INGESTED.timestamp() * 1000)] * len(offsets),
+            "key": [f"u{offset % 5}".encode() for offset in offsets],
+            "value": values,
+        },
+        schema_overrides={"kafka_timestamp": pl.Int64},
+    ).cast(RECORD_SCHEMA)
+    decoded = classify(records)
+    stamp = pl.lit(INGESTED).dt.cast_time_unit("us").alias("ingested_at")
+    rejects = decoded.rejects.with_columns(stamp, ingest_date=pl.lit(INGESTED.date()))
+    return decoded.events.with_columns(stamp), rejects
+
+
+def rows(storage: Storage, files: list[str], partition: int, below: int) -> list[int]:
+    """The offsets of ``partition`` below ``below`` in ``files``, read by DuckDB as a reader would."""
+    if not files:
+        return []
+    con = duckdb.connect()
+    filesystem = storage.filesystem()
+    if filesystem is not None:
+        con.register_filesystem(filesystem)
+    found = con.execute(
+        "select kafka_offset from read_parquet($files) where kafka_partition = $p and kafka_offset < $below order by 1",
+        {"files": files, "p": partition, "below": below},
+    ).fetchall()
+    return [offset for (offset,) in found]
+
+
+def all_event_files(tables: RawTables) -> list[str]:
+    return tables.event_files([INGESTED.date()])[INGESTED.date()]
+
+
+def test_batches_land_once_each_and_move_the_resume_point(storage: Storage) -> None:
+    tables = RawTables(storage, TOPIC)
+    assert tables.resume_point(0) == ResumePoint(0, 0)
+    first_events, first_rejects = batch(0, 0, 99)
+    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 100), first_events, first_rejects)
+    second_events, second_rejects = batch(0, 100, 249)
+    tables.commit_batch(0, ResumePoint(0, 100), ResumePoint(0, 250), second_events, second_rejects)
+    other_events, other_rejects = batch(1, 0, 9)
+    tables.commit_batch(1, ResumePoint(0, 0), ResumePoint(0, 10), other_events, other_rejects)
+
+    assert tables.resume_point(0) == ResumePoint(0, 250)
+    assert tables.resume_point(1) == ResumePoint(0, 10)
+    rejected = {offset for offset in range(250) if offset % 7 == 0}
+    assert rows(storage, all_event_files(tables), 0, 250) == sorted(set(range(250)) - rejected)
+    assert rows(storage, tables.dead_letter_files(), 0, 250) == sorted(rejected)
+    assert rows(storage, all_event_files(tables), 1, 10) == [o for o in range(10) if o % 7]
+
+
+def test_of_two_archivers_racing_for_a_partition_the_fenced_one_commits_nothing(storage: Storage) -> None:
+    """Both read the partition at offset 0; the first commit lands, the second is refused by the table's
+    own conflict check (not by a check of ours that it could pass stale), and no offset is there twice."""
+    tables = RawTables(storage, TOPIC)
+    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 10), *batch(0, 0, 9))
+    winner = tables.begin(0, ResumePoint(0, 10))
+    zombie = RawTables(storage, TOPIC).begin(0, ResumePoint(0, 10))
+    winner.commit(ResumePoint(0, 100), *batch(0, 10, 99))
+    with pytest.raises(Fenced, match="another archiver committed this partition first"):
+        zombie.commit(ResumePoint(0, 200), *batch(0, 10, 199))
+
+    assert tables.resume_point(0) == ResumePoint(0, 100)
+    with pytest.raises(Fenced, match="stands at epoch 0 offset 100, not at epoch 0 offset 10"):
+        tables.begin(0, ResumePoint(0, 10))
+    valid = [offset for offset in range(100) if offset % 7]
+    assert rows(storage, all_event_files(tables), 0, 10**9) == valid
+
+    # The zombie's dead letter for 10..199 may have landed before its events were refused; the
+    # winner's next batch replaces what lies at or above its first offset, so each reject is there once.
+    tables.commit_batch(0, ResumePoint(0, 100), ResumePoint(0, 300), *batch(0, 100, 299))
+    assert rows(storage, tables.dead_letter_files(), 0, 300) == [o for o in range(300) if o % 7 == 0]
+    assert rows(storage, all_event_files(tables), 0, 10**9) == [o for o in range(300) if o % 7]
+
+
+def test_a_new_log_epoch_starts_its_offsets_again(storage: Storage) -> None:
+    tables = RawTables(storage, TOPIC)
+    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 50), *batch(0, 0, 49))
+    with pytest.raises(Fenced):  # an epoch starts by a commit of its own, from where the last one ended
+        tables.begin(0, ResumePoint(1, 0))
+    events, rejects = batch(0, 0, 0)
+    tables.commit_batch(0, ResumePoint(0, 50), ResumePoint(1, 0), events.clear(), rejects.clear())
+    tables.commit_batch(0, ResumePoint(1, 0), ResumePoint(1, 20), *batch(0, 0, 19))
+    assert tables.resume_point(0) == ResumePoint(1, 20)
+    files = all_event_files(tables)
+    valid = [o for o in range(50) if o % 7] + [o for o in range(20) if o % 7]
+    assert sorted(rows(storage, files, 0, 10**9)) == sorted(valid)
+    assert ResumePoint.of_version(ResumePoint(3, 10**12 - 1).version) == ResumePoint(3, 10**12 - 1)
+
+
+def test_a_storage_url_of_another_kind_is_refused_with_the_kinds_it_takes(tmp_path: Path) -> None:
+    from lambdaflow.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="local directory or on an S3-compatible store"):
+        Storage.from_env({"LAMBDAFLOW_STORAGE_URL": "gs://bucket/x"}, tmp_path)
+    with pytest.raises(ConfigError, match="names no bucket"):
+        Storage.from_env({"LAMBDAFLOW_STORAGE_URL": "s3:///x"}, tmp_path)
+    assert Storage.from_env({}, tmp_path).url == str((tmp_path / "tables").resolve())
