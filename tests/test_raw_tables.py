@@ -72,8 +72,9 @@ def batch(partition: int, first: int, last: int) -> tuple[pl.DataFrame, pl.DataF
     return decoded.events.with_columns(stamp), rejects
 
 
-def rows(storage: Storage, files: list[str], partition: int, below: int) -> list[int]:
-    """The offsets of ``partition`` below ``below`` in ``files``, read by DuckDB as a reader would."""
+def rows(storage: Storage, files: list[str], partition: int, below: int, where: str = "true") -> list[int]:
+    """The offsets of ``partition`` below ``below`` in ``files`` (and rows meeting ``where``), read by
+    DuckDB as a reader would."""
     if not files:
         return []
     con = duckdb.connect()
@@ -81,14 +82,21 @@ def rows(storage: Storage, files: list[str], partition: int, below: int) -> list
     if filesystem is not None:
         con.register_filesystem(filesystem)
     found = con.execute(
-        "select kafka_offset from read_parquet($files) where kafka_partition = $p and kafka_offset < $below order by 1",
+        f"select kafka_offset from read_parquet($files) where kafka_partition = $p and kafka_offset < $below "
+        f"and ({where}) order by 1",
         {"files": files, "p": partition, "below": below},
     ).fetchall()
     return [offset for (offset,) in found]
 
 
 def all_event_files(tables: RawTables) -> list[str]:
-    return tables.event_files([INGESTED.date()])[INGESTED.date()]
+    return tables.snapshot().event_files([INGESTED.date()])[INGESTED.date()]
+
+
+def dead_letter(storage: Storage, tables: RawTables, partition: int) -> list[int]:
+    """The partition's dead-letter offsets a reader counts: those below its resume point."""
+    snapshot = tables.snapshot()
+    return rows(storage, snapshot.dead_letter_files(), partition, 10**12, snapshot.dead_letter_counted())
 
 
 def test_batches_land_once_each_and_move_the_resume_point(storage: Storage) -> None:
@@ -105,8 +113,11 @@ def test_batches_land_once_each_and_move_the_resume_point(storage: Storage) -> N
     assert tables.resume_point(1) == ResumePoint(0, 10)
     rejected = {offset for offset in range(250) if offset % 7 == 0}
     assert rows(storage, all_event_files(tables), 0, 250) == sorted(set(range(250)) - rejected)
-    assert rows(storage, tables.dead_letter_files(), 0, 250) == sorted(rejected)
+    assert dead_letter(storage, tables, 0) == sorted(rejected)
     assert rows(storage, all_event_files(tables), 1, 10) == [o for o in range(10) if o % 7]
+    ranges = tables.snapshot().file_ranges([INGESTED.date()])[INGESTED.date()]
+    assert [(r.partition, r.epoch, r.first, r.last) for r in ranges] == [(0, 0, 1, 99), (0, 0, 100, 249), (1, 0, 1, 9)]
+    assert [r.uri for r in ranges] == all_event_files(tables)
 
 
 def test_of_two_archivers_racing_for_a_partition_the_fenced_one_commits_nothing(storage: Storage) -> None:
@@ -125,26 +136,39 @@ def test_of_two_archivers_racing_for_a_partition_the_fenced_one_commits_nothing(
         tables.begin(0, ResumePoint(0, 10))
     valid = [offset for offset in range(100) if offset % 7]
     assert rows(storage, all_event_files(tables), 0, 10**9) == valid
+    # The zombie's dead letter for 10..199 landed before its events were refused: a reader counts
+    # only the rows below the resume point.
+    snapshot = tables.snapshot()
+    assert max(rows(storage, snapshot.dead_letter_files(), 0, 10**9)) == 196
+    assert dead_letter(storage, tables, 0) == [o for o in range(100) if o % 7 == 0]
 
-    # The zombie's dead letter for 10..199 may have landed before its events were refused; the
-    # winner's next batch replaces what lies at or above its first offset, so each reject is there once.
+    # The winner's next batch replaces what lies at or above its first offset: each reject is there once.
     tables.commit_batch(0, ResumePoint(0, 100), ResumePoint(0, 300), *batch(0, 100, 299))
-    assert rows(storage, tables.dead_letter_files(), 0, 300) == [o for o in range(300) if o % 7 == 0]
+    assert rows(storage, tables.snapshot().dead_letter_files(), 0, 300) == [o for o in range(300) if o % 7 == 0]
     assert rows(storage, all_event_files(tables), 0, 10**9) == [o for o in range(300) if o % 7]
 
 
 def test_a_new_log_epoch_starts_its_offsets_again(storage: Storage) -> None:
     tables = RawTables(storage, TOPIC)
     tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 50), *batch(0, 0, 49))
+    # A fenced writer's dead letter for 50..119 lands; its events do not.
+    winner, zombie = tables.begin(0, ResumePoint(0, 50)), tables.begin(0, ResumePoint(0, 50))
+    winner.commit(ResumePoint(0, 60), *batch(0, 50, 59))
+    with pytest.raises(Fenced):
+        zombie.commit(ResumePoint(0, 120), *batch(0, 50, 119))
     with pytest.raises(Fenced):  # an epoch starts by a commit of its own, from where the last one ended
         tables.begin(0, ResumePoint(1, 0))
-    events, rejects = batch(0, 0, 0)
-    tables.commit_batch(0, ResumePoint(0, 50), ResumePoint(1, 0), events.clear(), rejects.clear())
+
+    assert tables.start_epoch(0, ResumePoint(0, 60)) == ResumePoint(1, 0)
     tables.commit_batch(0, ResumePoint(1, 0), ResumePoint(1, 20), *batch(0, 0, 19))
     assert tables.resume_point(0) == ResumePoint(1, 20)
     files = all_event_files(tables)
-    valid = [o for o in range(50) if o % 7] + [o for o in range(20) if o % 7]
+    valid = [o for o in range(60) if o % 7] + [o for o in range(20) if o % 7]
     assert sorted(rows(storage, files, 0, 10**9)) == sorted(valid)
+    # The old epoch's dead letter keeps only what its committed batches archived.
+    old_epoch = rows(storage, tables.snapshot().dead_letter_files(), 0, 10**9, "log_epoch = 0")
+    assert old_epoch == [o for o in range(60) if o % 7 == 0]
+    assert dead_letter(storage, tables, 0) == sorted([o for o in range(60) if o % 7 == 0] + [0, 7, 14])
     assert ResumePoint.of_version(ResumePoint(3, 10**12 - 1).version) == ResumePoint(3, 10**12 - 1)
 
 

@@ -19,7 +19,14 @@ The dead letter of a batch is committed first, replacing whatever rows of that
 partition the dead letter holds at or above the batch's first offset: those can
 only come from a batch whose events commit never landed (this writer's, before a
 crash, or a fenced one's), and are the same records read again. Readers count a
-dead-letter row only below its partition's resume point.
+dead-letter row only below its partition's resume point
+(:meth:`RawSnapshot.dead_letter_counted`); a new log epoch removes such rows of
+the old one before it starts.
+
+Readers take one :class:`RawSnapshot`: the resume points, each day's files and
+the Kafka offsets each file holds (from the table's own file statistics: a
+commit writes one partition's rows of one epoch to a file) all come from one
+version of the tables, however the archivers move them meanwhile.
 """
 
 from __future__ import annotations
@@ -29,11 +36,19 @@ from dataclasses import dataclass
 from datetime import date
 
 import polars as pl
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.storage import Storage
+
+EVENTS_SCHEMA = pl.Schema({**EVENT_SCHEMA, "ingested_at": pl.Datetime("us", "UTC")})
+"""What the archiver commits to the events table (``log_epoch`` is added on the way in)."""
+DEAD_LETTER_SCHEMA = pl.Schema({**REJECT_SCHEMA, "ingested_at": pl.Datetime("us", "UTC"), "ingest_date": pl.Date()})
+"""What it commits to the dead letter."""
+_ZSTD = WriterProperties(compression="ZSTD")
 
 OFFSET_BITS = 40
 """A resume point's version keeps the next offset in its low 40 bits (10^12 offsets a log epoch)
@@ -81,10 +96,13 @@ class RawTables:
         except TableNotFoundError:
             return None
 
+    def snapshot(self) -> RawSnapshot:
+        """The tables as committed now: every answer read from it comes from this one version."""
+        return RawSnapshot(self._open(self.events_uri), self._open(self.dead_letter_uri), self)
+
     def resume_point(self, partition: int) -> ResumePoint:
         """Where the partition's archive stands (epoch 0, offset 0 before its first commit)."""
-        table = self._open(self.events_uri)
-        return ResumePoint.of_version(table.transaction_version(self.app_id(partition)) if table else None)
+        return self.snapshot().resume_point(partition)
 
     def begin(self, partition: int, since: ResumePoint) -> BatchCommit:
         """Start archiving a batch of ``partition`` from ``since``; raises :class:`Fenced` at once when
@@ -122,25 +140,121 @@ class RawTables:
     def _replace_dead_letter(self, partition: int, since: ResumePoint, rejects: pl.DataFrame) -> None:
         table = self._open(self.dead_letter_uri) or self._create(self.dead_letter_uri, rejects, "ingest_date")
         write_deltalake(
-            table,
-            rejects,
-            mode="overwrite",
-            predicate=(
-                f"kafka_partition = {int(partition)} and log_epoch = {since.epoch} "
-                f"and kafka_offset >= {since.next_offset}"
-            ),
+            table, rejects, mode="overwrite", predicate=_at_or_after(partition, since), writer_properties=_ZSTD
         )
 
+    def _drop_dead_letter_from(self, partition: int, since: ResumePoint) -> None:
+        table = self._open(self.dead_letter_uri)
+        if table is not None and any(
+            each.partition == partition and each.epoch == since.epoch and each.last >= since.next_offset
+            for ranges in _ranges(table, "ingest_date", None).values()
+            for each in ranges
+        ):
+            table.delete(_at_or_after(partition, since))
+
+    def start_epoch(self, partition: int, since: ResumePoint) -> ResumePoint:
+        """The partition's log restarted: archive the new log from its beginning, in epoch
+        ``since.epoch + 1``. The dead-letter rows of the old epoch at or above ``since`` (left by a
+        batch whose events never committed) go first; then a commit with no rows moves the resume
+        point, fenced like a batch. Returns the new resume point."""
+        new = ResumePoint(since.epoch + 1, 0)
+        self.begin(partition, since).commit(
+            new, pl.DataFrame(schema=EVENTS_SCHEMA), pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+        )
+        return new
+
+
+class RawSnapshot:
+    """One version of the events and dead-letter tables, read once."""
+
+    def __init__(self, events: DeltaTable | None, dead_letter: DeltaTable | None, tables: RawTables) -> None:
+        self.events = events
+        self.dead_letter = dead_letter
+        self.tables = tables
+
+    @property
+    def version(self) -> int | None:
+        """The events table's version (None: nothing archived yet)."""
+        return self.events.version() if self.events is not None else None
+
+    def resume_point(self, partition: int) -> ResumePoint:
+        if self.events is None:
+            return ResumePoint()
+        return ResumePoint.of_version(self.events.transaction_version(self.tables.app_id(partition)))
+
     def event_files(self, days: Iterable[date]) -> dict[date, list[str]]:
-        """Each day's files in the events table's current snapshot."""
-        table = self._open(self.events_uri)
-        if table is None:
-            return {day: [] for day in days}
-        return {day: table.file_uris(file_pruning_predicate=[("event_date", "=", day)]) for day in days}
+        """Each day's files, in Kafka order (partition, epoch, first offset)."""
+        days = list(days)
+        ranges = self.file_ranges(days)
+        return {day: [each.uri for each in ranges.get(day, [])] for day in days}
+
+    def file_ranges(self, days: Iterable[date]) -> dict[date, list[FileRange]]:
+        """Each day's files with the partition, log epoch and offsets each holds (a commit writes one
+        Kafka partition's rows of one epoch to a file: its statistics say which)."""
+        wanted = set(days)
+        if self.events is None or not wanted:
+            return {}
+        return _ranges(self.events, "event_date", wanted)
 
     def dead_letter_files(self) -> list[str]:
-        table = self._open(self.dead_letter_uri)
-        return table.file_uris() if table is not None else []
+        if self.dead_letter is None:
+            return []
+        return [each.uri for ranges in _ranges(self.dead_letter, "ingest_date", None).values() for each in ranges]
+
+    def dead_letter_counted(self) -> str:
+        """A SQL condition on dead-letter rows: true for the rows a committed batch archived (below
+        its partition's resume point), false for what a batch that never committed left."""
+        if self.dead_letter is None:
+            return "false"
+        partitions = sorted(
+            {each.partition for ranges in _ranges(self.dead_letter, "ingest_date", None).values() for each in ranges}
+        )
+        terms = []
+        for partition in partitions:
+            point = self.resume_point(partition)
+            terms.append(
+                f"(kafka_partition = {partition} and (log_epoch < {point.epoch} "
+                f"or (log_epoch = {point.epoch} and kafka_offset < {point.next_offset})))"
+            )
+        return " or ".join(terms) or "false"
+
+
+@dataclass(frozen=True, order=True)
+class FileRange:
+    """One file of a table and the Kafka offsets it holds."""
+
+    partition: int
+    epoch: int
+    first: int
+    last: int
+    uri: str
+    rows: int
+    size_bytes: int
+
+
+def _ranges(table: DeltaTable, day_column: str, days: set[date] | None) -> dict[date, list[FileRange]]:
+    actions = pl.from_arrow(pa.table(table.get_add_actions(flatten=True)))
+    assert isinstance(actions, pl.DataFrame)
+    base = table.table_uri.removeprefix("file://").rstrip("/")
+    found: dict[date, list[FileRange]] = {}
+    for row in actions.iter_rows(named=True):
+        day = row[f"partition.{day_column}"]
+        if days is not None and day not in days:
+            continue
+        if row["min.kafka_partition"] != row["max.kafka_partition"] or row["min.log_epoch"] != row["max.log_epoch"]:
+            raise LambdaflowError(f"{base}/{row['path']} holds rows of more than one Kafka partition or log epoch")
+        found.setdefault(day, []).append(
+            FileRange(
+                partition=row["min.kafka_partition"],
+                epoch=row["min.log_epoch"],
+                first=row["min.kafka_offset"],
+                last=row["max.kafka_offset"],
+                uri=f"{base}/{row['path']}",
+                rows=row["num_records"],
+                size_bytes=row["size_bytes"],
+            )
+        )
+    return {day: sorted(ranges) for day, ranges in found.items()}
 
 
 @dataclass
@@ -165,14 +279,21 @@ class BatchCommit:
         try:
             if rejects.height:
                 tables._replace_dead_letter(self.partition, self.since, rejects)
+            elif until.epoch != self.since.epoch:
+                tables._drop_dead_letter_from(self.partition, self.since)
             write_deltalake(
                 table,
                 events,
                 mode="append",
+                writer_properties=_ZSTD,
                 commit_properties=CommitProperties(app_transactions=[Transaction(app, until.version)]),
             )
         except CommitFailedError as error:
             raise Fenced(f"{app}: another archiver committed this partition first ({error})") from error
+
+
+def _at_or_after(partition: int, point: ResumePoint) -> str:
+    return f"kafka_partition = {int(partition)} and log_epoch = {point.epoch} and kafka_offset >= {point.next_offset}"
 
 
 def _for_delta(frame: pl.DataFrame, epoch: int) -> pl.DataFrame:
