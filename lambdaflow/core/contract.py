@@ -106,12 +106,18 @@ with decoded as (
     from records
 ),
 
+transformed as (
+    -- One parse for a valid message: json_valid parses again only a value the transform refused.
+    select *, try(json_transform(text, '{{{_FIELD_TYPES}}}')) as transformed
+    from decoded
+),
+
 parsed as (
     select
-        *,
-        json_valid(text) as is_json,
-        case when json_valid(text) then json_transform(text, '{{{_FIELD_TYPES}}}') end as doc
-    from decoded
+        * exclude (transformed),
+        coalesce(transformed is not null or json_valid(text), false) as is_json,
+        transformed as doc
+    from transformed
 ),
 
 fields as (
@@ -140,9 +146,11 @@ classified as (
             when text is null then 'not_utf8'
             when not is_json then 'not_json'
             when left(ltrim(text), 1) <> '{{' then 'not_an_object'
-            when regexp_full_match(text, '\\s*\\{{\\s*\\}}\\s*') then 'empty_object'
 
-            when event_id_kind is null then 'missing_event_id'
+            -- an object without event_id: empty, or missing it (the pattern runs on these rows alone)
+            when event_id_kind is null then case
+                when regexp_full_match(text, '\\s*\\{{\\s*\\}}\\s*') then 'empty_object' else 'missing_event_id'
+            end
             when event_id_kind <> 'string' then 'event_id_is_' || event_id_kind
             when event_id_text = '' then 'empty_event_id'
 
