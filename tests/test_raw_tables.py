@@ -172,6 +172,30 @@ def test_a_new_log_epoch_starts_its_offsets_again(storage: Storage) -> None:
     assert ResumePoint.of_version(ResumePoint(3, 10**12 - 1).version) == ResumePoint(3, 10**12 - 1)
 
 
+def test_the_commit_records_the_last_record_and_the_log_it_came_from(storage: Storage) -> None:
+    """What the next archiver checks the broker's log against lands with the batch, atomically."""
+    tables = RawTables(storage, TOPIC)
+    first = {"offset": 0, "timestamp": 1_796_000_000_000, "crc32": 4_000_000_001}
+    last = {"offset": 49, "timestamp": 1_796_000_000_049, "crc32": 7}
+    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 50), *batch(0, 0, 49), last, first)
+    snapshot = tables.snapshot()
+    assert snapshot.last_record(0) == last
+    assert snapshot.log_id(0, 0) == "1796000000000-4000000001"
+    assert snapshot.last_record(1) is None and snapshot.log_id(0, 1) is None
+
+    later = {"offset": 59, "timestamp": -1, "crc32": 0}  # a record without a timestamp
+    tables.commit_batch(0, ResumePoint(0, 50), ResumePoint(0, 60), *batch(0, 50, 59), later, {**last, "offset": 50})
+    assert tables.snapshot().last_record(0) == later
+    assert tables.snapshot().log_id(0, 0) == "1796000000000-4000000001"  # only offset 0 names the log
+    # A batch committed without its last record leaves none for the new resume point, not an older one.
+    tables.commit_batch(0, ResumePoint(0, 60), ResumePoint(0, 70), *batch(0, 60, 69))
+    assert tables.snapshot().last_record(0) is None
+
+    tables.start_epoch(0, ResumePoint(0, 70))
+    assert tables.snapshot().last_record(0) is None
+    assert tables.snapshot().log_id(0, 0) == "1796000000000-4000000001"
+
+
 def test_a_storage_url_of_another_kind_is_refused_with_the_kinds_it_takes(tmp_path: Path) -> None:
     from lambdaflow.core.errors import ConfigError
 

@@ -23,6 +23,12 @@ dead-letter row only below its partition's resume point
 (:meth:`RawSnapshot.dead_letter_counted`); a new log epoch removes such rows of
 the old one before it starts.
 
+The same commit records what the next archiver checks the broker's log against,
+as more application transactions of the partition (whose versions are any
+64-bit integers and, like the resume point, outlive checkpoints): the
+timestamp and CRC of the last record archived, and per log epoch the
+identity of the log (its offset 0's timestamp and CRC).
+
 Readers take one :class:`RawSnapshot`: the resume points, each day's files and
 the Kafka offsets each file holds (from the table's own file statistics: a
 commit writes one partition's rows of one epoch to a file) all come from one
@@ -118,10 +124,17 @@ class RawTables:
         return BatchCommit(self, partition, since, table)
 
     def commit_batch(
-        self, partition: int, since: ResumePoint, until: ResumePoint, events: pl.DataFrame, rejects: pl.DataFrame
+        self,
+        partition: int,
+        since: ResumePoint,
+        until: ResumePoint,
+        events: pl.DataFrame,
+        rejects: pl.DataFrame,
+        last_record: dict | None = None,
+        first_record: dict | None = None,
     ) -> None:
         """:meth:`begin` and :meth:`BatchCommit.commit` in one call."""
-        self.begin(partition, since).commit(until, events, rejects)
+        self.begin(partition, since).commit(until, events, rejects, last_record, first_record)
 
     def _create(self, uri: str, like: pl.DataFrame, partition_by: str) -> DeltaTable:
         """The table at ``uri``, created with the columns of ``like`` unless it exists (another writer
@@ -181,6 +194,26 @@ class RawSnapshot:
         if self.events is None:
             return ResumePoint()
         return ResumePoint.of_version(self.events.transaction_version(self.tables.app_id(partition)))
+
+    def _marker(self, name: str) -> int | None:
+        return self.events.transaction_version(name) if self.events is not None else None
+
+    def last_record(self, partition: int) -> dict | None:
+        """The fingerprint of the record just before the partition's resume point, as archived
+        (None before its first batch, or after a new epoch began)."""
+        point, app = self.resume_point(partition), self.tables.app_id(partition)
+        offset = self._marker(f"{app}/last_record_offset")
+        timestamp, crc32 = self._marker(f"{app}/last_record_timestamp"), self._marker(f"{app}/last_record_crc32")
+        if point.next_offset == 0 or offset != point.next_offset - 1 or timestamp is None or crc32 is None:
+            return None  # none recorded for this resume point
+        return {"offset": point.next_offset - 1, "timestamp": timestamp, "crc32": crc32}
+
+    def log_id(self, partition: int, epoch: int) -> str | None:
+        """The identity of the log the partition's ``epoch`` archived (boundary.log_id), once its
+        offset 0 is in the table."""
+        prefix = f"{self.tables.app_id(partition)}/epoch-{epoch}"
+        timestamp, crc32 = self._marker(f"{prefix}/log_timestamp"), self._marker(f"{prefix}/log_crc32")
+        return None if timestamp is None or crc32 is None else f"{timestamp}-{crc32}"
 
     def event_files(self, days: Iterable[date]) -> dict[date, list[str]]:
         """Each day's files, in Kafka order (partition, epoch, first offset)."""
@@ -266,11 +299,34 @@ class BatchCommit:
     since: ResumePoint
     table: DeltaTable | None  # the events table as read by begin (None: not created yet)
 
-    def commit(self, until: ResumePoint, events: pl.DataFrame, rejects: pl.DataFrame) -> None:
+    def commit(
+        self,
+        until: ResumePoint,
+        events: pl.DataFrame,
+        rejects: pl.DataFrame,
+        last_record: dict | None = None,
+        first_record: dict | None = None,
+    ) -> None:
         """The batch's rejects, then its events with the partition's new resume point ``until``, in
         one commit that lands only if no commit for the partition landed since :meth:`RawTables.begin`
-        read the table; otherwise :class:`Fenced`, with no event committed."""
+        read the table; otherwise :class:`Fenced`, with no event committed.
+
+        ``last_record``: the fingerprint (offset, timestamp, crc32) of the batch's last record, which
+        the next archiver checks the log against; ``first_record``, the batch's first, names the log
+        when it is offset 0. Both travel in the same commit (see :meth:`RawSnapshot.last_record`)."""
         tables, app = self.tables, self.tables.app_id(self.partition)
+        markers = [Transaction(app, until.version)]
+        if last_record is not None:
+            markers += [
+                Transaction(f"{app}/last_record_offset", int(last_record["offset"])),
+                Transaction(f"{app}/last_record_timestamp", int(last_record["timestamp"])),
+                Transaction(f"{app}/last_record_crc32", int(last_record["crc32"])),
+            ]
+        if first_record is not None and first_record.get("offset") == 0:
+            markers += [
+                Transaction(f"{app}/epoch-{self.since.epoch}/log_timestamp", int(first_record["timestamp"])),
+                Transaction(f"{app}/epoch-{self.since.epoch}/log_crc32", int(first_record["crc32"])),
+            ]
         events, rejects = _for_delta(events, self.since.epoch), _for_delta(rejects, self.since.epoch)
         table = self.table
         if table is None:  # the topic's first batch anywhere: create the table, then check again
@@ -286,7 +342,7 @@ class BatchCommit:
                 events,
                 mode="append",
                 writer_properties=_ZSTD,
-                commit_properties=CommitProperties(app_transactions=[Transaction(app, until.version)]),
+                commit_properties=CommitProperties(app_transactions=markers),
             )
         except CommitFailedError as error:
             raise Fenced(f"{app}: another archiver committed this partition first ({error})") from error
