@@ -137,9 +137,12 @@ class StreamWorker:
 
     def take(self, polled: dict, new_connection: bool) -> None:
         if new_connection:
-            for each in self.owned.values():
-                each.check_log = True
+            self.connected_anew()
         self._count(polled)
+
+    def connected_anew(self) -> None:
+        for each in self.owned.values():
+            each.check_log = True
 
     def after_poll(self) -> None:
         self._follow_batch()

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -212,13 +213,16 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("paused_for", [0, 8], ids=["back-at-once", "paused-past-the-session"])
 def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(
-    own_broker, data_dir, kafka_cli, tmp_path
+    own_broker, data_dir, kafka_cli, tmp_path, paused_for: float
 ) -> None:
     """The archiver holds the first log's messages in its buffers (a long roll) when the broker restarts
     empty while the archiver is paused, so its watch never sees the broker leave. The new log then grows
     past the old position. The buffered messages, read from the first log, must be archived in its
-    epoch, and the new log in the next one: nothing the speed layer may have counted is dropped."""
+    epoch, and the new log in the next one: nothing the speed layer may have counted is dropped.
+    Paused past its session timeout, the archiver learns on waking that the group dropped it, and lets
+    go of its partitions before it polls again: it must still know the buffers came from the old log."""
     topic = own_broker.topic
     env = {**kafka_cli.env, "LAMBDAFLOW_ARCHIVE_ROLL_MB": "256", "LAMBDAFLOW_ARCHIVE_ROLL_SECONDS": "3600"}
     archiver = WorkerProcess("archive", env, tmp_path / "archiver.log")
@@ -237,6 +241,7 @@ def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(
         os.kill(archiver.pid, signal.SIGSTOP)
         try:
             own_broker.restart()
+            time.sleep(paused_for)
         finally:
             os.kill(archiver.pid, signal.SIGCONT)
         after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=1_800, seed=62))

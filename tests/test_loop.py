@@ -77,6 +77,9 @@ class Recorder:
         if self.rewind_in_after_poll:
             self._maybe_rewind(TopicPartition(self.loop.topic if self.loop else "", 0))
 
+    def connected_anew(self) -> None:
+        pass
+
     def caught_up(self, partition: int) -> bool:
         assert self.loop is not None
         end = self.loop.end_offset(partition)

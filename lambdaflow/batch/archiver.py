@@ -96,6 +96,9 @@ class Archiver:
             self._publish_before_new_connection()
         self._accept(polled)
 
+    def connected_anew(self) -> None:
+        self._publish_before_new_connection()
+
     def after_poll(self) -> None:
         for partition in list(self.owned):
             self._maybe_publish(partition, self._until_idle)

@@ -85,6 +85,12 @@ class Sink(Protocol):
         """Work due after each batch (publishing, status, progress)."""
         ...
 
+    def connected_anew(self) -> None:
+        """Called from inside poll, before a rebalance callback, when the consumer has connected to the
+        broker anew since it last polled records: everything the sink holds was read over the old
+        connection, from the log as it was then (the next take is told as well)."""
+        ...
+
     def caught_up(self, partition: int) -> bool:
         """Whether everything up to the partition's end offset is counted and published."""
         ...
@@ -186,6 +192,7 @@ class PartitionedLoop(ConsumerRebalanceListener):
         )
         self._assignment = AssignmentClock(session_timeout_ms)
         self._connections = clients.NewConnections(self.consumer)
+        self._new_connection = False  # seen by a rebalance callback, not yet handed to take
         self._ends: dict[int, int] = {}
         self._fetched: dict[int, int] = {}  # per partition: the offset after the last record polled
         self._fatal: LambdaflowError | None = None
@@ -221,7 +228,7 @@ class PartitionedLoop(ConsumerRebalanceListener):
                 finally:
                     self._polling = False
                 self._note_fetched(polled)
-                new_connection = self._connections.since_last_asked()
+                new_connection, self._new_connection = self._connected_anew(), False
                 self._counting.result()
                 self._seek_asked()
                 self._commit_asked()
@@ -359,12 +366,23 @@ class PartitionedLoop(ConsumerRebalanceListener):
 
     # kafka-python calls these from inside poll
 
+    def _connected_anew(self) -> bool:
+        """Has the consumer connected anew since the last batch was handed to take?"""
+        self._new_connection = self._connections.since_last_asked() or self._new_connection
+        return self._new_connection
+
     def _take_returned(self) -> None:
         """In a rebalance callback, before the sink gains or loses partitions: let take finish and apply
-        what it asked of the consumer (its error is raised by run, after poll)."""
+        what it asked of the consumer (its error is raised by run, after poll). A broker that came back
+        (perhaps without its log) drops the group's members: the sink hears of the new connection
+        before it lets go of partitions, so that what it holds from the old log is not checked against
+        the new one."""
         self._counting.wait()
         self._seek_asked()
         self._commit_asked()
+        if self._connections.since_last_asked():
+            self._new_connection = True
+            self.sink.connected_anew()
 
     def on_partitions_revoked(self, revoked) -> None:
         self._take_returned()
