@@ -86,9 +86,8 @@ class Sink(Protocol):
         ...
 
     def connected_anew(self) -> None:
-        """Called from inside poll, before a rebalance callback, when the consumer has connected to the
-        broker anew since it last polled records: everything the sink holds was read over the old
-        connection, from the log as it was then (the next take is told as well)."""
+        """In a rebalance callback, before it: the consumer connected anew since the last batch, so all
+        the sink holds came over the old connection, from the log as it was (take is told as well)."""
         ...
 
     def caught_up(self, partition: int) -> bool:
@@ -373,10 +372,8 @@ class PartitionedLoop(ConsumerRebalanceListener):
 
     def _take_returned(self) -> None:
         """In a rebalance callback, before the sink gains or loses partitions: let take finish and apply
-        what it asked of the consumer (its error is raised by run, after poll). A broker that came back
-        (perhaps without its log) drops the group's members: the sink hears of the new connection
-        before it lets go of partitions, so that what it holds from the old log is not checked against
-        the new one."""
+        what it asked of the consumer (its error is raised by run, after poll). A broker back without
+        its log drops the members: the sink hears of the new connection before it lets go."""
         self._counting.wait()
         self._seek_asked()
         self._commit_asked()
