@@ -74,8 +74,8 @@ def run_section(ctx: Context) -> Section:
 
 
 def _sharing(data_dir: Path, shared: Path) -> Path:
-    """A data directory whose raw store and archiver manifests are the shared ones."""
-    for name in ("raw", "archiver"):
+    """A data directory whose raw tables and archiver status files are the shared ones."""
+    for name in ("tables", "archiver"):
         link = data_dir / name
         if not link.exists():
             link.symlink_to(shared / name, target_is_directory=True)

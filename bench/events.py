@@ -17,10 +17,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
-from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.files import replace_json
-from lambdaflow.core.raw_store import BatchRange, Manifest
+from lambdaflow.core.raw_store import RawStore
+from lambdaflow.core.raw_tables import DEAD_LETTER_SCHEMA, EVENTS_SCHEMA, RawTables, ResumePoint
+from lambdaflow.core.storage import Storage
 
 TOPIC = "events"
 # About the size of a Kafka message the archiver's 64 MB roll counts (values only).
@@ -154,46 +156,47 @@ def write_raw_day(
 ) -> RawDay:
     """One UTC day of ``count`` events in the raw store's layout, as the archiver would publish it.
 
-    Files are named by topic, epoch, partition and offset range and hold about
-    ROWS_PER_RAW_FILE rows each (a 64 MB roll of ~200-byte messages). An
+    Committed to the raw tables as the archiver commits them, each commit about
+    ROWS_PER_RAW_FILE rows of one partition (a 64 MB roll of ~200-byte messages). An
     event's offset is its index in one sequence shared by the partitions, so a
     partition's offsets rise but have gaps: nothing downstream needs them
     contiguous, and numbering them densely would cost a sort. Offsets continue
     from ``first_offsets`` (updated in place), so several days follow each other.
-    Call :func:`write_manifests` afterwards so that the files count as covered.
+    Call :func:`write_manifests` afterwards for the archivers' status files.
     """
     first_offsets = first_offsets if first_offsets is not None else {}
-    store = RawStoreWriter(data_dir, topic)
+    tables = RawTables(Storage.from_env({}, data_dir), topic)
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    folder = store.events_dir / f"event_date={day.isoformat()}"
-    folder.mkdir(parents=True, exist_ok=True)
     files = 0
     base = min(first_offsets.values(), default=0)
     span = ROWS_PER_RAW_FILE * partitions
     with _connect() as con:
         con.execute(f"create temp table day_events as {_draws_sql(count, seed, start, 86_400, partitions)}")
         for partition in range(partitions):
+            since = ResumePoint(0, first_offsets.get(partition, 0))
             for chunk_start in range(0, count, span):
                 chunk_end = min(count, chunk_start + span) - 1
-                batch = BatchRange(topic, 0, partition, base + chunk_start, base + chunk_end)
-                con.execute(f"""
-                    copy (
-                        select
-                            event_id, event_type, user_id, occurred_at, coalesce(country, 'ZZ') as country,
-                            amount_cents,
-                            '{topic}' as kafka_topic, kafka_partition,
-                            i + {base} as kafka_offset,
-                            occurred_at as kafka_timestamp,
-                            timestamptz '{start:%Y-%m-%d} 00:00:00+00' + interval 1 day as ingested_at
-                        from day_events
-                        where kafka_partition = {partition} and i between {chunk_start} and {chunk_end}
-                        order by i
-                    ) to '{store.event_file(day, batch)}' (format parquet, compression zstd)
-                """)
+                events = con.sql(f"""
+                    select
+                        event_id, event_type, user_id, occurred_at, cast(occurred_at as date) as event_date,
+                        coalesce(country, 'ZZ') as country, amount_cents,
+                        '{topic}' as kafka_topic, kafka_partition,
+                        i + {base} as kafka_offset,
+                        occurred_at as kafka_timestamp,
+                        timestamptz '{start:%Y-%m-%d} 00:00:00+00' + interval 1 day as ingested_at
+                    from day_events
+                    where kafka_partition = {partition} and i between {chunk_start} and {chunk_end}
+                    order by i
+                """).pl()
+                until = ResumePoint(0, base + chunk_end + 1)
+                tables.commit_batch(
+                    partition, since, until, events.cast(EVENTS_SCHEMA), pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+                )
+                since = until
                 files += 1
     for partition in range(partitions):
         first_offsets[partition] = base + count
-    written = sum(path.stat().st_size for path in folder.glob("*.parquet"))
+    written = sum(each.size_bytes for each in tables.snapshot().file_ranges([day]).get(day, []))
     return RawDay(day, count, files, written)
 
 
@@ -204,12 +207,12 @@ def write_manifests(
     topic: str = TOPIC,
     caught_up_at: datetime | None = None,
 ) -> None:
-    """The archiver's manifests (every file above is covered) and status files (every past day complete)."""
-    store = RawStoreWriter(data_dir, topic)
+    """The archiver's status files (every past day complete); where each partition resumes is in the
+    tables' own commits."""
+    store = RawStore(data_dir, topic, Storage.from_env({}, data_dir))
     caught_up = (caught_up_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
     for partition in range(partitions):
         offset = next_offsets.get(partition, 0)
-        store.write_manifest(Manifest(topic=topic, partition=partition, next_offset=offset, updated_at=caught_up))
         replace_json(
             store.status_path(partition),
             {

@@ -140,8 +140,8 @@ def _footprint(last: dict[str, dict]) -> dict:
     speed_dir = Path(last["stream worker"]["data_dir"]) / "speed"
     state = sum(p.stat().st_size for p in speed_dir.rglob("*.duckdb*") if p.is_file())
     snapshots = sum(p.stat().st_size for p in speed_dir.rglob("snapshots/*.parquet"))
-    raw = sum(p.stat().st_size for p in (archive_dir / "raw").rglob("*.parquet"))
-    files = len(list((archive_dir / "raw").rglob("*.parquet")))
+    raw = sum(p.stat().st_size for p in (archive_dir / "tables" / "raw").rglob("*.parquet"))
+    files = len(list((archive_dir / "tables" / "raw").rglob("*.parquet")))
     return {
         "state_bytes": state,
         "snapshot_bytes": snapshots,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from lambdaflow.core.raw_store import BatchRange, RawStore
+from lambdaflow.core.raw_store import RawStore
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
 from tests.kafka_helpers import read_all
@@ -96,36 +96,34 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     assert_exactly_once(data_dir, topic, truth)
 
 
-def test_a_crashed_batch_is_ignored_by_readers_and_removed_on_assignment(
-    kafka_bootstrap, topic, data_dir, archivers
-) -> None:
+def test_a_file_no_commit_added_is_ignored_by_readers(kafka_bootstrap, topic, data_dir, archivers) -> None:
     summary = produce(kafka_bootstrap, topic, 3, options(days=1, per_day=3_000, seed=4, malformed=0.01))
     archivers("--until-idle").wait()
     store = RawStore(data_dir, topic)
     day = store.event_dates()[0]
     published = store.files_for_date(day)
 
-    # What a crash between publishing files and writing the manifest leaves behind:
-    manifest = store.read_manifest(0)
-    orphan_range = BatchRange(topic, manifest.epoch, 0, manifest.next_offset, manifest.next_offset + 99)
-    orphan = store.event_file(day, orphan_range)
+    # What a batch refused or cut short by a crash leaves in the table's folder, and a kill -9 in the
+    # middle of a status write:
+    orphan = published[0].with_name("part-00000-00000000-0000-0000-0000-000000000000-c000.zstd.parquet")
     shutil.copy(published[0], orphan)
-    temp = store.temp_dir / f"{orphan_range.file_name}.0123456789ab.tmp"
-    temp.parent.mkdir(parents=True, exist_ok=True)
-    temp.write_bytes(b"half a parquet file")
-    status_temp = store.state_dir / f"{store.status_path(0).name}.0123456789ab.tmp"  # killed mid status write
+    status_temp = store.state_dir / f"{store.status_path(0).name}.0123456789ab.tmp"
     status_temp.write_text('{"partition": 0')
-    manifest_temp = store.state_dir / f"{store.manifest_path(0).name}.0123456789ab.tmp"  # ... mid manifest write
-    manifest_temp.write_text('{"topic": ')
 
-    assert orphan not in store.files_for_date(day)  # readers ignore it...
+    assert orphan not in store.files_for_date(day)  # readers see committed files only
     assert store.files_for_date(day) == published
 
     archivers("--until-idle").wait()
-    assert not orphan.exists()  # ...and the next owner of the partition removes it
-    assert not temp.exists() and not status_temp.exists() and not manifest_temp.exists()
+    assert not status_temp.exists()  # the next owner of the partition removes it
     truth = log_truth(kafka_bootstrap, topic, summary.messages)
     assert_exactly_once(data_dir, topic, truth)
+
+
+def epochs_archived(store: RawStore) -> Counter:
+    """How many files of each log epoch the events table holds."""
+    snapshot = store.snapshot()
+    ranges = snapshot.file_ranges(snapshot.event_dates())
+    return Counter(each.epoch for day_ranges in ranges.values() for each in day_ranges)
 
 
 def test_a_published_name_is_never_replaced(tmp_path) -> None:
@@ -187,7 +185,7 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
         60,
         "the first log to be archived",
     )
-    epoch_0 = {p: p.read_bytes() for p in store.events_dir.glob("*/*.parquet")}
+    epoch_0 = {p: p.read_bytes() for day in store.event_dates() for p in store.files_for_date(day)}
 
     own_broker.restart(paused=[archiver.pid])
     after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))
@@ -205,8 +203,7 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
     assert "LOG RESTARTED" in archiver.log_path.read_text()
     for path, content in epoch_0.items():
         assert path.read_bytes() == content  # nothing published was replaced
-    epochs = Counter(BatchRange.parse(p.name).epoch for p in store.events_dir.glob("*/*.parquet"))
-    assert set(epochs) == {0, 1}
+    assert set(epochs_archived(store)) == {0, 1}
     rows = archived_rows(data_dir, "raw/events")
     assert len(rows) == before.events + after.events
     assert {(r.partition, r.offset) for r in new_log} <= set(rows)
@@ -254,9 +251,7 @@ def test_a_broker_back_faster_than_the_watch_sees_loses_no_buffered_message(
     finally:
         archiver.ensure_stopped()
     WorkerProcess("archive", kafka_cli.env, tmp_path / "archiver-2.log", "--until-idle").wait()
-    store = RawStore(data_dir, topic)
-    epochs = Counter(BatchRange.parse(p.name).epoch for p in store.events_dir.glob("*/*.parquet"))
-    assert set(epochs) == {0, 1}
+    assert set(epochs_archived(RawStore(data_dir, topic))) == {0, 1}
     assert len(archived_rows(data_dir, "raw/events")) == before.events + after.events
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lambdaflow.core.raw_store import BatchRange
+from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
@@ -60,11 +60,8 @@ class World(TopicWorld):
 
     def raw_file(self, day: date, partition: int = 1) -> Path:
         """The day's one raw file of ``partition`` (the archiver published each partition once)."""
-        (path,) = [
-            path
-            for path in (self.data_dir / "raw" / "events" / f"event_date={day}").glob("*.parquet")
-            if BatchRange.parse(path.name).partition == partition
-        ]
+        ranges = RawStore(self.data_dir, self.topic).snapshot().file_ranges([day]).get(day, [])
+        (path,) = [Path(each.uri) for each in ranges if each.partition == partition]
         return path
 
 
@@ -446,7 +443,7 @@ def damage_delete(path: Path, original: bytes) -> None:
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        (damage_delete, "is missing, though the build of {day} at {built_at} read it"),
+        (damage_delete, "is missing"),  # the table still lists it: its bytes are gone
         (
             damage_truncate,
             "is not a readable Parquet file (parquet: File out of specification: The file must end with PAR1 or PARE)",
@@ -576,33 +573,15 @@ def test_a_damaged_batch_manifest_gets_one_line_naming_the_rebuild(world, text: 
     assert after == before
 
 
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        pytest.param(
-            '{"topic": "ev',
-            "Unterminated string starting at: line 1 column 11 (char 10)",
-            id="cut-short",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            '{"topic": "{topic}", "partition": 1, "next_offset": 5, "offset": 9}',
-            "Manifest.__init__() got an unexpected keyword argument 'offset'",
-            id="other-keys",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            '{"topic": "other", "partition": 1, "next_offset": 5}', "it names other[1] at offset 5", id="other-topic"
-        ),
-    ],
-)
-def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, text: str, reason: str) -> None:
-    """The manifest says which raw files count: the archiver neither guesses nor deletes files it
-    does not cover, and the batch and `status` refuse too."""
-    path = world.data_dir / "archiver" / world.topic / "partition-1.json"
-    original = path.read_bytes()
-    stored = {**digests(world.data_dir / "raw"), **digests(world.data_dir / "dead_letter")}
-    path.write_text(text.replace("{topic}", world.topic))
+def test_a_damaged_raw_table_log_stops_the_archiver_and_its_readers(world) -> None:
+    """The table's log says which raw files count and where each partition resumes: the archiver does
+    not guess, and the batch, `status` and `--verify` refuse too, each with one line."""
+    store = RawStore(world.data_dir, world.topic)
+    log_dir = Path(store.tables.events_uri) / "_delta_log"
+    last = sorted(log_dir.glob("*.json"))[-1]
+    original = last.read_bytes()
+    stored = digests(world.data_dir / "tables")
+    last.write_text('{"add": {"path": ')
     try:
         archived = world.lambdaflow("archive", timeout=180)  # no --until-idle: it must stop by itself
         others = [
@@ -610,15 +589,16 @@ def test_a_damaged_archiver_manifest_stops_the_archiver_and_its_readers(world, t
             for command in (["archive", "--verify"], ["status"], ["batch", "--date", str(world.unbuilt)])
         ]
     finally:
-        path.write_bytes(original)
+        last.write_bytes(original)
     expected = (
-        f"lambdaflow: error: {path} cannot be read ({reason}): restore it from a backup: it is what says "
-        "which raw files count and where the partition resumes, and the archiver will not guess"
+        f"lambdaflow: error: the raw table {store.tables.events_uri} cannot be read (Kernel error: Json error: "
+        "Truncated record whilst reading value): restore its _delta_log from a backup; it says which files "
+        "count and where each partition resumes, and lambdaflow will not guess"
     )
     assert refused_after_logs(archived) == expected
     for result in others:
         assert one_line(result) == expected
-    assert {**digests(world.data_dir / "raw"), **digests(world.data_dir / "dead_letter")} == stored
+    assert digests(world.data_dir / "tables") == stored
 
 
 @pytest.mark.parametrize(

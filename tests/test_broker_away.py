@@ -44,11 +44,14 @@ def read_offsets(store: RawStore) -> dict[int, tuple[int | None, int | None]]:
 
 
 def raw_events(data_dir) -> tuple[int, int]:
-    """(rows, distinct event ids) in every published raw file."""
-    pattern = str(data_dir / "raw" / "events" / "**" / "*.parquet")
-    if not list((data_dir / "raw" / "events").glob("**/*.parquet")):
+    """(rows, distinct event ids) in the raw events table."""
+    files: list[str] = []
+    for topic_dir in sorted((data_dir / "tables" / "raw").glob("*")):
+        snapshot = RawStore(data_dir, topic_dir.name).snapshot()
+        files += [uri for uris in snapshot.event_files(snapshot.event_dates()).values() for uri in uris]
+    if not files:
         return 0, 0
-    return duckdb.execute(f"select count(*), count(distinct event_id) from read_parquet('{pattern}')").fetchone()
+    return duckdb.execute("select count(*), count(distinct event_id) from read_parquet(?)", [files]).fetchone()
 
 
 def lines_between(log_text: str, first: str, last: str) -> list[str]:
@@ -79,7 +82,9 @@ def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(own
         own_broker.go_away()
         wait_for(lambda: raw_events(data_dir)[0] == before.events, 30, "the archiver to publish what it read")
         published = {
-            path: hashlib.sha256(path.read_bytes()).hexdigest() for path in store.events_dir.glob("*/*.parquet")
+            path: hashlib.sha256(path.read_bytes()).hexdigest()
+            for day in store.event_dates()
+            for path in store.files_for_date(day)
         }
         for _ in range(AWAY_SECONDS):
             time.sleep(1)

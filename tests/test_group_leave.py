@@ -16,7 +16,7 @@ import pytest
 from kafka import ConsumerRebalanceListener
 
 from lambdaflow.batch.archiver import Archiver
-from lambdaflow.batch.raw_writer import RawStoreWriter
+from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.group import NoPartitionAssigned
 from lambdaflow.synthetic import generator
@@ -112,10 +112,10 @@ def test_a_worker_held_out_of_its_group_stops_until_idle_with_an_error(kafka_boo
     for member in (leader, follower, joiner):
         member.stop.set()
         member.join(timeout=30)
-    archiver = Archiver(kafka_bootstrap, RawStoreWriter(data_dir, topic), group_id=group)
+    archiver = Archiver(kafka_bootstrap, RawStore(data_dir, topic), group_id=group)
     with pytest.raises(NoPartitionAssigned) as refused:
         archiver.run(threading.Event(), until_idle=True, idle_timeout=20)
     assert str(refused.value).startswith(
         f"no partition of {topic} was assigned to this member of the group '{group}' in 20 s: "
     )
-    assert not (data_dir / "raw").exists()
+    assert not (data_dir / "tables").exists()

@@ -85,16 +85,16 @@ def test_reconciliation_maps_the_speed_layers_epoch_to_the_archivers_by_the_log(
     calls it epoch 1. What the speed layer has seen of the archiver's epoch-1 files is its offsets."""
     import polars as pl
 
-    from lambdaflow.core.raw_store import BatchRange, Manifest
+    from lambdaflow.core.raw_store import Manifest
     from lambdaflow.serving.reconcile import SpeedPosition
 
     archived = Manifest(topic="events", partition=0, epoch=1, next_offset=9, log_ids={"0": "old", "1": "new"})
     replayed = SpeedPosition(epoch=0, next_offset=5, log_id="new")
-    in_new_log = BatchRange("events", 1, 0, 0, 8)
+    in_new_log = 1  # a file of the archiver's epoch 1
     frame = pl.DataFrame({"kafka_offset": list(range(9))})
     seen = replayed.has_seen(in_new_log, archived)
     assert isinstance(seen, pl.Expr) and frame.filter(seen)["kafka_offset"].to_list() == [0, 1, 2, 3, 4]
-    assert replayed.has_seen(BatchRange("events", 0, 0, 0, 3), archived) is True  # the log before it
+    assert replayed.has_seen(0, archived) is True  # a file of the log before it
     unknown = SpeedPosition(epoch=0, next_offset=5, log_id=None)  # a state from before log identities
     assert unknown.has_seen(in_new_log, archived) is False
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
+import polars as pl
+from deltalake import DeltaTable, write_deltalake
+
+from lambdaflow.core.raw_store import RawStore
 from lambdaflow.synthetic import generator
 from lambdaflow.synthetic.producer import produce
 
@@ -14,7 +17,7 @@ def reports(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_verify_passes_on_an_archive_and_finds_a_lost_and_a_doubled_file(
+def test_verify_passes_on_an_archive_and_finds_lost_and_doubled_events(
     kafka_cli, kafka_bootstrap, topic, data_dir
 ) -> None:
     sent = produce(
@@ -42,12 +45,15 @@ def test_verify_passes_on_an_archive_and_finds_a_lost_and_a_doubled_file(
     assert sum(r["valid"] for r in found) == sum(r["archived"] for r in found) == sent.messages - sent.malformed
     assert sum(r["rejected"] for r in found) == sum(r["dead_letter"] for r in found) == sent.malformed
 
-    files = sorted((data_dir / "raw" / "events").glob("*/*-0-1-*.parquet"))  # partition 1's files
-    files[0].unlink()
-    doubled = sorted((data_dir / "raw" / "events").glob("*/*-0-2-*.parquet"))[0]
-    other_day = data_dir / "raw" / "events" / "event_date=2000-01-01"
-    other_day.mkdir()
-    shutil.copy(doubled, other_day / doubled.name)
+    # Damage the table as only something other than the archiver could: drop some of partition 1's
+    # events, and add the events of one of partition 2's files a second time, under another day.
+    store = RawStore(data_dir, topic)
+    DeltaTable(store.tables.events_uri).delete("kafka_partition = 1 and kafka_offset < 50")
+    snapshot = store.snapshot()
+    ranges = snapshot.file_ranges(snapshot.event_dates())
+    doubled = next(r for day_ranges in ranges.values() for r in day_ranges if r.partition == 2)
+    again = pl.read_parquet(doubled.uri).with_columns(event_date=pl.lit(date(2000, 1, 1)))
+    write_deltalake(DeltaTable(store.tables.events_uri), again, mode="append")
 
     broken = kafka_cli("archive", "--verify")
     assert broken.exit_code == 1

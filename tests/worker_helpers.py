@@ -15,6 +15,7 @@ import duckdb
 
 from lambdaflow.core.contract import classify, records_frame
 from lambdaflow.core.raw_store import RawStore
+from lambdaflow.core.storage import Storage
 from lambdaflow.kafka.broker import EmbeddedBroker
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.ops.processes import Child, lambdaflow_command
@@ -115,24 +116,34 @@ def log_truth(bootstrap: str, topic: str, expected_messages: int) -> LogTruth:
     )
 
 
-def archived_rows(data_dir: Path, folder: str) -> list[tuple[int, int]]:
-    """Every (partition, offset) row in every Parquet file under the folder, as a reader globbing it sees them."""
-    pattern = str(data_dir / folder / "**" / "*.parquet")
-    if not list((data_dir / folder).glob("**/*.parquet")):
-        return []
-    return duckdb.execute(
-        f"select kafka_partition, kafka_offset from read_parquet('{pattern}', hive_partitioning = true)"
-    ).fetchall()
+def archived_rows(data_dir: Path, folder: str, topic: str | None = None) -> list[tuple[int, int]]:
+    """Every (partition, offset) row a reader of the raw tables counts: ``folder`` is ``raw/events``
+    or ``dead_letter``; the rows of the table's current version (of the dead letter, those below each
+    partition's resume point). ``topic``: the only topic archived under ``data_dir`` when None."""
+    tables_root = data_dir / "tables" / "raw"
+    topics = [topic] if topic else sorted(p.name for p in tables_root.iterdir()) if tables_root.exists() else []
+    rows: list[tuple[int, int]] = []
+    for name in topics:
+        snapshot = RawStore(data_dir, name, Storage.from_env({}, data_dir)).snapshot()
+        if folder == "dead_letter":
+            files, where = snapshot.dead_letter_files(), snapshot.dead_letter_counted()
+        else:
+            files, where = [u for us in snapshot.event_files(snapshot.event_dates()).values() for u in us], "true"
+        if files:
+            rows += duckdb.execute(
+                f"select kafka_partition, kafka_offset from read_parquet(?) where {where}", [files]
+            ).fetchall()
+    return rows
 
 
 def assert_nothing_half_written(data_dir: Path, topic: str) -> None:
-    store = RawStore(data_dir, topic)
-    published = sorted(store.events_dir.glob("*/*.parquet"))
-    covered = sorted(p for d in store.event_dates() for p in store.files_for_date(d))
-    assert published == covered, "files no manifest covers are visible"
-    assert sorted(store.dead_letter_dir.glob("*/*.parquet")) == sorted(store.dead_letter_files())
+    """No temporary file is left, and every Parquet file of the tables that no commit added belongs to a
+    batch that was refused or cut short (the tables never show it; a vacuum removes it)."""
     leftovers = [p for p in data_dir.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert leftovers == [], f"temporary files left behind: {leftovers[:5]}"
+    snapshot = RawStore(data_dir, topic, Storage.from_env({}, data_dir)).snapshot()
+    listed = {Path(u) for us in snapshot.event_files(snapshot.event_dates()).values() for u in us}
+    assert all(path.exists() for path in listed), "a committed raw file is missing"
 
 
 def kill_9_one_after_another(start, kills: int, pause: tuple[float, float], seed: int, reported=None) -> None:

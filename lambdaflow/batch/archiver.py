@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import polars as pl
@@ -36,16 +37,16 @@ from lambdaflow.batch.buffers import (
     arrived_by,
     concat_or_empty,
     previous_status,
-    write_batch_files,
 )
-from lambdaflow.batch.raw_writer import RawStoreWriter
+from lambdaflow.core.boundary import log_id
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import (
     remove_stale_temps,
     replace_json,
 )
-from lambdaflow.core.raw_store import BatchRange, Manifest
+from lambdaflow.core.raw_store import Manifest, RawStore
+from lambdaflow.core.raw_tables import Fenced, ResumePoint
 from lambdaflow.kafka.loop import PartitionedLoop
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Archiver:
     def __init__(
         self,
         bootstrap: str,
-        store: RawStoreWriter,
+        store: RawStore,
         roll: RollPolicy = DEFAULT_ROLL,
         group_id: str = GROUP_ID,
         session_timeout_ms: int = 6000,
@@ -175,14 +176,13 @@ class Archiver:
                 tp.partition,
                 owned.buffer.messages,
             )
-        with self.store.partition_lock(tp.partition):
-            manifest = self.store.read_manifest(tp.partition)
-            if manifest != owned.manifest:
-                log.warning("%s[%d] manifest moved under us; re-reading it", self.topic, tp.partition)
-                self._take(tp)
-                return
-            manifest = manifest.new_epoch()
-            self.store.write_manifest(manifest)
+        try:
+            point = self.store.tables.start_epoch(tp.partition, owned.manifest.resume_point)
+        except Fenced as error:
+            log.warning("%s[%d] %s; re-reading where the partition stands", self.topic, tp.partition, error)
+            self._take(tp)
+            return
+        manifest = replace(owned.manifest, epoch=point.epoch, next_offset=point.next_offset, last_record=None)
         log.warning(
             "%s[%d] LOG RESTARTED: %s. Starting log epoch %d at the beginning of the new log; "
             "files of epoch %d stay as they are.",
@@ -248,30 +248,32 @@ class Archiver:
             )
             return
         assert buffer.last is not None and buffer.last_record is not None  # not empty: checked above
-        batch = BatchRange(self.topic, buffer.epoch, partition, buffer.start, buffer.last)
+        since, until = ResumePoint(buffer.epoch, buffer.start), ResumePoint(buffer.epoch, buffer.last + 1)
         started = time.monotonic()
         ingested_at = datetime.now(UTC)
         stamp = pl.lit(ingested_at).dt.cast_time_unit("us").alias("ingested_at")
-        events = concat_or_empty(buffer.events, EVENT_SCHEMA).with_columns(stamp)
-        rejects = concat_or_empty(buffer.rejects, REJECT_SCHEMA).with_columns(stamp)
-        with self.store.partition_lock(partition):
-            manifest = self.store.read_manifest(partition)
-            if manifest.epoch != batch.epoch or manifest.next_offset != batch.first:
-                log.error(
-                    "%s[%d] batch %d..%d dropped: the manifest resumes at epoch %d offset %d "
-                    "(another archiver took this partition)",
-                    self.topic,
-                    partition,
-                    batch.first,
-                    batch.last,
-                    manifest.epoch,
-                    manifest.next_offset,
-                )
-                self._resync(partition, manifest)
-                return
-            files = write_batch_files(self.store, batch, events, rejects, ingested_at)
-            manifest = manifest.advanced(batch, buffer.last_record, buffer.first_record)
-            self.store.write_manifest(manifest)
+        events = concat_or_empty(buffer.events, EVENT_SCHEMA).with_columns(stamp).sort("kafka_offset")
+        rejects = (
+            concat_or_empty(buffer.rejects, REJECT_SCHEMA)
+            .with_columns(stamp, ingest_date=pl.lit(ingested_at.date()))
+            .sort("kafka_offset")
+        )
+        try:
+            self.store.tables.commit_batch(
+                partition, since, until, events, rejects, buffer.last_record, buffer.first_record
+            )
+        except Fenced as error:
+            log.error("%s[%d] batch %d..%d dropped: %s", self.topic, partition, buffer.start, buffer.last, error)
+            self._resync(partition)
+            return
+        identity = log_id(buffer.first_record) if buffer.start == 0 else None
+        manifest = replace(
+            owned.manifest,
+            next_offset=until.next_offset,
+            last_record=buffer.last_record,
+            log_ids={**owned.manifest.log_ids, str(buffer.epoch): identity} if identity else owned.manifest.log_ids,
+        )
+        files = events["event_date"].n_unique() + (1 if rejects.height else 0)
         owned.manifest = manifest
         owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
         if events.height:
@@ -284,26 +286,26 @@ class Archiver:
         self.totals.messages += buffer.messages
         self.totals.events += events.height
         self.totals.rejects += rejects.height
-        self.totals.files += len(files)
+        self.totals.files += files
         self.totals.batches += 1
         log.info(
             "%s[%d] offsets %d..%d published: %d events, %d rejects, %d files; resume at %d",
             self.topic,
             partition,
-            batch.first,
-            batch.last,
+            buffer.start,
+            buffer.last,
             events.height,
             rejects.height,
-            len(files),
+            files,
             manifest.next_offset,
         )
         self._write_status(partition, force=True)
 
-    def _resync(self, partition: int, manifest: Manifest) -> None:
-        """Drop what is buffered and continue from what the manifest says."""
+    def _resync(self, partition: int) -> None:
+        """Drop what is buffered and continue from where the tables say the partition stands."""
         owned = self.owned[partition]
-        owned.manifest = manifest
-        owned.buffer = Buffer(epoch=manifest.epoch, start=manifest.next_offset, opened_at=time.monotonic())
+        owned.manifest = self.store.read_manifest(partition)
+        owned.buffer = Buffer(epoch=owned.manifest.epoch, start=owned.manifest.next_offset, opened_at=time.monotonic())
         self._seek_to_resume(TopicPartition(self.topic, partition), owned)
 
     # progress
@@ -362,11 +364,8 @@ class Archiver:
                 self.loop.fail(error)
 
     def _take(self, tp: TopicPartition) -> None:
-        with self.store.partition_lock(tp.partition):
-            self.store.remove_uncovered(tp.partition)
-            remove_stale_temps(self.store.manifest_path(tp.partition))  # a kill -9 mid-replace leaves these
-            remove_stale_temps(self.store.status_path(tp.partition))
-            manifest = self.store.read_manifest(tp.partition)
+        remove_stale_temps(self.store.status_path(tp.partition))  # a kill -9 mid-replace leaves these
+        manifest = self.store.read_manifest(tp.partition)
         previous = previous_status(self.store, tp.partition)
         owned = OwnedPartition(
             manifest=manifest,

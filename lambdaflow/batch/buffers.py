@@ -1,8 +1,7 @@
-"""What the archiver holds per partition between publishes, and how a batch becomes files.
+"""What the archiver holds per partition between publishes.
 
 A partition's buffer collects classified messages until the roll policy says
-publish; a batch's files (one per event date, plus the dead letter) are each
-written to a temporary name, fsynced, and linked to a name that must be new.
+publish; the batch is then one commit to the raw tables (lambdaflow.core.raw_tables).
 """
 
 from __future__ import annotations
@@ -14,18 +13,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.core.counters import PartitionCounters
 from lambdaflow.core.days import midnight
-from lambdaflow.core.files import (
-    PROGRESS_ONLY,
-    DamagedFile,
-    publish_new,
-    read_json,
-    temp_path_for,
-    write_parquet_durably,
-)
-from lambdaflow.core.raw_store import BatchRange, Manifest
+from lambdaflow.core.files import PROGRESS_ONLY, DamagedFile, read_json
+from lambdaflow.core.raw_store import Manifest, RawStore
 from lambdaflow.kafka.log_identity import fingerprint
 from lambdaflow.kafka.loop import Counts
 
@@ -132,26 +123,7 @@ def concat_or_empty(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFra
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
 
-def write_batch_files(
-    store: RawStoreWriter, batch: BatchRange, events: pl.DataFrame, rejects: pl.DataFrame, ingested_at: datetime
-) -> list:
-    staged = []
-    if events.height:
-        for (event_date,), day in events.sort("kafka_offset").partition_by("event_date", as_dict=True).items():
-            staged.append((store.event_file(event_date, batch), day.drop("event_date")))
-    if rejects.height:
-        staged.append((store.dead_letter_file(ingested_at.date(), batch), rejects.sort("kafka_offset")))
-    temps = []
-    for final, frame in staged:
-        temp = temp_path_for(final, store.temp_dir)
-        write_parquet_durably(frame, temp)
-        temps.append((temp, final))
-    for temp, final in temps:
-        publish_new(temp, final)
-    return [final for _, final in temps]
-
-
-def previous_status(store: RawStoreWriter, partition: int) -> dict:
+def previous_status(store: RawStore, partition: int) -> dict:
     """The partition's last status report, for its watermark; {} when there is none or it is damaged."""
     try:
         status = read_json(store.status_path(partition), PROGRESS_ONLY) or {}

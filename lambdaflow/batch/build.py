@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from lambdaflow.core.days import midnight
 from lambdaflow.core.errors import InputError
 from lambdaflow.core.files import replace_json
 from lambdaflow.core.raw_store import RawStore, read_ends
+from lambdaflow.core.raw_tables import FileRange, RawSnapshot
 from lambdaflow.core.warehouse import warehouse_lock
 
 log = logging.getLogger(__name__)
@@ -92,22 +94,38 @@ def failing_at_once() -> Iterator[None]:
         raise AirflowFailException(str(error)) from None
 
 
-def check_inputs(settings: Settings, day: date) -> tuple[list[Path], dict[str, str]]:
+@dataclass(frozen=True)
+class DayInputs:
+    """What a build of one day reads, from one snapshot of the raw tables."""
+
+    ranges: list[FileRange]
+    digests: dict[str, str]
+
+    @property
+    def files(self) -> list[Path]:
+        return [Path(each.uri) for each in self.ranges]
+
+
+def check_inputs(settings: Settings, day: date, snapshot: RawSnapshot | None = None) -> DayInputs:
     """Refuse bad input before anything is written: the metrics definition, the batch manifest the
     build will extend, and the day's raw files (each a whole Parquet file; none that the day's last
     build read missing or changed).
 
-    Returns the day's covered raw files and their SHA-256 by name. Writes nothing.
+    Returns the day's raw files, with the offsets each holds, and their SHA-256 by name. Writes nothing.
     """
     metrics.defined()
     read_manifest(settings.data_dir)
-    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
-    return files, late.require_as_built(settings, day, files)
+    snapshot = snapshot or raw_store(settings).snapshot()
+    ranges = snapshot.file_ranges([day]).get(day, [])
+    return DayInputs(ranges, late.require_as_built(settings, day, [Path(each.uri) for each in ranges]))
 
 
-def raw_files_for(settings: Settings, day: date, files: list[Path] | None = None) -> list[Path]:
-    """The day's raw files the archiver's manifests cover; an empty day reads one empty file."""
-    files = RawStore(settings.data_dir, settings.topic).files_for_date(day) if files is None else files
+def raw_store(settings: Settings) -> RawStore:
+    return RawStore(settings.data_dir, settings.topic, settings.storage)
+
+
+def raw_files_for(settings: Settings, day: date, files: list[Path]) -> list[Path]:
+    """The day's raw files; an empty day reads one empty file."""
     if files:
         return files
     empty = settings.layout.empty_raw_file(day)
@@ -120,8 +138,9 @@ def raw_files_for(settings: Settings, day: date, files: list[Path] | None = None
 def build_day(settings: Settings, day: date, until: datetime | None = None) -> dict:
     """dbt build for one UTC day (all of it, or the hours before ``until``), then publish it."""
     until = midnight(day) + DAY if until is None else until
-    covered, digests = check_inputs(settings, day)
-    files = raw_files_for(settings, day, covered)
+    snapshot = raw_store(settings).snapshot()
+    inputs = check_inputs(settings, day, snapshot)
+    files = raw_files_for(settings, day, inputs.files)
     variables = {
         "ds": day.isoformat(),
         "until": None if until >= midnight(day) + DAY else until.isoformat(),
@@ -130,9 +149,8 @@ def build_day(settings: Settings, day: date, until: datetime | None = None) -> d
     with warehouse_lock(settings):
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         run_dbt(settings, "build", "--vars", as_vars(variables))
-        read = read_ends(covered, RawStore(settings.data_dir, settings.topic).manifests())
-        published = publish(settings, day, until, variables, read)
-        record_build(settings, day, covered, digests)
+        published = publish(settings, day, until, variables, read_ends(inputs.ranges, snapshot))
+        record_build(settings, day, inputs.files, inputs.digests)
     return published
 
 
@@ -141,8 +159,9 @@ def build_days(settings: Settings, first: date, last: date) -> dict:
     recorded) exactly as :func:`build_day` would, oldest first: the same files, the same manifest.
     Every day's inputs are checked before anything is written."""
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-    inputs = {day: check_inputs(settings, day) for day in days}
-    covered = [path for day in days for path in inputs[day][0]]
+    snapshot = raw_store(settings).snapshot()
+    inputs = {day: check_inputs(settings, day, snapshot) for day in days}
+    covered = [path for day in days for path in inputs[day].files]
     files = covered or raw_files_for(settings, first, [])
     variables = {
         "ds": first.isoformat(),
@@ -153,13 +172,12 @@ def build_days(settings: Settings, first: date, last: date) -> dict:
     with warehouse_lock(settings):
         log.info("dbt build for %s to %s (%d days) over %d raw files", first, last, len(days), len(files))
         run_dbt(settings, "build", "--vars", as_vars(variables))
-        manifests = RawStore(settings.data_dir, settings.topic).manifests()
         return publish_days(
             settings,
             {day: midnight(day) + DAY for day in days},
             variables,
-            {day: read_ends(inputs[day][0], manifests) for day in days},
-            on_published=lambda day: record_build(settings, day, *inputs[day]),
+            {day: read_ends(inputs[day].ranges, snapshot) for day in days},
+            on_published=lambda day: record_build(settings, day, inputs[day].files, inputs[day].digests),
         )
 
 

@@ -8,7 +8,6 @@ import time
 
 from lambdaflow.batch.archiver import Archiver
 from lambdaflow.batch.buffers import RollPolicy
-from lambdaflow.batch.raw_writer import RawStoreWriter
 from lambdaflow.batch.verify import verify
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
@@ -20,9 +19,9 @@ log = logging.getLogger(__name__)
 
 def archive(config: Settings, bootstrap: str, stop: threading.Event, until_idle: bool) -> dict:
     """Archive until ``stop`` (or until caught up); the summary `lambdaflow archive` prints."""
-    store = RawStoreWriter(config.data_dir, config.topic)
+    store = RawStore(config.data_dir, config.topic, config.storage)
     roll = RollPolicy(max_bytes=config.archive_roll_bytes, max_seconds=config.archive_roll_seconds)
-    log.info("archiving %s from %s into %s", config.topic, bootstrap, store.events_dir)
+    log.info("archiving %s from %s into %s", config.topic, bootstrap, store.tables.events_uri)
     started = time.monotonic()
     archiver = Archiver(bootstrap, store, roll)
     keep_heap_off_collections()
@@ -49,7 +48,7 @@ def archive(config: Settings, bootstrap: str, stop: threading.Event, until_idle:
 
 def verify_archive(config: Settings, bootstrap: str) -> list[dict]:
     """`archive --verify`: per partition, does the raw store hold exactly the log's valid messages?"""
-    store = RawStore(config.data_dir, config.topic)
+    store = RawStore(config.data_dir, config.topic, config.storage)
     if not store.manifests():
         raise LambdaflowError(
             f"nothing archived for topic {config.topic} under {config.data_dir}: run `lambdaflow archive`"

@@ -51,7 +51,7 @@ def completeness(settings: Settings) -> Completeness:
     less the allowed lateness, whichever is later. Every partition of the topic
     counts, as the broker reported them to the archivers, not a configured number.
     """
-    store = RawStore(settings.data_dir, settings.topic)
+    store = RawStore(settings.data_dir, settings.topic, settings.storage)
     expected = store.partitions(fallback=settings.partitions)
     reported: dict[int, str] = {}
     horizons = []

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
 import duckdb
 from kafka import TopicPartition
 
 from lambdaflow.core.contract import classify, records_frame
-from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
+from lambdaflow.core.raw_store import Manifest, RawStore
+from lambdaflow.core.raw_tables import RawSnapshot
 from lambdaflow.kafka import clients
 
 log = logging.getLogger(__name__)
@@ -27,19 +27,21 @@ MAX_LISTED = 10
 
 
 def verify(bootstrap: str, store: RawStore) -> list[dict]:
-    """One report per partition with a manifest; ``ok`` is False wherever the two differ."""
-    manifests = store.manifests()
+    """One report per archived partition; ``ok`` is False wherever the two differ."""
+    snapshot = store.snapshot()
+    manifests = store.manifests(snapshot)
     consumer = clients.consumer(bootstrap, None)
     try:
-        return [_verify_partition(consumer, store, manifest) for _, manifest in sorted(manifests.items())]
+        return [_verify_partition(consumer, store, snapshot, m) for _, m in sorted(manifests.items())]
     finally:
         consumer.close()
 
 
-def _verify_partition(consumer, store: RawStore, manifest: Manifest) -> dict:
+def _verify_partition(consumer, store: RawStore, snapshot: RawSnapshot, manifest: Manifest) -> dict:
     log_events, log_rejects, first_offset, log_end = _read_log(consumer, store.topic, manifest)
-    stored_events = _stored(store, store.events_dir, manifest, ["kafka_offset", "event_id"])
-    stored_rejects = _stored(store, store.dead_letter_dir, manifest, ["kafka_offset"])
+    events_files = [uri for uris in snapshot.event_files(snapshot.event_dates()).values() for uri in uris]
+    stored_events = _stored(store, events_files, manifest, ["kafka_offset", "event_id"])
+    stored_rejects = _stored(store, snapshot.dead_letter_files(), manifest, ["kafka_offset"])
     events, rejects = _compare(log_events, stored_events), _compare(log_rejects, stored_rejects)
     report = {
         "partition": manifest.partition,
@@ -83,23 +85,19 @@ def _read_log(consumer, topic: str, manifest: Manifest) -> tuple[Counter, Counte
     return valid, rejected, manifest.next_offset if first is None else first, end
 
 
-def _stored(store: RawStore, folder: Path, manifest: Manifest, columns: list[str]) -> Counter:
-    """The rows of this partition and epoch in the published files the manifest covers."""
-    files = []
-    for path in folder.glob("*/*.parquet"):
-        batch = BatchRange.parse(path.name)
-        if (
-            batch
-            and batch.topic == store.topic
-            and batch.partition == manifest.partition
-            and batch.epoch == manifest.epoch
-            and manifest.covers(batch)
-        ):
-            files.append(str(path))
+def _stored(store: RawStore, files: list[str], manifest: Manifest, columns: list[str]) -> Counter:
+    """The rows of this partition and epoch below its resume point in ``files`` (of one snapshot)."""
     if not files:
         return Counter()
     with duckdb.connect() as con:
-        rows = con.execute(f"select {', '.join(columns)} from read_parquet(?)", [files]).fetchall()
+        filesystem = store.storage.filesystem()
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
+        rows = con.execute(
+            f"select {', '.join(columns)} from read_parquet($files, union_by_name = true) "
+            "where kafka_partition = $partition and log_epoch = $epoch and kafka_offset < $next",
+            {"files": files, "partition": manifest.partition, "epoch": manifest.epoch, "next": manifest.next_offset},
+        ).fetchall()
     return Counter(rows)
 
 

@@ -211,10 +211,11 @@ def _produce_live(seed: int, rate: float, fmt: str) -> None:
 def archive(until_idle: bool, verify: bool, fmt: str) -> None:
     """Land every message once in the raw store (consumer group `archiver`).
 
-    Valid events go to raw/events/event_date=D/ as Parquet, rejects to
-    dead_letter/, each batch published whole; the per-partition manifest under
-    archiver/ is the resume point. Runs until SIGINT/SIGTERM, or with
-    --until-idle until caught up. Prints a JSON summary on exit.
+    Valid events go to the Delta table tables/raw/<topic>/events (on
+    LAMBDAFLOW_STORAGE_URL), rejects to its dead_letter table, each batch one
+    commit that also moves the partition's resume point. Runs until
+    SIGINT/SIGTERM, or with --until-idle until caught up. Prints a JSON
+    summary on exit.
     """
     if verify:
         _verify_archive(fmt)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lambdaflow.core.errors import ConfigError
 from lambdaflow.core.layout import Layout
+from lambdaflow.core.storage import Storage
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _BOOTSTRAP = re.compile(r"[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*")
@@ -55,6 +56,13 @@ class Settings:
     serve_host: str = "127.0.0.1"
     """The address it listens on (LAMBDAFLOW_SERVE_HOST): loopback, except in a container whose
     port is published (docker-compose.yml)."""
+    storage: Storage | None = None
+    """Where the raw tables live (LAMBDAFLOW_STORAGE_URL, with the AWS variables for S3); None
+    means <data dir>/tables."""
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            object.__setattr__(self, "storage", Storage.from_env({}, self.data_dir))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -87,6 +95,7 @@ class Settings:
             ),
             serve_port=int(_positive(environ, "LAMBDAFLOW_SERVE_PORT", default=8082, at_most=65535, whole=True)),
             serve_host=_address(environ, "LAMBDAFLOW_SERVE_HOST", default="127.0.0.1"),
+            storage=Storage.from_env(environ, data_dir.expanduser().absolute()),
         )
 
     @property

@@ -16,7 +16,7 @@ from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
 from lambdaflow.core.files import read_json
-from lambdaflow.core.raw_store import RESTORE, BatchRange, RawFileDamaged, RawStore, require_readable
+from lambdaflow.core.raw_store import RESTORE, RawFileDamaged, RawStore, require_readable
 
 DAY = timedelta(days=1)
 
@@ -43,10 +43,10 @@ def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[s
     record = read_build_record(settings, day) or {}
     built = f"the build of {day} at {record.get('built_at')}"
     present = {path.name: path for path in files}
-    folder = RawStore(settings.data_dir, settings.topic).events_dir / f"event_date={day.isoformat()}"
+    folder = f"{RawStore(settings.data_dir, settings.topic, settings.storage).tables.events_uri}/event_date={day}"
     for name in record.get("raw_files", []):
-        if name not in present and BatchRange.parse(name) is not None:  # not the empty day's placeholder
-            raise RawFileDamaged(f"raw file {folder / name} is missing, though {built} read it: {RESTORE}")
+        if name not in present:
+            raise RawFileDamaged(f"raw file {folder}/{name} is missing, though {built} read it: {RESTORE}")
     digests = {name: digest(path) for name, path in present.items()}
     for name, before in (record.get("raw_file_sha256") or {}).items():
         if name in digests and digests[name] != before:
@@ -64,7 +64,9 @@ def late_files(settings: Settings, day: date, files: list[Path] | None = None) -
     if record is None:
         return []
     built = set(record["raw_files"])
-    files = RawStore(settings.data_dir, settings.topic).files_for_date(day) if files is None else files
+    files = (
+        RawStore(settings.data_dir, settings.topic, settings.storage).files_for_date(day) if files is None else files
+    )
     return [f for f in files if f.name not in built]
 
 
@@ -78,7 +80,7 @@ def late_days(settings: Settings) -> dict[date, int]:
         if datetime.fromisoformat(days[day.isoformat()]["built_until"]) >= midnight(day) + DAY
     ]
     found = {}
-    for day, files in RawStore(settings.data_dir, settings.topic).files_for_dates(whole).items():
+    for day, files in RawStore(settings.data_dir, settings.topic, settings.storage).files_for_dates(whole).items():
         late = late_files(settings, day, files)
         if late:
             found[day] = len(late)

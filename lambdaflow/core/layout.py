@@ -32,19 +32,10 @@ class Layout:
     def broker_log(self) -> Path:
         return self.root / "broker" / "tansu.log"
 
-    # The raw store (written by the archiver)
-
-    @property
-    def raw_events(self) -> Path:
-        """Valid events, as ``event_date=D/<topic>-<epoch>-<partition>-<first>-<last>.parquet``."""
-        return self.root / "raw" / "events"
-
-    @property
-    def dead_letter(self) -> Path:
-        return self.root / "dead_letter"
+    # The archiver (its tables live on the storage: lambdaflow.core.storage, by default under tables/)
 
     def archiver_state(self, topic: str) -> Path:
-        """The archiver's manifests and status reports, one of each per partition."""
+        """The archiver's status reports, one per partition."""
         return self.root / "archiver" / topic
 
     # The batch layer (written by the build)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import unquote
 
 import polars as pl
 import pyarrow as pa
@@ -47,7 +48,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA
-from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.errors import InputError, LambdaflowError
 from lambdaflow.core.storage import Storage
 
 EVENTS_SCHEMA = pl.Schema({**EVENT_SCHEMA, "ingested_at": pl.Datetime("us", "UTC")})
@@ -59,6 +60,10 @@ _ZSTD = WriterProperties(compression="ZSTD")
 OFFSET_BITS = 40
 """A resume point's version keeps the next offset in its low 40 bits (10^12 offsets a log epoch)
 and the epoch above them."""
+
+
+class RawTableDamaged(InputError):
+    """A raw table's transaction log cannot be read."""
 
 
 class Fenced(LambdaflowError):
@@ -101,6 +106,12 @@ class RawTables:
             return DeltaTable(uri, storage_options=self._options)
         except TableNotFoundError:
             return None
+        except DeltaError as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RawTableDamaged(
+                f"the raw table {uri} cannot be read ({reason}): restore its _delta_log from a backup; "
+                "it says which files count and where each partition resumes, and lambdaflow will not guess"
+            ) from None
 
     def snapshot(self) -> RawSnapshot:
         """The tables as committed now: every answer read from it comes from this one version."""
@@ -229,6 +240,18 @@ class RawSnapshot:
             return {}
         return _ranges(self.events, "event_date", wanted)
 
+    def event_dates(self) -> list[date]:
+        return sorted(_ranges(self.events, "event_date", None)) if self.events is not None else []
+
+    def archived_partitions(self, known: Iterable[int] = ()) -> list[int]:
+        """The partitions with a resume point: those whose rows the tables hold, and of ``known`` the
+        ones that have one (a partition may have begun a new epoch and archived nothing yet)."""
+        candidates = set(known)
+        for table, column in ((self.events, "event_date"), (self.dead_letter, "ingest_date")):
+            if table is not None:
+                candidates |= {each.partition for ranges in _ranges(table, column, None).values() for each in ranges}
+        return sorted(p for p in candidates if self._marker(self.tables.app_id(p)) is not None)
+
     def dead_letter_files(self) -> list[str]:
         if self.dead_letter is None:
             return []
@@ -268,7 +291,7 @@ class FileRange:
 def _ranges(table: DeltaTable, day_column: str, days: set[date] | None) -> dict[date, list[FileRange]]:
     actions = pl.from_arrow(pa.table(table.get_add_actions(flatten=True)))
     assert isinstance(actions, pl.DataFrame)
-    base = table.table_uri.removeprefix("file://").rstrip("/")
+    base = unquote(table.table_uri.removeprefix("file://")).rstrip("/")  # Delta gives it percent-encoded
     found: dict[date, list[FileRange]] = {}
     for row in actions.iter_rows(named=True):
         day = row[f"partition.{day_column}"]

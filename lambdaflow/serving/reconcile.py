@@ -33,7 +33,7 @@ from lambdaflow.core.errors import InputError, LambdaflowError
 from lambdaflow.core.files import read_json, replace_json
 from lambdaflow.core.late import read_build_record, require_as_built
 from lambdaflow.core.metrics import Metric, defined
-from lambdaflow.core.raw_store import BatchRange, Manifest, RawStore
+from lambdaflow.core.raw_store import Manifest, RawStore
 from lambdaflow.serving.query import ServingInputs
 
 KEYS = ["hour"]
@@ -47,15 +47,16 @@ class SpeedPosition:
     next_offset: int
     log_id: str | None = None
 
-    def has_seen(self, batch: BatchRange, archived: Manifest | None) -> pl.Expr | bool:
-        """Which rows of an archived batch the speed layer has counted. The two workers number the logs
-        they read apart (a replay starts at epoch 0 again); where the archiver knows the identity of
-        the log the speed layer counts, its epoch for that log stands in for the speed layer's."""
+    def has_seen(self, log_epoch: int, archived: Manifest | None) -> pl.Expr | bool:
+        """Which rows of an archived file (all of one log epoch) the speed layer has counted. The two
+        workers number the logs they read apart (a replay starts at epoch 0 again); where the archiver
+        knows the identity of the log the speed layer counts, its epoch for that log stands in for the
+        speed layer's."""
         epoch = self.epoch
         if self.log_id and archived is not None:
             epoch = next((int(e) for e, log in archived.log_ids.items() if log == self.log_id), epoch)
-        if batch.epoch != epoch:
-            return batch.epoch < epoch
+        if log_epoch != epoch:
+            return log_epoch < epoch
         return pl.col("kafka_offset") < self.next_offset
 
 
@@ -66,7 +67,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     names = [m.name for m in metrics]
-    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
+    files = RawStore(settings.data_dir, settings.topic, settings.storage).files_for_date(day)
     require_as_built(settings, day, files)  # a raw file gone or changed since the build explains nothing
     batch = _by_hour(_read(settings.data_dir / entry["file"], "published batch file"), names)
     # A published batch file is never replaced (a rebuild writes a new one), and Polars reads a
@@ -86,7 +87,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     # A build from before build records existed: what it read is unknown, so nothing counts as late.
     built = set(record["raw_files"]) if record else {f.name for f in files}
     late = [f for f in files if f.name not in built]
-    archived = RawStore(settings.data_dir, settings.topic).manifests()
+    archived = RawStore(settings.data_dir, settings.topic, settings.storage).manifests()
     raw = {path: _read(path, "raw file") for path in files}  # each file once, for the four readings below
     read = lambda chosen, seen_only: _events(chosen, raw, positions if seen_only else None, archived)  # noqa: E731
     as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
@@ -146,8 +147,13 @@ def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFr
     boundary = boundary_of(read_manifest(settings.data_dir))
     if boundary is None or day >= speed_may_drop_before(boundary):
         return False
-    files = RawStore(settings.data_dir, settings.topic).files_for_date(day)
-    with_events = {batch.partition for batch in map(BatchRange.parse, (f.name for f in files)) if batch}
+    with_events = {
+        r.partition
+        for r in RawStore(settings.data_dir, settings.topic, settings.storage)
+        .snapshot()
+        .file_ranges([day])
+        .get(day, [])
+    }
     counted = set(speed_rows.filter(pl.col("event_date") == day)["kafka_partition"]) if speed_rows.width else set()
     return bool(with_events - counted)
 
@@ -223,11 +229,13 @@ def _events(
     for path in files:
         frame = raw[path]
         if positions is not None:
-            batch = BatchRange.parse(path.name)
-            position = positions.get(batch.partition) if batch else None
-            if batch is None or position is None:
+            if not frame.height:
                 continue
-            seen = position.has_seen(batch, (archived or {}).get(batch.partition))
+            partition, log_epoch = frame["kafka_partition"][0], frame["log_epoch"][0]
+            position = positions.get(partition)
+            if position is None:
+                continue
+            seen = position.has_seen(log_epoch, (archived or {}).get(partition))
             frame = frame.filter(seen) if isinstance(seen, pl.Expr) else (frame if seen else frame.clear())
         frames.append(frame)
     return _concat(frames)

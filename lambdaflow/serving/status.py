@@ -52,7 +52,7 @@ class WorkerFigures:
 
 def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
     """Per partition, the status file each worker last wrote for it ({} where none has), by layer."""
-    store = RawStore(settings.data_dir, settings.topic)
+    store = RawStore(settings.data_dir, settings.topic, settings.storage)
     speed_dir = settings.layout.speed_state(settings.topic)
     return {
         partition: {
@@ -64,7 +64,7 @@ def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
 
 
 def status(settings: Settings) -> dict:
-    store = RawStore(settings.data_dir, settings.topic)
+    store = RawStore(settings.data_dir, settings.topic, settings.storage)
     partitions = []
     for partition, documents in worker_statuses(settings).items():
         partitions.append(
@@ -101,16 +101,23 @@ def _progress(document: dict, *fields: str) -> dict | None:
 
 
 def _dead_letter(store: RawStore) -> dict:
-    files = store.dead_letter_files()
+    snapshot = store.snapshot()
+    files = snapshot.dead_letter_files()
     if not files:
         return {"messages": 0, "by_reason": {}}
     try:  # the file names are bound as a parameter, never spliced into the SQL
-        rows = duckdb.execute(
-            "select reason, count(*) from read_parquet(?) group by reason order by reason", [[str(f) for f in files]]
-        ).fetchall()
+        with duckdb.connect() as con:
+            filesystem = store.storage.filesystem()
+            if filesystem is not None:
+                con.register_filesystem(filesystem)
+            rows = con.execute(
+                f"select reason, count(*) from read_parquet(?) where {snapshot.dead_letter_counted()} "
+                "group by reason order by reason",
+                [files],
+            ).fetchall()
     except duckdb.Error as error:
         raise LambdaflowError(
-            f"the dead letter under {store.dead_letter_dir} cannot be read: {' '.join(str(error).split())[:300]}"
+            f"the dead letter {store.tables.dead_letter_uri} cannot be read: {' '.join(str(error).split())[:300]}"
         ) from None
     return {"messages": sum(n for _, n in rows), "by_reason": dict(rows)}
 
