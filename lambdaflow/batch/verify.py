@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-import duckdb
 from kafka import TopicPartition
 
 from lambdaflow.core.contract import classify, records_frame
@@ -89,10 +88,7 @@ def _stored(store: RawStore, files: list[str], manifest: Manifest, columns: list
     """The rows of this partition and epoch below its resume point in ``files`` (of one snapshot)."""
     if not files:
         return Counter()
-    with duckdb.connect() as con:
-        filesystem = store.storage.filesystem()
-        if filesystem is not None:
-            con.register_filesystem(filesystem)
+    with store.storage.duckdb() as con:
         rows = con.execute(
             f"select {', '.join(columns)} from read_parquet($files, union_by_name = true) "
             "where kafka_partition = $partition and log_epoch = $epoch and kafka_offset < $next",

@@ -72,6 +72,16 @@ class Storage:
         options["conditional_put"] = "etag"  # commits by If-None-Match, not by a lock service
         return options
 
+    def duckdb(self) -> Any:
+        """A new in-memory DuckDB connection that reads this storage's files (``s3://`` ones too)."""
+        import duckdb
+
+        con = duckdb.connect()
+        filesystem = self.filesystem()
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
+        return con
+
     def filesystem(self) -> Any:
         """An fsspec filesystem for DuckDB's ``register_filesystem`` (None for a local root): DuckDB
         reads ``s3://`` files through it, with no httpfs extension."""

@@ -106,10 +106,7 @@ def _dead_letter(store: RawStore) -> dict:
     if not files:
         return {"messages": 0, "by_reason": {}}
     try:  # the file names are bound as a parameter, never spliced into the SQL
-        with duckdb.connect() as con:
-            filesystem = store.storage.filesystem()
-            if filesystem is not None:
-                con.register_filesystem(filesystem)
+        with store.storage.duckdb() as con:
             rows = con.execute(
                 f"select reason, count(*) from read_parquet(?) where {snapshot.dead_letter_counted()} "
                 "group by reason order by reason",
