@@ -207,31 +207,33 @@ def _backfill_runs_in_the_scheduler(stack: Stack, day: date) -> None:
     report = stack.report
     port = int(report["airflow_url"].rsplit(":", 1)[1])
     env = {**stack.env, **airflow_service_env(Settings.from_env(stack.env), port)}
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "airflow",
-            "backfill",
-            "create",
-            "--dag-id",
-            "lambda_batch",
-            "--from-date",
-            day.isoformat(),
-            "--to-date",
-            day.isoformat(),
-            "--reprocess-behavior",
-            "completed",
-            # The backfill form offers ds too; a backfill run ignores it and builds its own day.
-            "--dag-run-conf",
-            json.dumps({"ds": (day - timedelta(days=3)).isoformat()}),
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "airflow",
+        "backfill",
+        "create",
+        "--dag-id",
+        "lambda_batch",
+        "--from-date",
+        day.isoformat(),
+        "--to-date",
+        day.isoformat(),
+        "--reprocess-behavior",
+        "completed",
+        # The backfill form offers ds too; a backfill run ignores it and builds its own day.
+        "--dag-run-conf",
+        json.dumps({"ds": (day - timedelta(days=3)).isoformat()}),
+    ]
+    # The local stack's metadata database is SQLite, which can refuse a write while the scheduler
+    # writes ("database is locked"). The refused transaction is rolled back whole, the backfill is
+    # not created, and creating it again is what an operator would do.
+    for _attempt in range(3):
+        created = subprocess.run(
+            command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+        )
+        if created.returncode == 0 or "database is locked" not in created.stderr:
+            break
     assert created.returncode == 0, created.stderr[-3000:]
 
     token = airflow_token(report["airflow_url"], report["airflow_user"], report["airflow_password"])
