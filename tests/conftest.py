@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lambdaflow.kafka.broker import EmbeddedBroker
 from lambdaflow.kafka.clients import ensure_topic
+from lambdaflow.ops.object_store import LocalS3Server
 from tests.cli_helpers import Cli
 from tests.worker_helpers import RestartableBroker
 
@@ -56,6 +58,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    """A local S3-compatible server (moto's: it enforces conditional writes as S3 and MinIO do),
+    started for the tests that ask for it and stopped by its PID."""
+    server = LocalS3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -105,12 +106,12 @@ def test_a_file_no_commit_added_is_ignored_by_readers(kafka_bootstrap, topic, da
 
     # What a batch refused or cut short by a crash leaves in the table's folder, and a kill -9 in the
     # middle of a status write:
-    orphan = published[0].with_name("part-00000-00000000-0000-0000-0000-000000000000-c000.zstd.parquet")
+    orphan = Path(published[0]).with_name("part-00000-00000000-0000-0000-0000-000000000000-c000.zstd.parquet")
     shutil.copy(published[0], orphan)
     status_temp = store.state_dir / f"{store.status_path(0).name}.0123456789ab.tmp"
     status_temp.write_text('{"partition": 0')
 
-    assert orphan not in store.files_for_date(day)  # readers see committed files only
+    assert str(orphan) not in store.files_for_date(day)  # readers see committed files only
     assert store.files_for_date(day) == published
 
     archivers("--until-idle").wait()
@@ -185,7 +186,7 @@ def test_a_broker_restart_under_a_running_archiver_starts_a_new_epoch(own_broker
         60,
         "the first log to be archived",
     )
-    epoch_0 = {p: p.read_bytes() for day in store.event_dates() for p in store.files_for_date(day)}
+    epoch_0 = {p: p.read_bytes() for day in store.event_dates() for p in map(Path, store.files_for_date(day))}
 
     own_broker.restart(paused=[archiver.pid])
     after = produce(own_broker.bootstrap, topic, 3, options(days=1, per_day=6_000, seed=42))

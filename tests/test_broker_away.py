@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -84,7 +85,7 @@ def test_workers_wait_out_a_broker_that_goes_away_and_serve_what_comes_after(own
         published = {
             path: hashlib.sha256(path.read_bytes()).hexdigest()
             for day in store.event_dates()
-            for path in store.files_for_date(day)
+            for path in map(Path, store.files_for_date(day))
         }
         for _ in range(AWAY_SECONDS):
             time.sleep(1)

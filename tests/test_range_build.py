@@ -141,7 +141,7 @@ def test_bad_range_input_fails_with_one_line_and_writes_nothing(world, args, exi
 def test_a_damaged_raw_file_on_the_last_day_fails_the_range_before_any_day_is_written(world) -> None:
     damaged = world.copy("damaged")
     last = world.days[-1]
-    victim = RawStore(damaged.data_dir, damaged.topic).files_for_date(last)[0]
+    victim = Path(RawStore(damaged.data_dir, damaged.topic).files_for_date(last)[0])
     victim.write_bytes(victim.read_bytes()[:-100])  # a torn file: its Parquet footer is gone
 
     with pytest.raises(RawFileDamaged, match=victim.name):

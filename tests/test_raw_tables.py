@@ -8,7 +8,6 @@ each batch is a run of Kafka-shaped records, some of them invalid.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,15 +22,6 @@ from lambdaflow.ops.object_store import LocalS3Server
 
 TOPIC = "events"
 INGESTED = datetime(2026, 12, 1, 12, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
-    server = LocalS3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 
@@ -31,6 +30,7 @@ from lambdaflow.core.errors import InputError
 from lambdaflow.core.files import replace_json
 from lambdaflow.core.raw_store import RawStore, read_ends
 from lambdaflow.core.raw_tables import FileRange, RawSnapshot
+from lambdaflow.core.storage import file_name
 from lambdaflow.core.warehouse import warehouse_lock
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ class DayInputs:
     digests: dict[str, str]
 
     @property
-    def files(self) -> list[Path]:
-        return [Path(each.uri) for each in self.ranges]
+    def files(self) -> list[str]:
+        """The URIs of the day's raw files."""
+        return [each.uri for each in self.ranges]
 
 
 def check_inputs(settings: Settings, day: date, snapshot: RawSnapshot | None = None) -> DayInputs:
@@ -117,22 +118,22 @@ def check_inputs(settings: Settings, day: date, snapshot: RawSnapshot | None = N
     read_manifest(settings.data_dir)
     snapshot = snapshot or raw_store(settings).snapshot()
     ranges = snapshot.file_ranges([day]).get(day, [])
-    return DayInputs(ranges, late.require_as_built(settings, day, [Path(each.uri) for each in ranges]))
+    return DayInputs(ranges, late.require_as_built(settings, day, [each.uri for each in ranges]))
 
 
 def raw_store(settings: Settings) -> RawStore:
     return RawStore(settings.data_dir, settings.topic, settings.storage)
 
 
-def raw_files_for(settings: Settings, day: date, files: list[Path]) -> list[Path]:
-    """The day's raw files; an empty day reads one empty file."""
+def raw_files_for(settings: Settings, day: date, files: list[str]) -> list[str]:
+    """The day's raw files; an empty day reads one empty local file."""
     if files:
         return files
     empty = settings.layout.empty_raw_file(day)
     if not empty.exists():
         empty.parent.mkdir(parents=True, exist_ok=True)
         pl.DataFrame(schema=EVENT_SCHEMA).drop("event_date").write_parquet(empty)
-    return [empty]
+    return [str(empty)]
 
 
 def build_day(settings: Settings, day: date, until: datetime | None = None) -> dict:
@@ -144,7 +145,7 @@ def build_day(settings: Settings, day: date, until: datetime | None = None) -> d
     variables = {
         "ds": day.isoformat(),
         "until": None if until >= midnight(day) + DAY else until.isoformat(),
-        "raw_files": "[" + ", ".join(sql_string(str(f)) for f in files) + "]",
+        "raw_files": "[" + ", ".join(sql_string(f) for f in files) + "]",
     }
     with warehouse_lock(settings):
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
@@ -161,13 +162,13 @@ def build_days(settings: Settings, first: date, last: date) -> dict:
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     snapshot = raw_store(settings).snapshot()
     inputs = {day: check_inputs(settings, day, snapshot) for day in days}
-    covered = [path for day in days for path in inputs[day].files]
+    covered = [uri for day in days for uri in inputs[day].files]
     files = covered or raw_files_for(settings, first, [])
     variables = {
         "ds": first.isoformat(),
         "ds_end": last.isoformat(),
         "until": None,
-        "raw_files": "[" + ", ".join(sql_string(str(f)) for f in files) + "]",
+        "raw_files": "[" + ", ".join(sql_string(f) for f in files) + "]",
     }
     with warehouse_lock(settings):
         log.info("dbt build for %s to %s (%d days) over %d raw files", first, last, len(days), len(files))
@@ -181,13 +182,13 @@ def build_days(settings: Settings, first: date, last: date) -> dict:
         )
 
 
-def record_build(settings: Settings, day: date, files: list[Path], digests: dict[str, str] | None = None) -> None:
+def record_build(settings: Settings, day: date, files: list[str], digests: dict[str, str] | None = None) -> None:
     """Which raw files the day's last build read (a file published later holds late events), and
     their SHA-256, so that the next build or reconciliation notices one that went missing or changed."""
     document: dict[str, object] = {
         "event_date": day.isoformat(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "raw_files": sorted(f.name for f in files),
+        "raw_files": sorted(file_name(uri) for uri in files),
     }
     if digests is not None:
         document["raw_file_sha256"] = dict(sorted(digests.items()))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from lambdaflow.core import metrics
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.project import DBT_PROJECT_DIR
+from lambdaflow.core.storage import AWS_VARIABLES, Storage
 
 AFTER_EACH_RUN: list[Callable[[tuple[str, ...]], None]] = []
 """Called with the arguments of each dbt invocation that succeeded, before the next one starts
@@ -27,15 +29,36 @@ def run_dbt(settings: Settings, *args: str) -> None:
     os.environ["LAMBDAFLOW_DATA_DIR"] = str(settings.data_dir)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     try:
-        result = dbtRunner().invoke(
-            [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
-        )
+        with _storage_in_environment(settings.storage):
+            result = dbtRunner().invoke(
+                [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+            )
     finally:
         _release_warehouse()
     if not result.success:
         raise LambdaflowError(f"dbt {args[0]} failed: {_dbt_failure(result)}")
     for listener in AFTER_EACH_RUN:
         listener(args)
+
+
+@contextmanager
+def _storage_in_environment(storage: Storage) -> Iterator[None]:
+    """The settings' storage, for the profile's plugin (:mod:`lambdaflow.batch.dbt_storage`) while
+    dbt runs; the variables are put back after, so no later reader in this process sees them."""
+    wanted = {"LAMBDAFLOW_STORAGE_URL": storage.url, **storage.aws}
+    names = ["LAMBDAFLOW_STORAGE_URL", *AWS_VARIABLES]
+    before = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 RESOURCE_TRACKER_WARNING = "ignore:resource_tracker:UserWarning"

@@ -56,9 +56,9 @@ class Settings:
     serve_host: str = "127.0.0.1"
     """The address it listens on (LAMBDAFLOW_SERVE_HOST): loopback, except in a container whose
     port is published (docker-compose.yml)."""
-    storage: Storage | None = None
-    """Where the raw tables live (LAMBDAFLOW_STORAGE_URL, with the AWS variables for S3); None
-    means <data dir>/tables."""
+    storage: Storage = None  # type: ignore[assignment]  # filled in by __post_init__
+    """Where the raw tables live (LAMBDAFLOW_STORAGE_URL, with the AWS variables for S3); left out,
+    <data dir>/tables."""
 
     def __post_init__(self) -> None:
         if self.storage is None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
 from lambdaflow.core.files import read_json
 from lambdaflow.core.raw_store import RESTORE, RawFileDamaged, RawStore, require_readable
+from lambdaflow.core.storage import Storage, file_name
 
 DAY = timedelta(days=1)
 
@@ -29,25 +29,29 @@ def read_build_record(settings: Settings, day: date) -> dict | None:
     )
 
 
-def digest(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def digest(uri: str, storage: Storage) -> str:
+    sha256 = hashlib.sha256()
+    with storage.open(uri) as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha256.update(chunk)
+    return sha256.hexdigest()
 
 
-def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[str, str]:
-    """Refuse ``files`` (the day's covered raw files now) when a file the day's last build read is
-    missing or has changed since (invariant 1: a published raw file is never changed); also refuse
-    one that is not a readable Parquet file. Returns each file's SHA-256, by name."""
-    for path in files:
-        require_readable(path)
+def require_as_built(settings: Settings, day: date, files: list[str]) -> dict[str, str]:
+    """Refuse ``files`` (the URIs of the day's covered raw files now) when a file the day's last build
+    read is missing or has changed since (invariant 1: a published raw file is never changed); also
+    refuse one that is not a readable Parquet file. Returns each file's SHA-256, by name."""
+    storage = settings.storage
+    for uri in files:
+        require_readable(uri, storage)
     record = read_build_record(settings, day) or {}
     built = f"the build of {day} at {record.get('built_at')}"
-    present = {path.name: path for path in files}
-    folder = f"{RawStore(settings.data_dir, settings.topic, settings.storage).tables.events_uri}/event_date={day}"
+    present = {file_name(uri): uri for uri in files}
+    folder = f"{RawStore(settings.data_dir, settings.topic, storage).tables.events_uri}/event_date={day}"
     for name in record.get("raw_files", []):
         if name not in present:
             raise RawFileDamaged(f"raw file {folder}/{name} is missing, though {built} read it: {RESTORE}")
-    digests = {name: digest(path) for name, path in present.items()}
+    digests = {name: digest(uri, storage) for name, uri in present.items()}
     for name, before in (record.get("raw_file_sha256") or {}).items():
         if name in digests and digests[name] != before:
             raise RawFileDamaged(
@@ -57,7 +61,7 @@ def require_as_built(settings: Settings, day: date, files: list[Path]) -> dict[s
     return digests
 
 
-def late_files(settings: Settings, day: date, files: list[Path] | None = None) -> list[Path]:
+def late_files(settings: Settings, day: date, files: list[str] | None = None) -> list[str]:
     """The day's raw files (``files``, else read now) published after its last build (none for a day
     never built)."""
     record = read_build_record(settings, day)
@@ -67,7 +71,7 @@ def late_files(settings: Settings, day: date, files: list[Path] | None = None) -
     files = (
         RawStore(settings.data_dir, settings.topic, settings.storage).files_for_date(day) if files is None else files
     )
-    return [f for f in files if f.name not in built]
+    return [uri for uri in files if file_name(uri) not in built]
 
 
 def late_days(settings: Settings) -> dict[date, int]:

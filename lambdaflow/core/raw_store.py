@@ -36,22 +36,23 @@ class RawFileDamaged(InputError):
     """A published raw file is gone, changed or unreadable: nothing built from it would be right."""
 
 
-def require_readable(path: Path) -> None:
+def require_readable(uri: str, storage: Storage) -> None:
     """Refuse a raw file that is not a whole Parquet file with the event columns (reads its footer only)."""
     import polars as pl
 
     from lambdaflow.core.contract import EVENT_SCHEMA
 
     try:
-        columns = pl.read_parquet_schema(path)
+        with storage.open(uri) as handle:
+            columns = pl.read_parquet_schema(handle)
     except FileNotFoundError:
-        raise RawFileDamaged(f"raw file {path} is missing: {RESTORE}") from None
+        raise RawFileDamaged(f"raw file {uri} is missing: {RESTORE}") from None
     except (OSError, pl.exceptions.PolarsError) as error:
         reason = first_line(error)
-        raise RawFileDamaged(f"raw file {path} is not a readable Parquet file ({reason}): {RESTORE}") from None
+        raise RawFileDamaged(f"raw file {uri} is not a readable Parquet file ({reason}): {RESTORE}") from None
     missing = [name for name in EVENT_SCHEMA if name != "event_date" and name not in columns]
     if missing:
-        raise RawFileDamaged(f"raw file {path} lacks the columns {missing}: {RESTORE}")
+        raise RawFileDamaged(f"raw file {uri} lacks the columns {missing}: {RESTORE}")
 
 
 def read_ends(ranges: Iterable[FileRange], snapshot: RawSnapshot) -> dict[str, dict]:
@@ -141,15 +142,15 @@ class RawStore:
     def read_manifest(self, partition: int) -> Manifest:
         return Manifest.of(self.snapshot(), self.topic, partition)
 
-    def files_for_date(self, event_date: date) -> list[Path]:
-        """The day's files, in Kafka order."""
+    def files_for_date(self, event_date: date) -> list[str]:
+        """The URIs of the day's files, in Kafka order."""
         return self.files_for_dates([event_date])[event_date]
 
-    def files_for_dates(self, event_dates: Iterable[date]) -> dict[date, list[Path]]:
-        return {day: [Path(uri) for uri in uris] for day, uris in self.snapshot().event_files(event_dates).items()}
+    def files_for_dates(self, event_dates: Iterable[date]) -> dict[date, list[str]]:
+        return self.snapshot().event_files(event_dates)
 
-    def dead_letter_files(self) -> list[Path]:
-        return [Path(uri) for uri in self.snapshot().dead_letter_files()]
+    def dead_letter_files(self) -> list[str]:
+        return self.snapshot().dead_letter_files()
 
     def event_dates(self) -> list[date]:
         return self.snapshot().event_dates()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from lambdaflow.core.errors import ConfigError
@@ -60,6 +60,12 @@ class Storage:
         """The URI of the table at ``parts`` below the root."""
         return "/".join([self.url, *parts])
 
+    def open(self, uri: str) -> BinaryIO:
+        """One of the storage's files (a URI that a table lists), opened for reading."""
+        if self.is_s3:
+            return self.filesystem().open(uri, "rb")
+        return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+
     def delta_options(self) -> dict[str, str] | None:
         """deltalake's ``storage_options``: None for a local root."""
         if not self.is_s3:
@@ -98,3 +104,8 @@ class Storage:
                 "region_name": self.aws.get("AWS_REGION", "us-east-1"),
             },
         )
+
+
+def file_name(uri: str) -> str:
+    """The last part of a file's URI or path: a table's file names are unique within it."""
+    return uri.rsplit("/", 1)[-1]

@@ -34,6 +34,7 @@ from lambdaflow.core.files import read_json, replace_json
 from lambdaflow.core.late import read_build_record, require_as_built
 from lambdaflow.core.metrics import Metric, defined
 from lambdaflow.core.raw_store import Manifest, RawStore
+from lambdaflow.core.storage import Storage, file_name
 from lambdaflow.serving.query import ServingInputs
 
 KEYS = ["hour"]
@@ -85,15 +86,14 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
 
     record = read_build_record(settings, day)
     # A build from before build records existed: what it read is unknown, so nothing counts as late.
-    built = set(record["raw_files"]) if record else {f.name for f in files}
-    late = [f for f in files if f.name not in built]
+    built = set(record["raw_files"]) if record else {file_name(uri) for uri in files}
+    late = [uri for uri in files if file_name(uri) not in built]
+    on_time = [uri for uri in files if file_name(uri) in built]
     archived = RawStore(settings.data_dir, settings.topic, settings.storage).manifests()
-    raw = {path: _read(path, "raw file") for path in files}  # each file once, for the four readings below
+    raw = {uri: _read(uri, "raw file", settings.storage) for uri in files}  # each once, for the four reads below
     read = lambda chosen, seen_only: _events(chosen, raw, positions if seen_only else None, archived)  # noqa: E731
-    as_built = _metrics_by_hour(read([f for f in files if f.name in built], False), metrics)
-    with_late = _metrics_by_hour(
-        _concat([read([f for f in files if f.name in built], False), read(late, True)]), metrics
-    )
+    as_built = _metrics_by_hour(read(on_time, False), metrics)
+    with_late = _metrics_by_hour(_concat([read(on_time, False), read(late, True)]), metrics)
     seen = _metrics_by_hour(read(files, True), metrics)
     late_rows = read(late, False)
     late_events = late_rows["event_id"].n_unique() if late_rows.width else 0
@@ -218,16 +218,16 @@ def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
 
 
 def _events(
-    files: list[Path],
-    raw: dict[Path, pl.DataFrame],
+    files: list[str],
+    raw: dict[str, pl.DataFrame],
     positions: dict[int, SpeedPosition] | None,
     archived: dict[int, Manifest] | None = None,
 ) -> pl.DataFrame:
     """The valid events in ``files`` (read already, in ``raw``); with ``positions``, only those the
     speed layer has counted."""
     frames = []
-    for path in files:
-        frame = raw[path]
+    for uri in files:
+        frame = raw[uri]
         if positions is not None:
             if not frame.height:
                 continue
@@ -241,10 +241,14 @@ def _events(
     return _concat(frames)
 
 
-def _read(path: Path, what: str) -> pl.DataFrame:
-    """A whole Parquet file, or one clear line naming the file that cannot be read."""
+def _read(path: Path | str, what: str, storage: Storage | None = None) -> pl.DataFrame:
+    """A whole Parquet file (a local one, or one of ``storage``'s), or one clear line naming the file
+    that cannot be read."""
     try:
-        return pl.read_parquet(path)
+        if storage is None:
+            return pl.read_parquet(path)
+        with storage.open(str(path)) as handle:
+            return pl.read_parquet(handle)
     except (OSError, pl.exceptions.PolarsError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise InputError(f"{what} {path} cannot be read ({reason[:300]})") from None
