@@ -38,7 +38,12 @@ def verify(bootstrap: str, store: RawStore) -> list[dict]:
 
 def _verify_partition(consumer, store: RawStore, snapshot: RawSnapshot, manifest: Manifest) -> dict:
     log_events, log_rejects, first_offset, log_end = _read_log(consumer, store.topic, manifest)
-    events_files = [uri for uris in snapshot.event_files(snapshot.event_dates()).values() for uri in uris]
+    events_files = [  # a file holds one partition's rows of one epoch: only these can hold this partition's
+        each.uri
+        for ranges in snapshot.file_ranges(snapshot.event_dates()).values()
+        for each in ranges
+        if (each.partition, each.epoch) == (manifest.partition, manifest.epoch)
+    ]
     stored_events = _stored(store, events_files, manifest, ["kafka_offset", "event_id"])
     stored_rejects = _stored(store, snapshot.dead_letter_files(), manifest, ["kafka_offset"])
     events, rejects = _compare(log_events, stored_events), _compare(log_rejects, stored_rejects)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from urllib.parse import unquote
 
 import polars as pl
@@ -171,7 +172,7 @@ class RawTables:
         table = self._open(self.dead_letter_uri)
         if table is not None and any(
             each.partition == partition and each.epoch == since.epoch and each.last >= since.next_offset
-            for ranges in _ranges(table, "ingest_date", None).values()
+            for ranges in _ranges(table, "ingest_date").values()
             for each in ranges
         ):
             table.delete(_at_or_after(partition, since))
@@ -195,6 +196,17 @@ class RawSnapshot:
         self.events = events
         self.dead_letter = dead_letter
         self.tables = tables
+
+    @cached_property
+    def _event_ranges(self) -> dict[date, list[FileRange]]:
+        """Every events file's range, by day: read from the table's add actions once per snapshot."""
+        return _ranges(self.events, "event_date") if self.events is not None else {}
+
+    @cached_property
+    def _dead_letter_ranges(self) -> list[FileRange]:
+        if self.dead_letter is None:
+            return []
+        return [each for ranges in _ranges(self.dead_letter, "ingest_date").values() for each in ranges]
 
     @property
     def version(self) -> int | None:
@@ -235,36 +247,27 @@ class RawSnapshot:
     def file_ranges(self, days: Iterable[date]) -> dict[date, list[FileRange]]:
         """Each day's files with the partition, log epoch and offsets each holds (a commit writes one
         Kafka partition's rows of one epoch to a file: its statistics say which)."""
-        wanted = set(days)
-        if self.events is None or not wanted:
-            return {}
-        return _ranges(self.events, "event_date", wanted)
+        return {day: self._event_ranges[day] for day in set(days) if day in self._event_ranges}
 
     def event_dates(self) -> list[date]:
-        return sorted(_ranges(self.events, "event_date", None)) if self.events is not None else []
+        return sorted(self._event_ranges)
 
     def archived_partitions(self, known: Iterable[int] = ()) -> list[int]:
         """The partitions with a resume point: those whose rows the tables hold, and of ``known`` the
         ones that have one (a partition may have begun a new epoch and archived nothing yet)."""
-        candidates = set(known)
-        for table, column in ((self.events, "event_date"), (self.dead_letter, "ingest_date")):
-            if table is not None:
-                candidates |= {each.partition for ranges in _ranges(table, column, None).values() for each in ranges}
+        candidates = set(known) | {each.partition for each in self._dead_letter_ranges}
+        candidates |= {each.partition for ranges in self._event_ranges.values() for each in ranges}
         return sorted(p for p in candidates if self._marker(self.tables.app_id(p)) is not None)
 
     def dead_letter_files(self) -> list[str]:
-        if self.dead_letter is None:
-            return []
-        return [each.uri for ranges in _ranges(self.dead_letter, "ingest_date", None).values() for each in ranges]
+        return [each.uri for each in self._dead_letter_ranges]
 
     def dead_letter_counted(self) -> str:
         """A SQL condition on dead-letter rows: true for the rows a committed batch archived (below
         its partition's resume point), false for what a batch that never committed left."""
         if self.dead_letter is None:
             return "false"
-        partitions = sorted(
-            {each.partition for ranges in _ranges(self.dead_letter, "ingest_date", None).values() for each in ranges}
-        )
+        partitions = sorted({each.partition for each in self._dead_letter_ranges})
         terms = []
         for partition in partitions:
             point = self.resume_point(partition)
@@ -288,15 +291,14 @@ class FileRange:
     size_bytes: int
 
 
-def _ranges(table: DeltaTable, day_column: str, days: set[date] | None) -> dict[date, list[FileRange]]:
+def _ranges(table: DeltaTable, day_column: str) -> dict[date, list[FileRange]]:
+    """Each file's range, by its partition value of ``day_column``, in Kafka order."""
     actions = pl.from_arrow(pa.table(table.get_add_actions(flatten=True)))
     assert isinstance(actions, pl.DataFrame)
     base = unquote(table.table_uri.removeprefix("file://")).rstrip("/")  # Delta gives it percent-encoded
     found: dict[date, list[FileRange]] = {}
     for row in actions.iter_rows(named=True):
         day = row[f"partition.{day_column}"]
-        if days is not None and day not in days:
-            continue
         if row["min.kafka_partition"] != row["max.kafka_partition"] or row["min.log_epoch"] != row["max.log_epoch"]:
             raise LambdaflowError(f"{base}/{row['path']} holds rows of more than one Kafka partition or log epoch")
         found.setdefault(day, []).append(

@@ -7,39 +7,24 @@ exactly as it runs against MinIO or AWS, with no container and no network.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from pathlib import Path
 
 from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.kafka.broker import HOST, free_port, port_answers
 from lambdaflow.ops.processes import Child
 
-HOST = "127.0.0.1"
 ACCESS_KEY = "lambdaflow"
 SECRET_KEY = "lambdaflow-secret"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class LocalS3Server:
     """``python -m moto.server`` in a child process; :meth:`bucket` creates a bucket on it."""
 
     def __init__(self, log_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.child = Child(
             "s3 server", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)], None, log_path
         )
@@ -51,7 +36,7 @@ class LocalS3Server:
     def start(self, timeout: float = 30.0) -> LocalS3Server:
         self.child.start()
         deadline = time.monotonic() + timeout
-        while not _answers(self.port):
+        while not port_answers(HOST, self.port):
             if not self.child.running():
                 raise LambdaflowError(f"the S3 server exited on start; see {self.child.log_path}")
             if time.monotonic() > deadline:
