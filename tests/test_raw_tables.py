@@ -16,6 +16,8 @@ import polars as pl
 import pytest
 
 from lambdaflow.core.contract import RECORD_SCHEMA, classify
+from lambdaflow.core.files import DamagedFile
+from lambdaflow.core.raw_store import RawStore
 from lambdaflow.core.raw_tables import Fenced, RawTables, ResumePoint
 from lambdaflow.core.storage import Storage
 from lambdaflow.ops.object_store import LocalS3Server
@@ -194,3 +196,23 @@ def test_a_storage_url_of_another_kind_is_refused_with_the_kinds_it_takes(tmp_pa
     with pytest.raises(ConfigError, match="names no bucket"):
         Storage.from_env({"LAMBDAFLOW_STORAGE_URL": "s3:///x"}, tmp_path)
     assert Storage.from_env({}, tmp_path).url == str((tmp_path / "tables").resolve())
+
+
+def test_progress_reports_live_beside_the_tables_on_s3_and_under_the_data_dir_locally(
+    storage: Storage, tmp_path: Path
+) -> None:
+    store = RawStore(tmp_path / "data", TOPIC, storage)
+    assert store.read_status(1) is None and store.partitions(fallback=2) == range(2)
+    store.take_status(1)
+    store.write_status(1, {"partition": 1, "topic_partitions": 4, "watermark": "2026-12-01T10:00:00+00:00"})
+    store.write_status(1, {"partition": 1, "topic_partitions": 4, "watermark": "2026-12-01T11:00:00+00:00"})
+    assert store.read_status(1) == {"partition": 1, "topic_partitions": 4, "watermark": "2026-12-01T11:00:00+00:00"}
+    assert store.partitions(fallback=2) == range(4)
+    assert (tmp_path / "data" / "archiver").exists() is not storage.is_s3  # on S3, nothing on local disk
+
+    if storage.is_s3:
+        storage.filesystem().pipe_file(f"{store.status_uri}/status-1.json", b'{"partition": 1')
+    else:
+        store.status_path(1).write_text('{"partition": 1')
+    with pytest.raises(DamagedFile, match="status-1.json"):
+        store.read_status(1)

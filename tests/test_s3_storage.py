@@ -1,6 +1,7 @@
-"""The pipeline on an S3-compatible store: the raw tables live on a local S3 server (moto's, started
-for the session and stopped by its PID), and every reader of them (the batch build's dbt, the
-reconciliation, `status`, `archive --verify`) reads them there. Nothing of them is on local disk.
+"""The pipeline on an S3-compatible store: the raw tables and the archivers' progress reports live
+on a local S3 server (moto's, started for the session and stopped by its PID), and every reader of
+them (the batch build's completeness check and dbt, the reconciliation, `status`, `archive
+--verify`) reads them there. None of them is on local disk.
 """
 
 from __future__ import annotations
@@ -69,11 +70,11 @@ def world(
 
 
 def test_the_raw_tables_are_on_the_store_and_nowhere_on_local_disk(world: S3World) -> None:
-    assert not (world.data_dir / "tables").exists()
+    assert not (world.data_dir / "tables").exists() and not (world.data_dir / "archiver").exists()
     status = world.lambdaflow("status")
     assert status.exit_code == 0, status.stderr[-3000:]
     report = json.loads(status.stdout)
-    assert [entry["archiver"]["lag"] for entry in report["partitions"]] == [0, 0, 0]
+    assert [entry["archiver"]["lag"] for entry in report["partitions"]] == [0, 0, 0]  # reports on the store
     assert report["dead_letter"]["messages"] == world.malformed > 0
     verified = world.lambdaflow("archive", "--verify")
     assert verified.exit_code == 0, verified.stdout + verified.stderr[-3000:]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -41,10 +42,6 @@ from lambdaflow.batch.buffers import (
 from lambdaflow.core.boundary import log_id
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA, Classifier, records_frame
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import (
-    remove_stale_temps,
-    replace_json,
-)
 from lambdaflow.core.raw_store import Manifest, RawStore
 from lambdaflow.core.raw_tables import Fenced, ResumePoint
 from lambdaflow.kafka.loop import PartitionedLoop
@@ -327,8 +324,8 @@ class Archiver:
         if self.caught_up(partition):
             owned.caught_up_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         owned.status_written = now
-        replace_json(
-            self.store.status_path(partition),
+        self.store.write_status(
+            partition,
             {
                 "topic": self.topic,
                 "partition": partition,
@@ -342,6 +339,7 @@ class Archiver:
                 "caught_up_at": owned.caught_up_at,
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
+                "host": socket.gethostname(),
                 "counters": owned.counters.as_dict(),
             },
         )
@@ -364,7 +362,7 @@ class Archiver:
                 self.loop.fail(error)
 
     def _take(self, tp: TopicPartition) -> None:
-        remove_stale_temps(self.store.status_path(tp.partition))  # a kill -9 mid-replace leaves these
+        self.store.take_status(tp.partition)
         manifest = self.store.read_manifest(tp.partition)
         previous = previous_status(self.store, tp.partition)
         owned = OwnedPartition(

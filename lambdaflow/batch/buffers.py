@@ -15,7 +15,7 @@ import polars as pl
 
 from lambdaflow.core.counters import PartitionCounters
 from lambdaflow.core.days import midnight
-from lambdaflow.core.files import PROGRESS_ONLY, DamagedFile, read_json
+from lambdaflow.core.files import DamagedFile
 from lambdaflow.core.raw_store import Manifest, RawStore
 from lambdaflow.kafka.log_identity import fingerprint
 from lambdaflow.kafka.loop import Counts
@@ -126,7 +126,7 @@ def concat_or_empty(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFra
 def previous_status(store: RawStore, partition: int) -> dict:
     """The partition's last status report, for its watermark; {} when there is none or it is damaged."""
     try:
-        status = read_json(store.status_path(partition), PROGRESS_ONLY) or {}
+        status = store.read_status(partition) or {}
     except DamagedFile as error:
         log.warning("%s; writing it anew", error)
         return {}

@@ -14,7 +14,6 @@ from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import PROGRESS_ONLY, read_json
 from lambdaflow.core.raw_store import RawStore
 
 DAY = timedelta(days=1)
@@ -56,7 +55,7 @@ def completeness(settings: Settings) -> Completeness:
     reported: dict[int, str] = {}
     horizons = []
     for partition in expected:
-        status = read_json(store.status_path(partition), PROGRESS_ONLY)
+        status = store.read_status(partition)
         if status is None:
             reported[partition] = "not archived yet"
             continue

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from lambdaflow.core.errors import InputError, first_line
-from lambdaflow.core.files import PROGRESS_ONLY, read_json
+from lambdaflow.core.files import PROGRESS_ONLY, read_json, remove_stale_temps, replace_json
 from lambdaflow.core.layout import Layout
 from lambdaflow.core.raw_tables import FileRange, RawSnapshot, RawTables, ResumePoint
 from lambdaflow.core.storage import Storage
@@ -116,13 +117,44 @@ class RawStore:
     def status_path(self, partition: int) -> Path:
         return self.state_dir / f"status-{partition}.json"
 
+    @property
+    def status_uri(self) -> str:
+        """Where the progress reports live on an S3 storage, beside the tables: every host reads them."""
+        return self.storage.table_uri("raw", self.topic, "archiver")
+
+    def read_status(self, partition: int) -> dict | None:
+        """The partition's last progress report (None: none yet; DamagedFile: not JSON)."""
+        if self.storage.is_s3:
+            return self.storage.read_json(f"{self.status_uri}/status-{partition}.json", PROGRESS_ONLY)
+        return read_json(self.status_path(partition), PROGRESS_ONLY)
+
+    def write_status(self, partition: int, document: dict) -> None:
+        """Replace the partition's progress report: under the data directory, or on the S3 storage."""
+        if self.storage.is_s3:
+            self.storage.write_json(f"{self.status_uri}/status-{partition}.json", document)
+        else:
+            replace_json(self.status_path(partition), document)
+
+    def take_status(self, partition: int) -> None:
+        """Called by the partition's new owner: remove what a writer killed mid-replace left."""
+        if not self.storage.is_s3:
+            remove_stale_temps(self.status_path(partition))
+
+    def _reporting_partitions(self) -> list[int]:
+        if self.storage.is_s3:
+            names = self.storage.list_names(self.status_uri)
+        else:
+            names = [path.name for path in self.state_dir.glob("status-*.json")]
+        found = [re.fullmatch(r"status-(\d+)\.json", name) for name in names]
+        return sorted(int(match[1]) for match in found if match)
+
     def partitions(self, fallback: int) -> range:
         """The topic's partitions, as the broker reported them to the archivers: each status records
         the count its archiver saw, and a partition that has reported counts too. ``fallback`` (the
         setting) only while no archiver has said."""
         seen, counts = [], []
-        for path in self.state_dir.glob("status-*.json"):
-            status = read_json(path, PROGRESS_ONLY) or {}
+        for partition in self._reporting_partitions():
+            status = self.read_status(partition) or {}
             if isinstance(status.get("partition"), int):
                 seen.append(status["partition"] + 1)
             if isinstance(status.get("topic_partitions"), int):

@@ -11,13 +11,15 @@ involved, and DuckDB reads their files through an fsspec filesystem.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from lambdaflow.core.errors import ConfigError
+from lambdaflow.core.errors import ConfigError, first_line
+from lambdaflow.core.files import DamagedFile
 
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
 
@@ -65,6 +67,28 @@ class Storage:
         if self.is_s3:
             return self.filesystem().open(uri, "rb")
         return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+
+    def read_json(self, uri: str, remedy: str | None = None) -> Any | None:
+        """A small JSON object on an S3 storage; None when there is none, :class:`DamagedFile` when it
+        is not JSON (``remedy`` says what to do about it)."""
+        try:
+            return json.loads(self.filesystem().cat_file(uri))
+        except FileNotFoundError:
+            return None
+        except ValueError as error:  # not JSON, or not UTF-8
+            raise DamagedFile(Path(uri), first_line(error), remedy) from None
+
+    def write_json(self, uri: str, document: Any) -> None:
+        """Put a small JSON object on an S3 storage: one PUT, so a reader gets the old object or the
+        new one, whole."""
+        self.filesystem().pipe_file(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
+
+    def list_names(self, folder_uri: str) -> list[str]:
+        """The names of the objects directly under ``folder_uri`` on an S3 storage, as listed now."""
+        try:
+            return [file_name(entry) for entry in self.filesystem().ls(folder_uri, detail=False, refresh=True)]
+        except FileNotFoundError:
+            return []
 
     def delta_options(self) -> dict[str, str] | None:
         """deltalake's ``storage_options``: None for a local root."""

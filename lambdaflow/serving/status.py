@@ -56,7 +56,7 @@ def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
     speed_dir = settings.layout.speed_state(settings.topic)
     return {
         partition: {
-            "archiver": read_json(store.status_path(partition), PROGRESS_ONLY) or {},
+            "archiver": store.read_status(partition) or {},
             "stream": read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {},
         }
         for partition in store.partitions(fallback=settings.partitions)
