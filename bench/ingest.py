@@ -1,5 +1,10 @@
 """1. Ingest ceiling: a bare kafka-python consumer vs the archiver vs the stream worker.
 
+The archiver runs twice in each repetition: into a local directory, and into a
+bucket of a local S3-compatible server (moto's, started by the section and
+stopped by its PID), so the cost of committing the raw tables to object storage
+is measured against the local directory side by side.
+
 The events are produced once to a topic of an embedded broker the benchmark
 starts; then, in every repetition and in rotating order, each consumer reads
 all of it in a process of its own (`lambdaflow archive --until-idle` and
@@ -29,13 +34,19 @@ from bench.events import kafka_messages
 from bench.procs import bench_command, run, settle
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.broker import EmbeddedBroker
+from lambdaflow.ops.object_store import LocalS3Server
 from lambdaflow.ops.processes import Finished, lambdaflow_command
 
 log = logging.getLogger("lambdaflow.bench")
 
-TOOLS = ("bare consumer", "archiver", "stream worker")
+S3 = "archiver on S3"
+TOOLS = ("bare consumer", "archiver", S3, "stream worker")
 TARGETS = {"archiver": 0.95, "stream worker": 0.9}
 """Each consumer's rate against the bare consumer's; every one of them checks CRCs with the C crc32c."""
+S3_TARGET = 0.8
+"""The archiver on the S3 server against the archiver on a local directory: a batch commits a few
+large files and one log entry, so the store's round trips may cost at most a fifth."""
+SLUGS = {S3: "archiver-s3"}
 SEED = 1
 PROFILE_EVENTS = 100_000
 POLL = "Kafka poll (kafka-python: fetch, CRC check, decoding)"
@@ -80,7 +91,7 @@ def produce_once(bootstrap: str, topic: str, count: int) -> dict:
 
 
 def _command(tool: str) -> list[str]:
-    if tool == "archiver":
+    if tool in ("archiver", S3):
         return lambdaflow_command("archive", "--until-idle")
     if tool == "stream worker":
         return lambdaflow_command("stream", "--until-idle")
@@ -91,10 +102,16 @@ def _env(ctx: Context, bootstrap: str, topic: str, data_dir: Path) -> dict[str, 
     return {**ctx.env, "KAFKA_BOOTSTRAP": bootstrap, "LAMBDAFLOW_TOPIC": topic, "LAMBDAFLOW_DATA_DIR": str(data_dir)}
 
 
-def _consume(ctx: Context, tool: str, bootstrap: str, topic: str, data_dir: Path, name: str) -> dict:
+def _slug(tool: str) -> str:
+    return SLUGS.get(tool, tool.split()[0])
+
+
+def _consume(
+    ctx: Context, tool: str, bootstrap: str, topic: str, data_dir: Path, name: str, storage: dict[str, str]
+) -> dict:
     if tool != "bare consumer":  # the bare consumer joins a fresh group each time; the workers their own
         settle()
-    env = _env(ctx, bootstrap, topic, data_dir)
+    env = {**_env(ctx, bootstrap, topic, data_dir), **storage}
     finished: Finished = run(name, _command(tool), env, ctx.folder("ingest", "logs"), timeout=1800)
     summary = json.loads(finished.stdout.strip().splitlines()[-1])
     first = summary["first_message_after"]
@@ -114,12 +131,15 @@ def _consume(ctx: Context, tool: str, bootstrap: str, topic: str, data_dir: Path
     }
 
 
-def _repetition(ctx: Context, rep: int, bootstrap: str, topic: str) -> dict[str, dict]:
+def _repetition(ctx: Context, rep: int, bootstrap: str, topic: str, s3: LocalS3Server) -> dict[str, dict]:
     results = {}
     for tool in alternate(TOOLS, rep):
-        slug = tool.split()[0]
+        slug = _slug(tool)
         data_dir = ctx.work / "ingest" / f"{slug}-{rep}"
-        full = _consume(ctx, tool, bootstrap, topic, data_dir, f"{slug}-{rep}")
+        storage = {}
+        if tool == S3:  # a bucket of its own each time, as the local archiver gets a fresh directory
+            storage = {"LAMBDAFLOW_STORAGE_URL": f"{s3.bucket(f'bench-ingest-{rep}')}/lambdaflow", **s3.env()}
+        full = _consume(ctx, tool, bootstrap, topic, data_dir, f"{slug}-{rep}", storage)
         full["data_dir"] = str(data_dir)
         results[tool] = full
         log.info(
@@ -152,27 +172,35 @@ def _footprint(last: dict[str, dict]) -> dict:
 
 
 def run_section(ctx: Context) -> Section:
-    sizes = ctx.sizes
     logs = ctx.folder("ingest", "logs")
+    s3 = LocalS3Server(logs / "moto.log").start()
+    try:
+        with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
+            return _measure(ctx, broker.bootstrap, s3)
+    finally:
+        s3.stop()
+
+
+def _measure(ctx: Context, bootstrap: str, s3: LocalS3Server) -> Section:
+    sizes = ctx.sizes
     reps: list[dict[str, dict]] = []
-    with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
-        topic = "bench-ingest"
-        clients.ensure_topic(broker.bootstrap, topic, 3)
-        log.info("ingest: producing %d events (lz4, 3 partitions)", sizes.ingest_events)
-        produced = produce_once(broker.bootstrap, topic, sizes.ingest_events)
-        log.info("ingest: produced at %d msg/s", produced["messages_per_second"])
-        for rep in range(sizes.repetitions):
-            reps.append(_repetition(ctx, rep, broker.bootstrap, topic))
-            if rep < sizes.repetitions - 1:
-                for result in reps[-1].values():
-                    shutil.rmtree(result["data_dir"], ignore_errors=True)
-        for tool, results in ((t, [r[t] for r in reps]) for t in TOOLS):
-            wrong = [r["messages"] for r in results if r["messages"] != sizes.ingest_events]
-            if wrong:
-                raise RuntimeError(f"ingest: {tool} read {wrong} messages, not {sizes.ingest_events}")
-        missed = [tool for tool in PROFILE_FOCUS if _share(reps, tool) < TARGETS[tool]]
-        profiles = _profiles(ctx, broker.bootstrap, topic, missed)
-        crc = _crc_in_workers(ctx, broker.bootstrap, topic)
+    topic = "bench-ingest"
+    clients.ensure_topic(bootstrap, topic, 3)
+    log.info("ingest: producing %d events (lz4, 3 partitions)", sizes.ingest_events)
+    produced = produce_once(bootstrap, topic, sizes.ingest_events)
+    log.info("ingest: produced at %d msg/s", produced["messages_per_second"])
+    for rep in range(sizes.repetitions):
+        reps.append(_repetition(ctx, rep, bootstrap, topic, s3))
+        if rep < sizes.repetitions - 1:
+            for result in reps[-1].values():
+                shutil.rmtree(result["data_dir"], ignore_errors=True)
+    for tool, results in ((t, [r[t] for r in reps]) for t in TOOLS):
+        wrong = [r["messages"] for r in results if r["messages"] != sizes.ingest_events]
+        if wrong:
+            raise RuntimeError(f"ingest: {tool} read {wrong} messages, not {sizes.ingest_events}")
+    missed = [tool for tool in PROFILE_FOCUS if _share(reps, tool) < TARGETS[tool]]
+    profiles = _profiles(ctx, bootstrap, topic, missed)
+    crc = _crc_in_workers(ctx, bootstrap, topic)
     return _summarize(ctx, reps, produced, profiles, crc)
 
 
@@ -182,9 +210,9 @@ def _crc_in_workers(ctx: Context, bootstrap: str, topic: str) -> str:
     return run("crc-check", bench_command("crc-check"), env, ctx.folder("ingest", "logs"), timeout=120).json()["crc32c"]
 
 
-def _share(reps: list[dict[str, dict]], tool: str) -> float:
-    """The median over repetitions of the tool's rate against the bare consumer's in the same repetition."""
-    return median(r[tool]["messages_per_second"] / r["bare consumer"]["messages_per_second"] for r in reps)
+def _share(reps: list[dict[str, dict]], tool: str, peer: str = "bare consumer") -> float:
+    """The median over repetitions of the tool's rate against the peer's in the same repetition."""
+    return median(r[tool]["messages_per_second"] / r[peer]["messages_per_second"] for r in reps)
 
 
 def _profiles(ctx: Context, bootstrap: str, topic: str, tools: list[str]) -> dict[str, dict]:
@@ -197,7 +225,7 @@ def _profiles(ctx: Context, bootstrap: str, topic: str, tools: list[str]) -> dic
         produce_once(bootstrap, topic, PROFILE_EVENTS)
     found = {}
     for tool in tools:
-        slug = tool.split()[0]
+        slug = _slug(tool)
         stats = ctx.work / "ingest" / f"{slug}.prof"
         log.info("ingest: %s missed its target; profiling it", tool)
         run(
@@ -269,6 +297,7 @@ def _summarize(
                 },
             )
         )
+    rows.append(_s3_row(reps, medians))
     details = {
         "produced": produced,
         "medians": medians,
@@ -302,6 +331,38 @@ def _summarize(
                 "MB",
             ),
         ],
+    )
+
+
+def _s3_row(reps: list[dict[str, dict]], medians: dict) -> Row:
+    """The archiver into a bucket of the local S3 server against the archiver into a local directory."""
+    share = _share(reps, S3, peer="archiver")
+    short = too_short(r[t]["consuming_seconds"] for r in reps for t in ("archiver", S3))
+    met = share >= S3_TARGET and not short
+    why = TOO_SHORT if short else ""
+    if not met and not short:
+        why = (
+            f"{share:.0%} of the archiver on a local directory: each batch's commit writes its Parquet files "
+            "and a log entry to the store over HTTP, and the S3 server (a Python process) shares the two cores"
+        )
+    return Row(
+        id="ingest.archiver_s3",
+        what=f"ingest: {S3} msgs/s while consuming",
+        figure=round(medians[S3]["messages_per_second"]),
+        unit="msg/s",
+        peer="archiver on a local directory",
+        peer_figure=round(medians["archiver"]["messages_per_second"]),
+        ratio=round(share, 3),
+        target=f"ratio >= {S3_TARGET}",
+        met=met,
+        why=why,
+        detail={
+            "peak_rss_mb": medians[S3]["peak_rss_mb"],
+            "local_peak_rss_mb": medians["archiver"]["peak_rss_mb"],
+            "startup_seconds": medians[S3]["startup_seconds"],
+            "wall_seconds": medians[S3]["wall_seconds"],
+            "local_wall_seconds": medians["archiver"]["wall_seconds"],
+        },
     )
 
 
@@ -349,7 +410,8 @@ def _text(ctx: Context, medians: dict, produced: dict, reps: list, profiles: dic
         "",
         "Medians over the repetitions; the ratio in the summary is the median of the per-repetition "
         "ratios (each consumer against the bare consumer of the same repetition). Targets: the archiver at "
-        f"least {TARGETS['archiver']:.0%} of the bare consumer, the stream worker {TARGETS['stream worker']:.0%}.",
+        f"least {TARGETS['archiver']:.0%} of the bare consumer, the stream worker {TARGETS['stream worker']:.0%}; "
+        f"the {S3} (a bucket of the local S3 server) at least {S3_TARGET:.0%} of the archiver on a local directory.",
         "",
         f"CRC32C: kafka-python checked every record batch's CRC in {crc} in the workers' interpreter (a child "
         "with their environment asked it) and in "

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 ROWS = {
     "ingest.archiver",
+    "ingest.archiver_s3",
     "ingest.stream",
     "freshness.p99",
     "batch.dbt_models",
