@@ -7,11 +7,11 @@ each batch is a run of Kafka-shaped records, some of them invalid.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
@@ -69,15 +69,15 @@ def rows(storage: Storage, files: list[str], partition: int, below: int, where: 
     DuckDB as a reader would."""
     if not files:
         return []
-    con = duckdb.connect()
-    filesystem = storage.filesystem()
-    if filesystem is not None:
-        con.register_filesystem(filesystem)
-    found = con.execute(
-        f"select kafka_offset from read_parquet($files) where kafka_partition = $p and kafka_offset < $below "
-        f"and ({where}) order by 1",
-        {"files": files, "p": partition, "below": below},
-    ).fetchall()
+    found = (
+        storage.duckdb()
+        .execute(
+            f"select kafka_offset from read_parquet($files) where kafka_partition = $p and kafka_offset < $below "
+            f"and ({where}) order by 1",
+            {"files": files, "p": partition, "below": below},
+        )
+        .fetchall()
+    )
     return [offset for (offset,) in found]
 
 
@@ -216,3 +216,27 @@ def test_progress_reports_live_beside_the_tables_on_s3_and_under_the_data_dir_lo
         store.status_path(1).write_text('{"partition": 1')
     with pytest.raises(DamagedFile, match="status-1.json"):
         store.read_status(1)
+
+
+def readme_snippet(heading: str) -> str:
+    """The first Python block after ``heading`` in the README."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    after = text[text.index(heading) :]
+    return after[after.index("```python\n") + len("```python\n") : after.index("\n```", after.index("```python"))]
+
+
+def test_the_readmes_duckdb_snippet_reads_the_events_table_of_one_version(tmp_path: Path) -> None:
+    storage = Storage.from_env({}, tmp_path)
+    tables = RawTables(storage, TOPIC)
+    for first in (0, 100):
+        events, rejects = batch(0, first, first + 99)
+        tables.commit_batch(0, ResumePoint(0, first), ResumePoint(0, first + 100), events, rejects)
+    committed = Path(all_event_files(tables)[0])
+    shutil.copy(committed, committed.with_name("part-00000-not-committed-c000.zstd.parquet"))  # a crash's leftover
+
+    snippet = readme_snippet("### Reading the raw tables from other engines")
+    assert 'DeltaTable("data/tables/raw/events/events")' in snippet
+    namespace: dict = {}
+    exec(snippet.replace("data/tables/raw/events/events", tables.events_uri), namespace)
+    valid = len([offset for offset in range(200) if offset % 7])
+    assert namespace["per_day"] == [(INGESTED.date(), valid, valid)]
