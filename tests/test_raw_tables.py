@@ -7,15 +7,24 @@ each batch is a run of Kafka-shaped records, some of them invalid.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from lambdaflow.batch import airflow_home
+from lambdaflow.batch.maintenance import maintain_raw_tables
+from lambdaflow.core.config import Settings
 from lambdaflow.core.contract import RECORD_SCHEMA, classify
+from lambdaflow.core.errors import InputError
 from lambdaflow.core.files import DamagedFile
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.core.raw_tables import Fenced, RawTables, ResumePoint
@@ -240,3 +249,70 @@ def test_the_readmes_duckdb_snippet_reads_the_events_table_of_one_version(tmp_pa
     exec(snippet.replace("data/tables/raw/events/events", tables.events_uri), namespace)
     valid = len([offset for offset in range(200) if offset % 7])
     assert namespace["per_day"] == [(INGESTED.date(), valid, valid)]
+
+
+def aged(path: Path, hours: float) -> Path:
+    moment = time.time() - hours * 3600
+    os.utime(path, (moment, moment))
+    return path
+
+
+def test_maintenance_removes_only_old_files_no_version_needs(storage: Storage, tmp_path: Path) -> None:
+    tables = RawTables(storage, TOPIC)
+    for first in (0, 100):
+        events, rejects = batch(0, first, first + 99)
+        tables.commit_batch(0, ResumePoint(0, first), ResumePoint(0, first + 100), events, rejects)
+    settings = replace(
+        Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(tmp_path / "data"), "LAMBDAFLOW_TOPIC": TOPIC}), storage=storage
+    )
+    committed = all_event_files(tables)
+    before = rows(storage, committed, 0, 10**9), dead_letter(storage, tables, 0)
+    if not storage.is_s3:  # a store sets its objects' times itself; a directory's can be set back
+        for uri in committed:
+            aged(Path(uri), 24 * 30)  # old, but committed: never removed
+        folder = Path(committed[0]).parent
+        stray = aged(shutil.copy(committed[0], folder / "part-00000-crashed-c000.zstd.parquet"), 2)
+        fresh = shutil.copy(committed[0], folder / "part-00000-in-flight-c000.zstd.parquet")
+
+    with pytest.raises(InputError, match="at least 1:00:00"):
+        maintain_raw_tables(settings, keep=timedelta(minutes=59))
+    looked = maintain_raw_tables(settings, keep=timedelta(hours=1), dry_run=True)
+    expected = 0 if storage.is_s3 else 1
+    assert {r["table"]: r["removed_files"] for r in looked} == {"events": expected, "dead_letter": 0}
+    if not storage.is_s3:
+        assert stray.exists()  # a dry run removes nothing
+    done = maintain_raw_tables(settings, keep=timedelta(hours=1))
+    assert {r["table"]: r["removed_files"] for r in done} == {"events": expected, "dead_letter": 0}
+
+    if not storage.is_s3:
+        assert not stray.exists() and fresh.exists()
+    assert all_event_files(tables) == committed
+    assert (rows(storage, committed, 0, 10**9), dead_letter(storage, tables, 0)) == before
+    logs = storage.filesystem().ls(f"{tables.events_uri}/_delta_log") if storage.is_s3 else None
+    names = [uri.rsplit("/", 1)[-1] for uri in logs] if logs else os.listdir(f"{tables.events_uri}/_delta_log")
+    assert any(name.endswith(".checkpoint.parquet") for name in names)
+
+
+@pytest.mark.slow
+def test_the_maintenance_dag_vacuums_the_raw_tables_in_a_real_dag_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir), "LAMBDAFLOW_TOPIC": TOPIC})
+    tables = RawTables(settings.storage, TOPIC)
+    events, rejects = batch(0, 0, 99)
+    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 100), events, rejects)
+    committed = Path(all_event_files(tables)[0])
+    stray = aged(shutil.copy(committed, committed.with_name("part-00000-crashed-c000.zstd.parquet")), 200)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW"))}
+    env.update({"LAMBDAFLOW_DATA_DIR": str(data_dir), "LAMBDAFLOW_TOPIC": TOPIC, **airflow_home.airflow_env(settings)})
+    prepare = "from lambdaflow.batch import airflow_home; from lambdaflow.core.config import settings; "
+    prepare += "airflow_home.prepare(settings())"
+    for command in (
+        [sys.executable, "-c", prepare],
+        [sys.executable, "-m", "airflow", "dags", "test", "lambda_tables_maintenance"],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    assert not stray.exists()  # older than the DAG's 168 hours, and in no version
+    assert all_event_files(tables) == [str(committed)]

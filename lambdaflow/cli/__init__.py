@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -293,6 +293,27 @@ def batch(day: str | None, first: str | None, last: str | None, today: bool, lat
     else:
         manifest = run_batch(settings(), day=day, airflow_log=output)
     emit_record(manifest, fmt)
+
+
+@cli.command()
+@click.option(
+    "--keep-hours",
+    type=click.IntRange(min=1),
+    default=168,
+    show_default=True,
+    help="Keep every file a table version of this many hours needs.",
+)
+@click.option("--dry-run", is_flag=True, help="Count the files that would go; remove nothing.")
+@format_option
+def maintain(keep_hours: int, dry_run: bool, fmt: str) -> None:
+    """Vacuum and checkpoint the raw tables, as the lambda_tables_maintenance DAG does daily.
+
+    Removes the files no table version of the kept period needs (never a
+    committed one), then checkpoints each table. One JSON line per table.
+    """
+    from lambdaflow.batch.maintenance import maintain_raw_tables
+
+    emit(maintain_raw_tables(settings(), keep=timedelta(hours=keep_hours), dry_run=dry_run), fmt)
 
 
 for command in (query, reconcile, status, serve):

@@ -114,6 +114,11 @@ class RawTables:
                 "it says which files count and where each partition resumes, and lambdaflow will not guess"
             ) from None
 
+    def existing(self) -> dict[str, DeltaTable]:
+        """The tables created so far, by name (``events``, ``dead_letter``)."""
+        found = {"events": self._open(self.events_uri), "dead_letter": self._open(self.dead_letter_uri)}
+        return {name: table for name, table in found.items() if table is not None}
+
     def snapshot(self) -> RawSnapshot:
         """The tables as committed now: every answer read from it comes from this one version."""
         return RawSnapshot(self._open(self.events_uri), self._open(self.dead_letter_uri), self)

@@ -1,0 +1,56 @@
+"""
+### lambda_tables_maintenance
+
+Retention for the raw tables, as Delta provides it. Every day at 03:30 UTC
+this DAG vacuums the events and dead-letter tables: it removes the files that
+no table version of the kept period needs (a dead-letter file a later batch
+replaced, a file a crashed or fenced commit never committed), then writes a
+checkpoint so that opening a table stays one read. A committed file is never
+removed. `lambdaflow maintain` does the same by hand (`--dry-run` lists what
+would go).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from lambdaflow.batch.dag_parts import DOCS_HINT
+
+
+@dag(
+    dag_id="lambda_tables_maintenance",
+    schedule="30 3 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    tags=["lambdaflow", "raw-store", "retention"],
+    description="Daily: vacuums and checkpoints the raw tables; committed files are never removed.",
+    doc_md=f"{__doc__}\n{DOCS_HINT}",
+    params={
+        "keep_hours": Param(
+            168,
+            type="integer",
+            minimum=1,
+            title="keep_hours: hours of table versions whose files stay",
+            description="A file no version of this period needs is removed. At least 1.",
+        )
+    },
+)
+def lambda_tables_maintenance():
+    @task
+    def vacuum_raw_tables(params=None) -> list[dict]:
+        from lambdaflow.batch import build
+        from lambdaflow.batch.maintenance import maintain_raw_tables
+        from lambdaflow.core.config import settings
+
+        with build.failing_at_once():
+            return maintain_raw_tables(settings(), keep=timedelta(hours=int((params or {}).get("keep_hours", 168))))
+
+    vacuum_raw_tables()
+
+
+lambda_tables_maintenance()

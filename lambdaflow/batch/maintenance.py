@@ -1,0 +1,66 @@
+"""Retention for the raw tables, as Delta provides it: `lambdaflow maintain` and the
+`lambda_tables_maintenance` DAG.
+
+Each table is vacuumed: the files no version younger than the kept period
+needs go (a dead-letter file that a later batch of its partition replaced, a
+file a crashed or fenced commit wrote and never committed), and a checkpoint
+is written so that opening the table reads one Parquet file instead of every
+commit since the last one (delta-rs also writes one every 100 commits); log
+entries older than the table's log retention (30 days) go with it. A committed
+file is never removed, and neither is a file younger than the kept period, so
+a reader that took its snapshot within that period still finds all of its
+files, and a commit in flight keeps the files it is writing.
+
+The events files are not compacted: a build records which raw files it read,
+by name, to find late data (lambdaflow.core.late), and a merged file would be
+both missing and late.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from lambdaflow.core.config import Settings
+from lambdaflow.core.errors import InputError
+from lambdaflow.core.raw_tables import RawTables
+
+log = logging.getLogger(__name__)
+
+KEEP = timedelta(days=7)
+"""Delta's own default retention."""
+SHORTEST_KEEP = timedelta(hours=1)
+"""Less would let a vacuum remove the files of a commit still in flight, or of a reader's snapshot."""
+
+
+def maintain_raw_tables(settings: Settings, keep: timedelta = KEEP, dry_run: bool = False) -> list[dict]:
+    """Vacuum and checkpoint each raw table of the topic; one report per table."""
+    if keep < SHORTEST_KEEP:
+        raise InputError(f"keep files for at least {SHORTEST_KEEP} ({keep} asked): younger ones may be in use")
+    reports = []
+    for name, table in RawTables(settings.storage, settings.topic).existing().items():
+        removed = table.vacuum(
+            retention_hours=int(keep.total_seconds() // 3600),
+            dry_run=dry_run,
+            enforce_retention_duration=False,  # the check above applies instead of the table's 7 days
+            full=True,  # files no commit ever added too
+        )
+        if not dry_run:
+            table.create_checkpoint()
+            table.cleanup_metadata()
+        log.info(
+            "%s: %s %d file(s) no version needs",
+            table.table_uri,
+            "would remove" if dry_run else "removed",
+            len(removed),
+        )
+        reports.append(
+            {
+                "table": name,
+                "uri": table.table_uri,
+                "version": table.version(),
+                "removed_files": len(removed),
+                "dry_run": dry_run,
+            }
+        )
+    return reports
