@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-SUBCOMMANDS = ["broker", "produce", "archive", "stream", "batch", "query", "reconcile", "status"]
+SUBCOMMANDS = ["broker", "produce", "archive", "stream", "batch", "maintain", "query", "reconcile", "status"]
 
 
 def test_top_level_help_lists_the_subcommands(cli) -> None:
@@ -65,3 +67,24 @@ def test_bad_environment_gets_one_clear_line(cli, variable: str, value: str, mes
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"lambdaflow: error: {message}"]
     assert result.stdout == ""
+
+
+def test_maintain_reports_each_raw_table_and_refuses_a_period_under_an_hour(cli) -> None:
+    from lambdaflow.core.config import Settings
+    from lambdaflow.core.raw_tables import RawTables, ResumePoint
+    from tests.test_raw_tables import batch
+
+    settings = Settings.from_env(cli.env)
+    assert cli("maintain").stdout == ""  # nothing archived yet: no table
+    events, rejects = batch(0, 0, 20)
+    RawTables(settings.storage, settings.topic).commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 21), events, rejects)
+
+    result = cli("maintain", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["table"], r["removed_files"], r["dry_run"]) for r in reports] == [
+        ("events", 0, True),
+        ("dead_letter", 0, True),
+    ]
+    refused = cli("maintain", "--keep-hours", "0")
+    assert refused.exit_code == 2 and "--keep-hours" in refused.stderr
