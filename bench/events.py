@@ -189,8 +189,8 @@ def write_raw_day(
                     order by i
                 """).pl()
                 until = ResumePoint(0, base + chunk_end + 1)
-                tables.commit_batch(
-                    partition, since, until, events.cast(EVENTS_SCHEMA), pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+                tables.begin(partition, since).commit(
+                    until, events.cast(EVENTS_SCHEMA), pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
                 )
                 since = until
                 files += 1

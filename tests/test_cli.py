@@ -77,7 +77,7 @@ def test_maintain_reports_each_raw_table_and_refuses_a_period_under_an_hour(cli)
     settings = Settings.from_env(cli.env)
     assert cli("maintain").stdout == ""  # nothing archived yet: no table
     events, rejects = batch(0, 0, 20)
-    RawTables(settings.storage, settings.topic).commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 21), events, rejects)
+    RawTables(settings.storage, settings.topic).begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 21), events, rejects)
 
     result = cli("maintain", "--dry-run")
     assert result.exit_code == 0, result.stderr

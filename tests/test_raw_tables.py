@@ -104,11 +104,11 @@ def test_batches_land_once_each_and_move_the_resume_point(storage: Storage) -> N
     tables = RawTables(storage, TOPIC)
     assert tables.resume_point(0) == ResumePoint(0, 0)
     first_events, first_rejects = batch(0, 0, 99)
-    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 100), first_events, first_rejects)
+    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 100), first_events, first_rejects)
     second_events, second_rejects = batch(0, 100, 249)
-    tables.commit_batch(0, ResumePoint(0, 100), ResumePoint(0, 250), second_events, second_rejects)
+    tables.begin(0, ResumePoint(0, 100)).commit(ResumePoint(0, 250), second_events, second_rejects)
     other_events, other_rejects = batch(1, 0, 9)
-    tables.commit_batch(1, ResumePoint(0, 0), ResumePoint(0, 10), other_events, other_rejects)
+    tables.begin(1, ResumePoint(0, 0)).commit(ResumePoint(0, 10), other_events, other_rejects)
 
     assert tables.resume_point(0) == ResumePoint(0, 250)
     assert tables.resume_point(1) == ResumePoint(0, 10)
@@ -125,7 +125,7 @@ def test_of_two_archivers_racing_for_a_partition_the_fenced_one_commits_nothing(
     """Both read the partition at offset 0; the first commit lands, the second is refused by the table's
     own conflict check (not by a check of ours that it could pass stale), and no offset is there twice."""
     tables = RawTables(storage, TOPIC)
-    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 10), *batch(0, 0, 9))
+    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 10), *batch(0, 0, 9))
     winner = tables.begin(0, ResumePoint(0, 10))
     zombie = RawTables(storage, TOPIC).begin(0, ResumePoint(0, 10))
     winner.commit(ResumePoint(0, 100), *batch(0, 10, 99))
@@ -144,14 +144,14 @@ def test_of_two_archivers_racing_for_a_partition_the_fenced_one_commits_nothing(
     assert dead_letter(storage, tables, 0) == [o for o in range(100) if o % 7 == 0]
 
     # The winner's next batch replaces what lies at or above its first offset: each reject is there once.
-    tables.commit_batch(0, ResumePoint(0, 100), ResumePoint(0, 300), *batch(0, 100, 299))
+    tables.begin(0, ResumePoint(0, 100)).commit(ResumePoint(0, 300), *batch(0, 100, 299))
     assert rows(storage, tables.snapshot().dead_letter_files(), 0, 300) == [o for o in range(300) if o % 7 == 0]
     assert rows(storage, all_event_files(tables), 0, 10**9) == [o for o in range(300) if o % 7]
 
 
 def test_a_new_log_epoch_starts_its_offsets_again(storage: Storage) -> None:
     tables = RawTables(storage, TOPIC)
-    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 50), *batch(0, 0, 49))
+    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 50), *batch(0, 0, 49))
     # A fenced writer's dead letter for 50..119 lands; its events do not.
     winner, zombie = tables.begin(0, ResumePoint(0, 50)), tables.begin(0, ResumePoint(0, 50))
     winner.commit(ResumePoint(0, 60), *batch(0, 50, 59))
@@ -161,7 +161,7 @@ def test_a_new_log_epoch_starts_its_offsets_again(storage: Storage) -> None:
         tables.begin(0, ResumePoint(1, 0))
 
     assert tables.start_epoch(0, ResumePoint(0, 60)) == ResumePoint(1, 0)
-    tables.commit_batch(0, ResumePoint(1, 0), ResumePoint(1, 20), *batch(0, 0, 19))
+    tables.begin(0, ResumePoint(1, 0)).commit(ResumePoint(1, 20), *batch(0, 0, 19))
     assert tables.resume_point(0) == ResumePoint(1, 20)
     files = all_event_files(tables)
     valid = [o for o in range(60) if o % 7] + [o for o in range(20) if o % 7]
@@ -178,18 +178,18 @@ def test_the_commit_records_the_last_record_and_the_log_it_came_from(storage: St
     tables = RawTables(storage, TOPIC)
     first = {"offset": 0, "timestamp": 1_796_000_000_000, "crc32": 4_000_000_001}
     last = {"offset": 49, "timestamp": 1_796_000_000_049, "crc32": 7}
-    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 50), *batch(0, 0, 49), last, first)
+    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 50), *batch(0, 0, 49), last, first)
     snapshot = tables.snapshot()
     assert snapshot.last_record(0) == last
     assert snapshot.log_id(0, 0) == "1796000000000-4000000001"
     assert snapshot.last_record(1) is None and snapshot.log_id(0, 1) is None
 
     later = {"offset": 59, "timestamp": -1, "crc32": 0}  # a record without a timestamp
-    tables.commit_batch(0, ResumePoint(0, 50), ResumePoint(0, 60), *batch(0, 50, 59), later, {**last, "offset": 50})
+    tables.begin(0, ResumePoint(0, 50)).commit(ResumePoint(0, 60), *batch(0, 50, 59), later, {**last, "offset": 50})
     assert tables.snapshot().last_record(0) == later
     assert tables.snapshot().log_id(0, 0) == "1796000000000-4000000001"  # only offset 0 names the log
     # A batch committed without its last record leaves none for the new resume point, not an older one.
-    tables.commit_batch(0, ResumePoint(0, 60), ResumePoint(0, 70), *batch(0, 60, 69))
+    tables.begin(0, ResumePoint(0, 60)).commit(ResumePoint(0, 70), *batch(0, 60, 69))
     assert tables.snapshot().last_record(0) is None
 
     tables.start_epoch(0, ResumePoint(0, 70))
@@ -239,7 +239,7 @@ def test_the_readmes_duckdb_snippet_reads_the_events_table_of_one_version(tmp_pa
     tables = RawTables(storage, TOPIC)
     for first in (0, 100):
         events, rejects = batch(0, first, first + 99)
-        tables.commit_batch(0, ResumePoint(0, first), ResumePoint(0, first + 100), events, rejects)
+        tables.begin(0, ResumePoint(0, first)).commit(ResumePoint(0, first + 100), events, rejects)
     committed = Path(all_event_files(tables)[0])
     shutil.copy(committed, committed.with_name("part-00000-not-committed-c000.zstd.parquet"))  # a crash's leftover
 
@@ -261,7 +261,7 @@ def test_maintenance_removes_only_old_files_no_version_needs(storage: Storage, t
     tables = RawTables(storage, TOPIC)
     for first in (0, 100):
         events, rejects = batch(0, first, first + 99)
-        tables.commit_batch(0, ResumePoint(0, first), ResumePoint(0, first + 100), events, rejects)
+        tables.begin(0, ResumePoint(0, first)).commit(ResumePoint(0, first + 100), events, rejects)
     settings = replace(
         Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(tmp_path / "data"), "LAMBDAFLOW_TOPIC": TOPIC}), storage=storage
     )
@@ -299,7 +299,7 @@ def test_the_maintenance_dag_vacuums_the_raw_tables_in_a_real_dag_run(tmp_path: 
     settings = Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir), "LAMBDAFLOW_TOPIC": TOPIC})
     tables = RawTables(settings.storage, TOPIC)
     events, rejects = batch(0, 0, 99)
-    tables.commit_batch(0, ResumePoint(0, 0), ResumePoint(0, 100), events, rejects)
+    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 100), events, rejects)
     committed = Path(all_event_files(tables)[0])
     stray = aged(shutil.copy(committed, committed.with_name("part-00000-crashed-c000.zstd.parquet")), 200)
 
@@ -316,3 +316,27 @@ def test_the_maintenance_dag_vacuums_the_raw_tables_in_a_real_dag_run(tmp_path: 
 
     assert not stray.exists()  # older than the DAG's 168 hours, and in no version
     assert all_event_files(tables) == [str(committed)]
+
+
+def test_a_commit_on_a_directory_is_fsynced_its_files_before_its_log_entry(tmp_path: Path, monkeypatch) -> None:
+    tables = RawTables(Storage.from_env({}, tmp_path), TOPIC)
+    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 100), *batch(0, 0, 99))
+    before, version = set(all_event_files(tables)), tables.snapshot().version
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    tables.begin(0, ResumePoint(0, 100)).commit(ResumePoint(0, 200), *batch(0, 100, 199))
+
+    events_log = f"{tables.events_uri}/_delta_log"
+    entries = [path for path in synced if path.startswith(events_log + "/0")]
+    assert entries == [f"{events_log}/{version + 1:020d}.json"]  # the new commit's entry, not older ones again
+    added = set(all_event_files(tables)) - before
+    folders = {str(Path(path).parent) for path in added}
+    assert added and all(synced.index(path) < synced.index(entries[0]) for path in added | folders)
+    assert synced.index(events_log) > synced.index(entries[0])
+    assert any(path.startswith(f"{tables.dead_letter_uri}/_delta_log/0") for path in synced)  # its rejects too

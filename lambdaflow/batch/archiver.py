@@ -256,8 +256,8 @@ class Archiver:
             .sort("kafka_offset")
         )
         try:
-            self.store.tables.commit_batch(
-                partition, since, until, events, rejects, buffer.last_record, buffer.first_record
+            self.store.tables.begin(partition, since).commit(
+                until, events, rejects, buffer.last_record, buffer.first_record
             )
         except Fenced as error:
             log.error("%s[%d] batch %d..%d dropped: %s", self.topic, partition, buffer.start, buffer.last, error)

@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from lambdaflow.core.errors import InputError, first_line
 
@@ -119,3 +120,24 @@ def read_json(path: Path, remedy: str | None = None) -> Any | None:
         return None
     except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
         raise DamagedFile(path, first_line(error), remedy) from None
+
+
+def fsync_delta_commits(table: Path, after_version: int | None) -> None:
+    """Make a local Delta table's commits after ``after_version`` (None: all) durable, each one's new
+    data files and their folders before its log entry. delta-rs writes and renames without fsync: a
+    machine that lost power could otherwise keep a log entry whose files never reached the disk."""
+    log_dir = table / "_delta_log"
+    version = (-1 if after_version is None else after_version) + 1
+    while (entry := log_dir / f"{version:020d}.json").exists():
+        folders = set()
+        for line in entry.read_text().splitlines():
+            added = json.loads(line).get("add") if line.strip() else None
+            if added:
+                path = table / unquote(added["path"])
+                fsync_file(path)
+                folders |= {path.parent, path.parent.parent} - {table.parent}
+        for folder in sorted(folders, key=lambda each: len(each.parts), reverse=True):
+            fsync_dir(folder)
+        fsync_file(entry)
+        version += 1
+    fsync_dir(log_dir)

@@ -24,15 +24,14 @@ dead-letter row only below its partition's resume point
 the old one before it starts.
 
 The same commit records what the next archiver checks the broker's log against,
-as more application transactions of the partition (whose versions are any
-64-bit integers and, like the resume point, outlive checkpoints): the
-timestamp and CRC of the last record archived, and per log epoch the
-identity of the log (its offset 0's timestamp and CRC).
+as more application transactions of the partition (any 64-bit integers, kept
+through checkpoints): the last record's timestamp and CRC, and each epoch's log
+identity (its offset 0's). On a local directory, each commit is then fsynced,
+its files before its log entry: delta-rs itself never calls fsync.
 
-Readers take one :class:`RawSnapshot`: the resume points, each day's files and
-the Kafka offsets each file holds (from the table's own file statistics: a
-commit writes one partition's rows of one epoch to a file) all come from one
-version of the tables, however the archivers move them meanwhile.
+Readers take one :class:`RawSnapshot`: resume points, each day's files and the
+offsets each holds (from the file statistics: a commit writes one partition's
+rows of one epoch to a file), all of one version of the tables.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
+from pathlib import Path
 from urllib.parse import unquote
 
 import polars as pl
@@ -50,6 +50,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from lambdaflow.core.contract import EVENT_SCHEMA, REJECT_SCHEMA
 from lambdaflow.core.errors import InputError, LambdaflowError
+from lambdaflow.core.files import fsync_delta_commits
 from lambdaflow.core.storage import Storage
 
 EVENTS_SCHEMA = pl.Schema({**EVENT_SCHEMA, "ingested_at": pl.Datetime("us", "UTC")})
@@ -140,19 +141,6 @@ class RawTables:
             )
         return BatchCommit(self, partition, since, table)
 
-    def commit_batch(
-        self,
-        partition: int,
-        since: ResumePoint,
-        until: ResumePoint,
-        events: pl.DataFrame,
-        rejects: pl.DataFrame,
-        last_record: dict | None = None,
-        first_record: dict | None = None,
-    ) -> None:
-        """:meth:`begin` and :meth:`BatchCommit.commit` in one call."""
-        self.begin(partition, since).commit(until, events, rejects, last_record, first_record)
-
     def _create(self, uri: str, like: pl.DataFrame, partition_by: str) -> DeltaTable:
         """The table at ``uri``, created with the columns of ``like`` unless it exists (another writer
         may be creating it at the same moment: one creation lands, the other finds it)."""
@@ -165,13 +153,20 @@ class RawTables:
         table = self._open(uri)
         if table is None:
             raise LambdaflowError(f"the table {uri} could not be created")
+        self._made_durable(uri, None)
         return table
+
+    def _made_durable(self, uri: str, after_version: int | None) -> None:
+        if not self.storage.is_s3:  # a store's PUT is durable once answered
+            fsync_delta_commits(Path(uri), after_version)
 
     def _replace_dead_letter(self, partition: int, since: ResumePoint, rejects: pl.DataFrame) -> None:
         table = self._open(self.dead_letter_uri) or self._create(self.dead_letter_uri, rejects, "ingest_date")
+        before = table.version()
         write_deltalake(
             table, rejects, mode="overwrite", predicate=_at_or_after(partition, since), writer_properties=_ZSTD
         )
+        self._made_durable(self.dead_letter_uri, before)
 
     def _drop_dead_letter_from(self, partition: int, since: ResumePoint) -> None:
         table = self._open(self.dead_letter_uri)
@@ -180,7 +175,9 @@ class RawTables:
             for ranges in _ranges(table, "ingest_date").values()
             for each in ranges
         ):
+            before = table.version()
             table.delete(_at_or_after(partition, since))
+            self._made_durable(self.dead_letter_uri, before)
 
     def start_epoch(self, partition: int, since: ResumePoint) -> ResumePoint:
         """The partition's log restarted: archive the new log from its beginning, in epoch
@@ -367,6 +364,7 @@ class BatchCommit:
                 tables._replace_dead_letter(self.partition, self.since, rejects)
             elif until.epoch != self.since.epoch:
                 tables._drop_dead_letter_from(self.partition, self.since)
+            before = table.version()
             write_deltalake(
                 table,
                 events,
@@ -376,6 +374,7 @@ class BatchCommit:
             )
         except CommitFailedError as error:
             raise Fenced(f"{app}: another archiver committed this partition first ({error})") from error
+        tables._made_durable(tables.events_uri, before)
 
 
 def _at_or_after(partition: int, point: ResumePoint) -> str:
