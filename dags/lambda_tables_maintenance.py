@@ -5,8 +5,8 @@ Retention for the raw tables, as Delta provides it. Every day at 03:30 UTC
 this DAG vacuums the events and dead-letter tables: it removes the files that
 no table version of the kept period needs (a dead-letter file a later batch
 replaced, a file a crashed or fenced commit never committed), then writes a
-checkpoint so that opening a table stays one read. A committed file is never
-removed. `lambdaflow maintain` does the same by hand (`--dry-run` lists what
+checkpoint so that opening a table stays one read. A file of the current
+version is never removed. `lambdaflow maintain` does the same by hand (`--dry-run` lists what
 would go).
 """
 
@@ -28,7 +28,7 @@ from lambdaflow.batch.dag_parts import DOCS_HINT
     max_active_runs=1,
     default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=5)},
     tags=["lambdaflow", "raw-store", "retention"],
-    description="Daily: vacuums and checkpoints the raw tables; committed files are never removed.",
+    description="Daily: vacuums and checkpoints the raw tables; the current version's files always stay.",
     doc_md=f"{__doc__}\n{DOCS_HINT}",
     params={
         "keep_hours": Param(

@@ -6,8 +6,8 @@ needs go (a dead-letter file that a later batch of its partition replaced, a
 file a crashed or fenced commit wrote and never committed), and a checkpoint
 is written so that opening the table reads one Parquet file instead of every
 commit since the last one (delta-rs also writes one every 100 commits); log
-entries older than the table's log retention (30 days) go with it. A committed
-file is never removed, and neither is a file younger than the kept period, so
+entries older than the table's log retention (30 days) go with it. A file of
+the current version is never removed, nor one younger than the kept period, so
 a reader that took its snapshot within that period still finds all of its
 files, and a commit in flight keeps the files it is writing.
 
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import InputError
+from lambdaflow.core.files import fsync_delta_commits
 from lambdaflow.core.raw_tables import RawTables
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,10 @@ def maintain_raw_tables(settings: Settings, keep: timedelta = KEEP, dry_run: boo
     if keep < SHORTEST_KEEP:
         raise InputError(f"keep files for at least {SHORTEST_KEEP} ({keep} asked): younger ones may be in use")
     reports = []
-    for name, table in RawTables(settings.storage, settings.topic).existing().items():
+    tables = RawTables(settings.storage, settings.topic)
+    uris = {"events": tables.events_uri, "dead_letter": tables.dead_letter_uri}
+    for name, table in tables.existing().items():
+        before = table.version()
         removed = table.vacuum(
             retention_hours=int(keep.total_seconds() // 3600),
             dry_run=dry_run,
@@ -48,16 +53,18 @@ def maintain_raw_tables(settings: Settings, keep: timedelta = KEEP, dry_run: boo
         if not dry_run:
             table.create_checkpoint()
             table.cleanup_metadata()
+            if not settings.storage.is_s3:
+                fsync_delta_commits(Path(uris[name]), before)
         log.info(
             "%s: %s %d file(s) no version needs",
-            table.table_uri,
+            uris[name],
             "would remove" if dry_run else "removed",
             len(removed),
         )
         reports.append(
             {
                 "table": name,
-                "uri": table.table_uri,
+                "uri": uris[name],
                 "version": table.version(),
                 "removed_files": len(removed),
                 "dry_run": dry_run,

@@ -308,8 +308,8 @@ def batch(day: str | None, first: str | None, last: str | None, today: bool, lat
 def maintain(keep_hours: int, dry_run: bool, fmt: str) -> None:
     """Vacuum and checkpoint the raw tables, as the lambda_tables_maintenance DAG does daily.
 
-    Removes the files no table version of the kept period needs (never a
-    committed one), then checkpoints each table. One JSON line per table.
+    Removes the files no table version of the kept period needs (never one
+    of the current version), then checkpoints each table. One JSON line per table.
     """
     from lambdaflow.batch.maintenance import maintain_raw_tables
 

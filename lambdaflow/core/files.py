@@ -106,7 +106,7 @@ PROGRESS_ONLY = "it only reports progress: delete it, and the partition's worker
 class DamagedFile(InputError):
     """A file lambdaflow wrote is no longer what it wrote; the message names it and how to recover."""
 
-    def __init__(self, path: Path, reason: str, remedy: str | None = None) -> None:
+    def __init__(self, path: Path | str, reason: str, remedy: str | None = None) -> None:
         super().__init__(f"{path} cannot be read ({reason}): {remedy or 'restore it from a backup or move it aside'}")
         self.path = path
 
@@ -123,11 +123,15 @@ def read_json(path: Path, remedy: str | None = None) -> Any | None:
 
 
 def fsync_delta_commits(table: Path, after_version: int | None) -> None:
-    """Make a local Delta table's commits after ``after_version`` (None: all) durable, each one's new
-    data files and their folders before its log entry. delta-rs writes and renames without fsync: a
-    machine that lost power could otherwise keep a log entry whose files never reached the disk."""
+    """Make a local Delta table's commits after ``after_version`` (None: all, and the table's own
+    folder) durable, each one's new data files and their folders before its log entry, and the
+    checkpoint delta-rs wrote at it, if any. delta-rs writes and renames without fsync: a machine that
+    lost power could otherwise keep a log entry whose files never reached the disk."""
     log_dir = table / "_delta_log"
     version = (-1 if after_version is None else after_version) + 1
+    if after_version is None:
+        fsync_dir(table)
+        fsync_dir(table.parent)
     while (entry := log_dir / f"{version:020d}.json").exists():
         folders = set()
         for line in entry.read_text().splitlines():
@@ -139,5 +143,10 @@ def fsync_delta_commits(table: Path, after_version: int | None) -> None:
         for folder in sorted(folders, key=lambda each: len(each.parts), reverse=True):
             fsync_dir(folder)
         fsync_file(entry)
+        checkpoint = log_dir / f"{version:020d}.checkpoint.parquet"
+        if checkpoint.exists():  # delta-rs writes one every 100 commits; `maintain` too
+            fsync_file(checkpoint)
+            if (log_dir / "_last_checkpoint").exists():
+                fsync_file(log_dir / "_last_checkpoint")
         version += 1
     fsync_dir(log_dir)

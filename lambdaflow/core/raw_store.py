@@ -129,9 +129,15 @@ class RawStore:
         return read_json(self.status_path(partition), PROGRESS_ONLY)
 
     def write_status(self, partition: int, document: dict) -> None:
-        """Replace the partition's progress report: under the data directory, or on the S3 storage."""
+        """Replace the partition's progress report: under the data directory, or on the S3 storage,
+        where a PUT the store refuses (throttled, unreachable) is logged and the next report, seconds
+        later, replaces it: a report only says how far the archive stands, the tables say it."""
         if self.storage.is_s3:
-            self.storage.write_json(f"{self.status_uri}/status-{partition}.json", document)
+            uri = f"{self.status_uri}/status-{partition}.json"
+            try:
+                self.storage.write_json(uri, document)
+            except OSError as error:
+                log.warning("progress report %s not written (%s); the next one replaces it", uri, first_line(error))
         else:
             replace_json(self.status_path(partition), document)
 

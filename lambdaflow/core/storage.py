@@ -75,8 +75,8 @@ class Storage:
             return json.loads(self.filesystem().cat_file(uri))
         except FileNotFoundError:
             return None
-        except ValueError as error:  # not JSON, or not UTF-8
-            raise DamagedFile(Path(uri), first_line(error), remedy) from None
+        except (OSError, ValueError) as error:  # unreachable, or not JSON, or not UTF-8
+            raise DamagedFile(uri, first_line(error), remedy) from None
 
     def write_json(self, uri: str, document: Any) -> None:
         """Put a small JSON object on an S3 storage: one PUT, so a reader gets the old object or the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 from lambdaflow.batch.airflow_home import airflow_env
 from lambdaflow.core.files import read_json
 from lambdaflow.core.project import PROJECT_DIR
+from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.broker import HOST, BrokerAnnouncement, port_answers
 from lambdaflow.ops.airflow_api import answers_ok, healthy, http_json, logged_in
 from lambdaflow.ops.processes import Child, tail
@@ -133,7 +135,8 @@ def _wait_until_ready(config: StackConfig, started: dict[str, Recorded]) -> Airf
     """Wait for each service to be ready; return what Airflow said once it was."""
     topic, layout = config.settings.topic, config.settings.layout
     archive, stream, produce = started["archive"], started["stream"], started["produce"]
-    _wait(archive, lambda: _status_written(layout.archiver_state(topic), archive.pid))
+    store = RawStore(config.settings.data_dir, topic, config.settings.storage)
+    _wait(archive, lambda: _archiver_reported(store, archive.pid))
     _wait(stream, lambda: _status_written(layout.speed_state(topic), stream.pid))
     _wait(produce, lambda: _log_says(produce, "live: sending to"))
     _wait(started["docs"], lambda: answers_ok(config.docs_url + "/"))
@@ -189,6 +192,12 @@ def _broker_ready(config: StackConfig, broker: Recorded) -> str | None:
     if announcement is None or announcement.pid != broker.pid or not announcement.is_alive():
         return None
     return announcement.bootstrap
+
+
+def _archiver_reported(store: RawStore, pid: int) -> bool:
+    """The archiver's reports live where its storage keeps them (beside the tables on S3)."""
+    reports = [store.read_status(p) or {} for p in store.partitions(fallback=0)]
+    return any(report.get("pid") == pid and report.get("host") == socket.gethostname() for report in reports)
 
 
 def _status_written(folder: Path, pid: int) -> bool:
