@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve_helpers import Served, start_serve
@@ -31,20 +32,24 @@ def per_worker(samples: dict, name: str) -> dict[tuple[str, str], float]:
     return {(dict(k)["layer"], dict(k)["partition"]): v for k, v in samples.get(name, {}).items()}
 
 
-def caught_up_past(served: Served, before: dict | None) -> Callable[[], dict | None]:
-    """A scrape in which every worker has committed everything, and more messages than ``before``."""
+def log_ends(kafka_cli) -> dict[str, int]:
+    """Each partition's end offset on the broker, read apart from the workers."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka_cli.env["KAFKA_BOOTSTRAP"])
+    try:
+        wanted = [TopicPartition(kafka_cli.env["LAMBDAFLOW_TOPIC"], int(p)) for p in PARTITIONS]
+        return {str(tp.partition): end for tp, end in consumer.end_offsets(wanted).items()}
+    finally:
+        consumer.close()
+
+
+def caught_up_to(served: Served, ends: dict[str, int]) -> Callable[[], dict | None]:
+    """A scrape in which every worker has committed the log up to ``ends``. A worker's own lag is not
+    enough: it counts from the end offset it last saw, which may be older than the last round."""
 
     def check() -> dict | None:
         samples = scrape(served)
-        lag = per_worker(samples, "lambdaflow_consumer_lag")
-        messages = per_worker(samples, "lambdaflow_consumer_messages_total")
         offsets = per_worker(samples, "lambdaflow_consumer_offset")
-        everyone = [(layer, p) for layer in LAYERS for p in PARTITIONS]
-        if any(key not in lag or lag[key] != 0 or not messages.get(key) for key in everyone):
-            return None
-        if before is not None and any(
-            offsets[key] <= per_worker(before, "lambdaflow_consumer_offset")[key] for key in everyone
-        ):
+        if any(offsets.get((layer, p), -1) < ends[p] for layer in LAYERS for p in PARTITIONS):
             return None
         return samples
 
@@ -73,9 +78,9 @@ def test_every_worker_metric_moves_as_events_flow(kafka_cli, tmp_path) -> None:
     served = start_serve(env, tmp_path)
     try:
         produce(kafka_cli, seed=1)
-        first = wait_for(caught_up_past(served, None))
+        first = wait_for(caught_up_to(served, log_ends(kafka_cli)))
         produce(kafka_cli, seed=2)
-        second = wait_for(caught_up_past(served, first))
+        second = wait_for(caught_up_to(served, log_ends(kafka_cli)))
     finally:
         served.stop()
         for worker in workers:
