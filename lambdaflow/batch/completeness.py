@@ -51,11 +51,10 @@ def completeness(settings: Settings) -> Completeness:
     counts, as the broker reported them to the archivers, not a configured number.
     """
     store = RawStore(settings.data_dir, settings.topic, settings.storage)
-    expected = store.partitions(fallback=settings.partitions)
+    statuses = store.statuses(fallback=settings.partitions)
     reported: dict[int, str] = {}
     horizons = []
-    for partition in expected:
-        status = store.read_status(partition)
+    for partition, status in statuses.items():
         if status is None:
             reported[partition] = "not archived yet"
             continue
@@ -68,7 +67,7 @@ def completeness(settings: Settings) -> Completeness:
         horizon = max(marks) - settings.allowed_lateness
         horizons.append(horizon)
         reported[partition] = f"complete until {horizon:%Y-%m-%d %H:%M} UTC"
-    complete_until = min(horizons) if len(horizons) == len(expected) else None
+    complete_until = min(horizons) if len(horizons) == len(statuses) else None
     return Completeness(complete_until, reported)
 
 

@@ -154,18 +154,25 @@ class RawStore:
         found = [re.fullmatch(r"status-(\d+)\.json", name) for name in names]
         return sorted(int(match[1]) for match in found if match)
 
-    def partitions(self, fallback: int) -> range:
-        """The topic's partitions, as the broker reported them to the archivers: each status records
-        the count its archiver saw, and a partition that has reported counts too. ``fallback`` (the
-        setting) only while no archiver has said."""
+    def statuses(self, fallback: int) -> dict[int, dict | None]:
+        """Each of the topic's partitions (:meth:`partitions`) with its last progress report (None:
+        none yet), every report read once."""
+        reports = {partition: self.read_status(partition) for partition in self._reporting_partitions()}
         seen, counts = [], []
-        for partition in self._reporting_partitions():
-            status = self.read_status(partition) or {}
+        for status in reports.values():
+            status = status or {}
             if isinstance(status.get("partition"), int):
                 seen.append(status["partition"] + 1)
             if isinstance(status.get("topic_partitions"), int):
                 counts.append(status["topic_partitions"])
-        return range(max(counts + seen) if counts else max(seen + [fallback]))
+        expected = range(max(counts + seen) if counts else max(seen + [fallback]))
+        return {partition: reports.get(partition) for partition in expected}
+
+    def partitions(self, fallback: int) -> range:
+        """The topic's partitions, as the broker reported them to the archivers: each status records
+        the count its archiver saw, and a partition that has reported counts too. ``fallback`` (the
+        setting) only while no archiver has said."""
+        return range(len(self.statuses(fallback)))
 
     # what readers see
 

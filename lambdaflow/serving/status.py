@@ -56,10 +56,10 @@ def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
     speed_dir = settings.layout.speed_state(settings.topic)
     return {
         partition: {
-            "archiver": store.read_status(partition) or {},
+            "archiver": archived or {},
             "stream": read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {},
         }
-        for partition in store.partitions(fallback=settings.partitions)
+        for partition, archived in store.statuses(fallback=settings.partitions).items()
     }
 
 

@@ -196,7 +196,7 @@ def _broker_ready(config: StackConfig, broker: Recorded) -> str | None:
 
 def _archiver_reported(store: RawStore, pid: int) -> bool:
     """The archiver's reports live where its storage keeps them (beside the tables on S3)."""
-    reports = [store.read_status(p) or {} for p in store.partitions(fallback=0)]
+    reports = [report or {} for report in store.statuses(fallback=0).values()]
     return any(report.get("pid") == pid and report.get("host") == socket.gethostname() for report in reports)
 
 
