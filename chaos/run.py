@@ -228,7 +228,7 @@ def served_once(tally: Tally, moment: str) -> None:
     from lambdaflow.serving.query import ServingInputs, hourly_rows
 
     config = settings()
-    manifest = read_manifest(config.data_dir)
+    manifest = read_manifest(config.documents)
     batch = BatchHours.of(manifest)
     inputs = ServingInputs.current(config)
     if inputs.served_until != batch.served_until:  # the manifest changed in between: look again later

@@ -44,11 +44,11 @@ def lambda_tables_maintenance():
     @task
     def vacuum_raw_tables(params=None) -> list[dict]:
         from lambdaflow.batch import build
-        from lambdaflow.batch.maintenance import maintain_raw_tables
+        from lambdaflow.batch.maintenance import maintain_tables
         from lambdaflow.core.config import settings
 
         with build.failing_at_once():
-            return maintain_raw_tables(settings(), keep=timedelta(hours=int((params or {}).get("keep_hours", 168))))
+            return maintain_tables(settings(), keep=timedelta(hours=int((params or {}).get("keep_hours", 168))))
 
     vacuum_raw_tables()
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 from lambdaflow.core import reconciled
 from lambdaflow.core.boundary import BatchHours, boundary_of, read_manifest, start_of
+from lambdaflow.core.documents import Documents
 from lambdaflow.core.files import DamagedFile
-from lambdaflow.core.layout import Layout
+from lambdaflow.core.layout import BATCH_MANIFEST
 
 log = logging.getLogger(__name__)
 
 
-def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
+def first_day_kept(documents: Documents, manifest: dict, earliest: date | None, grace: timedelta) -> date | None:
     """The first day the speed layer keeps (None: keep all): it drops the days before the boundary (less
     the grace) that the batch serves whole and whose reconciliation passed, never a day the batch has
     not built (the speed layer alone serves it) or one whose reconciliation failed or has not run."""
@@ -26,7 +26,7 @@ def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace:
     first_kept = (hours.boundary - grace).date()
     day = earliest
     while day < first_kept:
-        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconciled.passed(data_dir, day):
+        if hours.until(day) < start_of(day + timedelta(days=1)) or not reconciled.passed(documents, day):
             return day
         day += timedelta(days=1)
     return first_kept
@@ -35,8 +35,8 @@ def first_day_kept(data_dir: Path, manifest: dict, earliest: date | None, grace:
 class FollowedManifest:
     """The batch manifest as last read, and which hours the batch serves by it (BatchHours)."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+    def __init__(self, documents: Documents) -> None:
+        self.documents = documents
         self.boundary: datetime | None = None
         self.hours = BatchHours.of(None)
         self._manifest: dict | None = None
@@ -48,12 +48,13 @@ class FollowedManifest:
         counting goes on at the last boundary read (it never moves back) and no day is dropped.
 
         Each micro-batch asks, and the manifest grows by a day each day: it is parsed again only once
-        replaced (publishing renames a new file over it), else a stat answers."""
+        replaced (publishing renames a new file over it, or PUTs a new object), else a stat (a HEAD
+        request) answers."""
         version = self._version()
         if version is not None and version == self._read_version and self._manifest is not None:
             return self._manifest
         try:
-            manifest = read_manifest(self.data_dir)
+            manifest = read_manifest(self.documents)
         except DamagedFile as error:
             if not self._damaged:
                 log.warning(
@@ -69,16 +70,12 @@ class FollowedManifest:
         self._manifest, self._read_version = manifest, version
         return manifest
 
-    def _version(self) -> tuple[int, int, int] | None:
-        """The manifest file's identity: a replacement is another inode, an edit in place another size
-        or modification time."""
-        try:
-            found = Layout(self.data_dir).batch_manifest.stat()
-        except FileNotFoundError:
-            return None
-        return found.st_ino, found.st_size, found.st_mtime_ns
+    def _version(self) -> tuple | None:
+        """The manifest's identity: a replacement is another inode (another ETag on S3), an edit in
+        place another size or modification time."""
+        return self.documents.version(BATCH_MANIFEST)
 
     def first_day_kept(self, earliest: date | None, grace: timedelta) -> date | None:
         """:func:`first_day_kept` by the manifest read now (None, keep all, while it is damaged)."""
         manifest = self.read()
-        return None if manifest is None else first_day_kept(self.data_dir, manifest, earliest, grace)
+        return None if manifest is None else first_day_kept(self.documents, manifest, earliest, grace)

@@ -35,6 +35,7 @@ from kafka import TopicPartition
 from lambdaflow.core.boundary import SPEED_RETENTION_GRACE, BatchHours
 from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, reasons_by_partition, records_frame
 from lambdaflow.core.counters import PartitionCounters
+from lambdaflow.core.documents import Documents
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import remove_stale_temps, replace_json
 from lambdaflow.kafka.log_identity import fingerprint
@@ -109,7 +110,7 @@ class StreamWorker:
         self.retention_days = retention_days
         self.totals = Totals()
         self.owned: dict[int, Owned] = {}
-        self._batch = FollowedManifest(data_dir)
+        self._batch = FollowedManifest(Documents.from_env(data_dir))
         self._classifier = Classifier()
         self._progress = _Progress()
         self.loop = PartitionedLoop(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lambdaflow.core.storage import Storage
 from lambdaflow.kafka.broker import EmbeddedBroker
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.ops.object_store import LocalS3Server
@@ -69,6 +70,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Serve
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """The default storage under ``tmp_path``, then a bucket of its own on the session's S3 server."""
+    if request.param == "local":
+        return Storage.from_env({}, tmp_path)
+    server: LocalS3Server = request.getfixturevalue("s3_server")
+    bucket = server.bucket(f"lake-{uuid.uuid4().hex[:12]}")
+    return Storage.from_env({"LAMBDAFLOW_STORAGE_URL": f"{bucket}/lambdaflow", **server.env()}, tmp_path)
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ class World(TopicWorld):
         """Everything the batch layer writes (warehouse, published files, manifest, build records,
         reconcile reports, the empty day's file), by path and SHA-256."""
         found = {}
-        for folder in ("batch", "warehouse"):
+        for folder in ("batch", "tables/batch", "warehouse"):
             for path in sorted((self.data_dir / folder).rglob("*")):
                 if path.is_file():
                     found[str(path.relative_to(self.data_dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -79,7 +79,7 @@ def world(kafka_bootstrap, tmp_path_factory) -> World:
     for command in (["archive", "--until-idle"], ["stream", "--until-idle"], ["batch", "--date", str(world.built)]):
         done = world.lambdaflow(*command)
         assert done.exit_code == 0, done.stderr[-3000:]
-    assert f"batch/published/event_date={world.built}" in "".join(world.written())
+    assert "tables/batch/published_hours/_delta_log/" in "".join(world.written())
     return world
 
 
@@ -599,30 +599,6 @@ def test_a_damaged_raw_table_log_stops_the_archiver_and_its_readers(world) -> No
     for result in others:
         assert one_line(result) == expected
     assert digests(world.data_dir / "tables") == stored
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        pytest.param('[{"file": "batch/publ', id="cut-short", marks=pytest.mark.slow),
-        pytest.param('[{"file": "../outside", "retired_at": "2026-01-01T00:00:00+00:00"}]', id="outside-the-data"),
-    ],
-)
-def test_a_damaged_list_of_retired_files_fails_no_build(world, text: str) -> None:
-    """The list only schedules deletions, and it is read after the day is published: the build
-    finishes, records what it read, and writes the list anew; nothing outside it is deleted."""
-    retired = world.data_dir / "batch" / "retired.json"
-    record = world.data_dir / "batch" / "builds" / f"{world.built}.json"
-    outside = world.data_dir.parent / "outside"
-    outside.write_text("not lambdaflow's")
-    built_at = json.loads(record.read_text())["built_at"]
-    replaced = json.loads((world.data_dir / "batch" / "manifest.json").read_text())["days"][str(world.built)]["file"]
-    retired.write_text(text)
-    result = world.lambdaflow("batch", "--date", str(world.built))
-    assert result.exit_code == 0, result.stderr[-3000:]
-    assert json.loads(record.read_text())["built_at"] > built_at  # the build recorded what it read
-    assert [entry["file"] for entry in json.loads(retired.read_text())] == [replaced]
-    assert outside.read_text() == "not lambdaflow's"
 
 
 def test_the_stream_worker_counts_on_through_a_damaged_batch_manifest(

@@ -20,6 +20,7 @@ import pytest
 
 from lambdaflow.batch import airflow_home
 from lambdaflow.core import metrics as metric_definitions
+from lambdaflow.core.boundary import published_files
 from lambdaflow.kafka import clients
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.serving.query import Question, answer
@@ -50,10 +51,11 @@ class BatchWorld(TopicWorld):
 
     def published(self, day: date) -> dict:
         """The published hours of a day, as {(date, hour, country): metrics}."""
-        entry = self.manifest()["days"][day.isoformat()]
+        files = published_files(self.manifest()["days"][day.isoformat()], self.data_dir)
+        if not files:  # a day without events
+            return {}
         rows = duckdb.execute(
-            f"select event_date, hour, country, {', '.join(METRICS)} "
-            f"from read_parquet('{self.data_dir / entry['file']}')"
+            f"select event_date, hour, country, {', '.join(METRICS)} from read_parquet(?)", [files]
         ).fetchall()
         return {(d, h, c): dict(zip(METRICS, values, strict=False)) for d, h, c, *values in rows}
 

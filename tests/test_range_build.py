@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from lambdaflow.batch.build import build_days
+from lambdaflow.core.boundary import published_files
 from lambdaflow.core.raw_store import RawFileDamaged, RawStore
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.synthetic import generator
@@ -64,8 +65,10 @@ def world(kafka_bootstrap, tmp_path_factory) -> Iterator[RangeWorld]:
 
 
 def published_rows(world: TopicWorld, manifest: dict, day: date) -> list[tuple]:
-    path = world.data_dir / manifest["days"][day.isoformat()]["file"]
-    return duckdb.execute("select * from read_parquet(?) order by event_hour, country", [str(path)]).fetchall()
+    files = published_files(manifest["days"][day.isoformat()], world.data_dir)
+    if not files:  # a day without events
+        return []
+    return duckdb.execute("select * from read_parquet(?) order by event_hour, country", [files]).fetchall()
 
 
 def build_record(world: TopicWorld, day: date) -> dict:

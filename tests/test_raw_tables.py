@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ import polars as pl
 import pytest
 
 from lambdaflow.batch import airflow_home
-from lambdaflow.batch.maintenance import maintain_raw_tables
+from lambdaflow.batch.maintenance import maintain_tables
 from lambdaflow.core.config import Settings
 from lambdaflow.core.contract import RECORD_SCHEMA, classify
 from lambdaflow.core.errors import InputError
@@ -30,19 +29,9 @@ from lambdaflow.core.files import DamagedFile
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.core.raw_tables import Fenced, RawTables, ResumePoint
 from lambdaflow.core.storage import Storage
-from lambdaflow.ops.object_store import LocalS3Server
 
 TOPIC = "events"
 INGESTED = datetime(2026, 12, 1, 12, tzinfo=UTC)
-
-
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return Storage.from_env({}, tmp_path)
-    server: LocalS3Server = request.getfixturevalue("s3_server")
-    bucket = server.bucket(f"lake-{uuid.uuid4().hex[:12]}")
-    return Storage.from_env({"LAMBDAFLOW_STORAGE_URL": f"{bucket}/lambdaflow", **server.env()}, tmp_path)
 
 
 def batch(partition: int, first: int, last: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -277,13 +266,13 @@ def test_maintenance_removes_only_old_files_no_version_needs(storage: Storage, t
         fresh = shutil.copy(committed[0], folder / "part-00000-in-flight-c000.zstd.parquet")
 
     with pytest.raises(InputError, match="at least 1:00:00"):
-        maintain_raw_tables(settings, keep=timedelta(minutes=59))
-    looked = maintain_raw_tables(settings, keep=timedelta(hours=1), dry_run=True)
+        maintain_tables(settings, keep=timedelta(minutes=59))
+    looked = maintain_tables(settings, keep=timedelta(hours=1), dry_run=True)
     expected = 0 if storage.is_s3 else 1
     assert {r["table"]: r["removed_files"] for r in looked} == {"events": expected, "dead_letter": 0}
     if not storage.is_s3:
         assert stray.exists()  # a dry run removes nothing
-    done = maintain_raw_tables(settings, keep=timedelta(hours=1))
+    done = maintain_tables(settings, keep=timedelta(hours=1))
     assert {r["table"]: r["removed_files"] for r in done} == {"events": expected, "dead_letter": 0}
 
     if not storage.is_s3:

@@ -1,6 +1,7 @@
-"""The pipeline on an S3-compatible store: the raw tables and the archivers' progress reports live
-on a local S3 server (moto's, started for the session and stopped by its PID), and every reader of
-them (the batch build's completeness check and dbt, the reconciliation, `status`, `archive
+"""The pipeline on an S3-compatible store: the raw tables, the archivers' progress reports, the
+published hours, the batch manifest, the build records and the reconcile reports live on a local S3
+server (moto's, started for the session and stopped by its PID), and every reader of them (the
+batch build's completeness check and dbt, the reconciliation, `query`, `status`, `archive
 --verify`) reads them there. None of them is on local disk.
 """
 
@@ -11,9 +12,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
-import duckdb
 import pytest
 
+from lambdaflow.core.documents import Documents
+from lambdaflow.core.layout import BATCH_MANIFEST, build_record_name, reconcile_report_name
+from lambdaflow.core.storage import Storage
 from lambdaflow.kafka.clients import ensure_topic
 from lambdaflow.ops.object_store import LocalS3Server
 from lambdaflow.synthetic import generator
@@ -32,11 +35,18 @@ class S3World(TopicWorld):
     truth: dict
     malformed: int
 
+    @property
+    def documents(self) -> Documents:
+        return Documents(self.data_dir, Storage.from_env(self.env, self.data_dir))
+
     def published(self) -> dict:
-        """The built day's published hours, as {(date, hour, country): metrics}."""
-        entry = json.loads((self.data_dir / "batch" / "manifest.json").read_text())["days"][self.day.isoformat()]
+        """The built day's published hours, as {(date, hour, country): metrics}, read from the files the
+        manifest on the store names."""
+        manifest = self.documents.read(BATCH_MANIFEST)
+        files = manifest["days"][self.day.isoformat()]["files"]
+        assert files and all(uri.startswith(self.documents.storage.url + "/batch/published_hours/") for uri in files)
         columns = ", ".join(["event_date", "hour", "country", *METRICS])
-        rows = duckdb.execute(f"select {columns} from read_parquet(?)", [str(self.data_dir / entry["file"])]).fetchall()
+        rows = self.documents.storage.duckdb().execute(f"select {columns} from read_parquet(?)", [files]).fetchall()
         return {(d, h, c): dict(zip(METRICS, values, strict=True)) for d, h, c, *values in rows}
 
     def daily_truth(self) -> dict:
@@ -91,6 +101,8 @@ def test_a_day_built_from_the_store_equals_an_independent_computation(world: S3W
     row = json.loads(answered.stdout)
     assert {metric: row[metric] for metric in METRICS} == world.daily_truth()
     assert row["source"] == "batch"
+    assert world.documents.read(build_record_name(world.day))["raw_files"]
+    assert not (world.data_dir / "batch").exists() and not (world.data_dir / "tables").exists()
 
 
 def test_reconcile_reads_the_raw_files_on_the_store(world: S3World) -> None:
@@ -103,3 +115,5 @@ def test_reconcile_reads_the_raw_files_on_the_store(world: S3World) -> None:
     assert {row["metric"]: (row["batch"], row["speed"], row["difference"]) for row in rows} == {
         metric: (truth[metric], truth[metric], 0) for metric in METRICS
     }
+    assert world.documents.read(reconcile_report_name(world.day)) == rows
+    assert not (world.data_dir / "batch").exists()

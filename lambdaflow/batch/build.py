@@ -27,7 +27,7 @@ from lambdaflow.core.config import Settings
 from lambdaflow.core.contract import EVENT_SCHEMA
 from lambdaflow.core.days import midnight
 from lambdaflow.core.errors import InputError
-from lambdaflow.core.files import replace_json
+from lambdaflow.core.layout import build_record_name
 from lambdaflow.core.raw_store import RawStore, read_ends
 from lambdaflow.core.raw_tables import FileRange, RawSnapshot
 from lambdaflow.core.storage import file_name
@@ -115,7 +115,7 @@ def check_inputs(settings: Settings, day: date, snapshot: RawSnapshot | None = N
     Returns the day's raw files, with the offsets each holds, and their SHA-256 by name. Writes nothing.
     """
     metrics.defined()
-    read_manifest(settings.data_dir)
+    read_manifest(settings.documents)
     snapshot = snapshot or raw_store(settings).snapshot()
     ranges = snapshot.file_ranges([day]).get(day, [])
     return DayInputs(ranges, late.require_as_built(settings, day, [each.uri for each in ranges]))
@@ -192,7 +192,7 @@ def record_build(settings: Settings, day: date, files: list[str], digests: dict[
     }
     if digests is not None:
         document["raw_file_sha256"] = dict(sorted(digests.items()))
-    replace_json(settings.layout.build_record(day), document)
+    settings.documents.write(build_record_name(day), document)
 
 
 # late data (invariant 8)

@@ -92,7 +92,7 @@ def hours_to_build(settings: Settings, day: date) -> datetime:
     boundary. Hours before the boundary are served by the batch alone, so a rebuild with a larger
     allowed lateness (or a clock that went back) must still cover them, or no layer would serve them."""
     until = complete_hours_of(settings, day)
-    boundary = read_manifest(settings.data_dir).get("boundary")
+    boundary = read_manifest(settings.documents).get("boundary")
     if boundary:
         until = max(until, min(datetime.fromisoformat(boundary), midnight(day) + DAY))
     return until

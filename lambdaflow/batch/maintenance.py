@@ -1,9 +1,11 @@
-"""Retention for the raw tables, as Delta provides it: `lambdaflow maintain` and the
+"""Retention for the tables, as Delta provides it: `lambdaflow maintain` and the
 `lambda_tables_maintenance` DAG.
 
-Each table is vacuumed: the files no version younger than the kept period
-needs go (a dead-letter file that a later batch of its partition replaced, a
-file a crashed or fenced commit wrote and never committed), and a checkpoint
+Each table (the raw events and dead letter, the published hours) is vacuumed:
+the files no version younger than the kept period needs go (a dead-letter file
+that a later batch of its partition replaced, a published day's file that a
+rebuild replaced, a file a crashed or fenced commit wrote and never
+committed), and a checkpoint
 is written so that opening the table reads one Parquet file instead of every
 commit since the last one (delta-rs also writes one every 100 commits); log
 entries older than the table's log retention (30 days) go with it. A file of
@@ -22,6 +24,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from lambdaflow.batch.published_table import PublishedHours
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import InputError
 from lambdaflow.core.files import fsync_delta_commits
@@ -35,14 +38,18 @@ SHORTEST_KEEP = timedelta(hours=1)
 """Less would let a vacuum remove the files of a commit still in flight, or of a reader's snapshot."""
 
 
-def maintain_raw_tables(settings: Settings, keep: timedelta = KEEP, dry_run: bool = False) -> list[dict]:
-    """Vacuum and checkpoint each raw table of the topic; one report per table."""
+def maintain_tables(settings: Settings, keep: timedelta = KEEP, dry_run: bool = False) -> list[dict]:
+    """Vacuum and checkpoint the topic's raw tables and the published hours; one report per table."""
     if keep < SHORTEST_KEEP:
         raise InputError(f"keep files for at least {SHORTEST_KEEP} ({keep} asked): younger ones may be in use")
     reports = []
-    tables = RawTables(settings.storage, settings.topic)
-    uris = {"events": tables.events_uri, "dead_letter": tables.dead_letter_uri}
-    for name, table in tables.existing().items():
+    raw = RawTables(settings.storage, settings.topic)
+    published = PublishedHours(settings.storage)
+    uris = {"events": raw.events_uri, "dead_letter": raw.dead_letter_uri, "published_hours": published.uri}
+    existing = {**raw.existing(), "published_hours": published.open()}
+    for name, table in existing.items():
+        if table is None:
+            continue
         before = table.version()
         removed = table.vacuum(
             retention_hours=int(keep.total_seconds() // 3600),

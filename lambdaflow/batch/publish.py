@@ -1,21 +1,24 @@
-"""Publishing a built day (invariant 5): export its built hours to Parquet and
-replace the batch manifest, whose boundary is the end of the contiguous run of
-built hours. A replaced file is kept a while for the queries still reading it.
+"""Publishing a built day (invariant 5): replace its built hours in the published
+table (:mod:`lambdaflow.batch.published_table`), then replace the batch manifest,
+whose boundary is the end of the contiguous run of built hours. A replaced file
+stays in the table's storage until `lambdaflow maintain` vacuums it, after the
+kept period, for the queries still reading it.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from lambdaflow.batch.dbt import as_vars, run_dbt
+from lambdaflow.batch.published_table import PublishedHours
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
-from lambdaflow.core.files import DamagedFile, fsync_file, publish_replacing, read_json, replace_json, temp_path_for
+from lambdaflow.core.files import temp_path_for
+from lambdaflow.core.layout import BATCH_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +41,47 @@ def publish_days(
     """Export the built hours of each day of ``untils`` (day: built until) in one dbt run, then publish
     the days oldest first, each as a build of that day alone does: its file, then the manifest swapped
     (``on_published`` is called after each). Returns the last manifest."""
-    finals = {
-        day: settings.layout.published_folder(day) / f"hourly-{uuid.uuid4().hex[:12]}.parquet" for day in sorted(untils)
+    temps = {
+        day: temp_path_for(Path(f"hourly-{day.isoformat()}.parquet"), settings.layout.temp("batch"))
+        for day in sorted(untils)
     }
-    temps = {day: temp_path_for(final, settings.layout.temp("batch")) for day, final in finals.items()}
     exports = [
         {"ds": day.isoformat(), "until": untils[day].replace(tzinfo=None).isoformat(sep=" "), "path": str(temps[day])}
-        for day in finals
+        for day in temps
     ]
-    run_dbt(
-        settings,
-        "run-operation",
-        "export_built_days",
-        "--args",
-        as_vars({"days": exports}),
-        "--vars",
-        as_vars(variables),
-    )
-    document: dict = {}
-    for day, final in finals.items():
-        fsync_file(temps[day])
-        publish_replacing(temps[day], final)  # the file and its new folder are durable before the manifest names them
-        document = _swap_in(settings, day, final, untils[day], covered.get(day) or {})
-        if on_published is not None:
-            on_published(day)
-    return document
+    try:
+        run_dbt(
+            settings,
+            "run-operation",
+            "export_built_days",
+            "--args",
+            as_vars({"days": exports}),
+            "--vars",
+            as_vars(variables),
+        )
+        table = PublishedHours(settings.storage)
+        document: dict = {}
+        for day, temp in temps.items():
+            files = table.replace_day(day, temp)  # committed (and durable) before the manifest names it
+            document = _swap_in(settings, day, files, untils[day], covered.get(day) or {})
+            if on_published is not None:
+                on_published(day)
+        return document
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
 
 
-def _swap_in(settings: Settings, day: date, final: Path, until: datetime, covered: dict[str, dict[str, int]]) -> dict:
-    """Replace the batch manifest with one that names ``final`` for ``day``, and its new boundary."""
-    manifest = read_manifest(settings.data_dir) or {"days": {}}
+def _swap_in(
+    settings: Settings, day: date, files: list[str], until: datetime, covered: dict[str, dict[str, int]]
+) -> dict:
+    """Replace the batch manifest with one that names ``files`` for ``day``, and its new boundary."""
+    manifest = read_manifest(settings.documents) or {"days": {}}
     days = dict(manifest.get("days", {}))
-    replaced = days.get(day.isoformat())
+    shown = [_relative(settings, uri) for uri in files]
     days[day.isoformat()] = {
-        "file": str(final.relative_to(settings.data_dir)),
+        **({"file": shown[0]} if len(shown) == 1 else {}),  # the name manifests had before "files"
+        "files": shown,
         "built_until": until.isoformat(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "covered": covered,
@@ -83,11 +93,17 @@ def _swap_in(settings: Settings, day: date, final: Path, until: datetime, covere
         "days": dict(sorted(days.items())),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    replace_json(settings.layout.batch_manifest, document)
-    if replaced:
-        _remove_later(settings, replaced["file"])
+    settings.documents.write(BATCH_MANIFEST, document)
     log.info("published %s until %s; boundary %s", day, until.isoformat(), document["boundary"])
     return document
+
+
+def _relative(settings: Settings, uri: str) -> str:
+    """A file under the data directory by its path relative to it (the manifest then survives a move
+    of the whole directory), any other by its URI."""
+    if settings.storage.is_s3 or not Path(uri).is_relative_to(settings.data_dir):
+        return uri
+    return str(Path(uri).relative_to(settings.data_dir))
 
 
 def _contiguous_end(days: dict[str, dict], since: datetime | None) -> datetime:
@@ -105,41 +121,3 @@ def _contiguous_end(days: dict[str, dict], since: datetime | None) -> datetime:
     if end is None:
         raise ValueError("no day built and no boundary: there is no contiguous run of built hours")
     return end
-
-
-def _remove_later(settings: Settings, relative: str) -> None:
-    """A replaced file may still be read by a query that began before the swap: keep it a while."""
-    retired = settings.layout.retired_list
-    entries = _retired_entries(retired)
-    now = datetime.now(UTC)
-    keep = []
-    for entry in entries + [{"file": relative, "retired_at": now.isoformat()}]:
-        if now - datetime.fromisoformat(entry["retired_at"]) > timedelta(minutes=10):
-            (settings.data_dir / entry["file"]).unlink(missing_ok=True)
-        else:
-            keep.append(entry)
-    replace_json(retired, keep)
-
-
-def _retired_entries(path: Path) -> list[dict]:
-    """The replaced files still kept, from ``path``. It only schedules deletions, and it is read after
-    the day is published: a damaged list, or an entry that names no published file, is logged and
-    dropped (its file stays on disk) instead of failing a build that has already published."""
-    try:
-        document = read_json(path)
-    except DamagedFile as error:
-        log.warning("%s; writing it anew (the files it listed stay on disk)", error)
-        return []
-    kept = []
-    for entry in document if isinstance(document, list) else [document] if document is not None else []:
-        try:
-            file = Path(entry["file"])
-            aware = datetime.fromisoformat(entry["retired_at"]).tzinfo is not None
-            valid = aware and file.parts[:2] == ("batch", "published") and ".." not in file.parts
-        except (TypeError, KeyError, ValueError):
-            valid = False
-        if valid:
-            kept.append(entry)
-        else:
-            log.warning("%s: dropping %r, which names no replaced published file", path, entry)
-    return kept

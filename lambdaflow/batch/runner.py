@@ -55,7 +55,7 @@ def run_batch(settings: Settings, day: str | None, airflow_log: Path | None = No
     airflow_home.prepare(settings)
     log.info("running %s for %s", dag_id, (run.get("run_conf") or {}).get("ds") or "today")
     _test_dag(dag_id, run, airflow_log)
-    return read_manifest(settings.data_dir)
+    return read_manifest(settings.documents)
 
 
 @_logs_to_stderr
@@ -71,7 +71,7 @@ def run_range(settings: Settings, first: str, last: str, airflow_log: Path | Non
     log.info("running lambda_batch_range for %s to %s (%d days)", days[0], days[-1], len(days))
     conf = {"from": days[0].isoformat(), "to": days[-1].isoformat()}
     _test_dag("lambda_batch_range", {"run_conf": conf}, airflow_log)
-    return read_manifest(settings.data_dir)
+    return read_manifest(settings.documents)
 
 
 @_logs_to_stderr
@@ -83,7 +83,7 @@ def run_late(settings: Settings, airflow_log: Path | None = None) -> dict:
         build.check_inputs(settings, date.fromisoformat(day))
     log.info("running lambda_batch_late: %s", f"days with late raw files: {', '.join(late)}" if late else "no late day")
     _test_dag("lambda_batch_late", {}, airflow_log)
-    return {"rebuilt": late, **read_manifest(settings.data_dir)}
+    return {"rebuilt": late, **read_manifest(settings.documents)}
 
 
 def _test_dag(dag_id: str, run: dict, output: Path | None = None) -> None:

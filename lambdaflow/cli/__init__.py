@@ -311,9 +311,9 @@ def maintain(keep_hours: int, dry_run: bool, fmt: str) -> None:
     Removes the files no table version of the kept period needs (never one
     of the current version), then checkpoints each table. One JSON line per table.
     """
-    from lambdaflow.batch.maintenance import maintain_raw_tables
+    from lambdaflow.batch.maintenance import maintain_tables
 
-    emit(maintain_raw_tables(settings(), keep=timedelta(hours=keep_hours), dry_run=dry_run), fmt)
+    emit(maintain_tables(settings(), keep=timedelta(hours=keep_hours), dry_run=dry_run), fmt)
 
 
 for command in (query, reconcile, status, serve):

@@ -34,7 +34,7 @@ def query(date_from: str | None, date_to: str | None, hourly: bool, country: str
     if fmt == "json":
         emit(rows, fmt)
         return
-    shown, lines, caption = tables.query_rows(rows, read_manifest(settings().data_dir).get("boundary"))
+    shown, lines, caption = tables.query_rows(rows, read_manifest(settings().documents).get("boundary"))
     emit_table(shown, caption, lines)
 
 

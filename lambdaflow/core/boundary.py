@@ -1,7 +1,8 @@
 """The serving boundary: batch rows before it, realtime rows from it on (invariant 5).
 
-The batch layer publishes it in one manifest, replaced atomically, at
-``<data>/batch/manifest.json``; until the batch has built anything there is no
+The batch layer publishes it in one manifest, replaced atomically: a batch
+document (``batch/manifest.json`` under the data directory, or beside the
+tables on an S3 storage); until the batch has built anything there is no
 boundary and the speed layer serves everything it has counted.
 """
 
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from lambdaflow.core.files import DamagedFile, read_json
-from lambdaflow.core.layout import Layout
+from lambdaflow.core.documents import Documents
+from lambdaflow.core.files import DamagedFile
+from lambdaflow.core.layout import BATCH_MANIFEST
 
 # The speed layer keeps the days it has counted until this long before the boundary, and a
 # built day until it has been reconciled; after that it may drop them.
@@ -27,16 +29,15 @@ def speed_may_drop_before(boundary: datetime) -> date:
 REBUILD = "move it aside, then rebuild the built days with `lambdaflow batch --date D` or a backfill of lambda_batch"
 
 
-def read_manifest(data_dir: Path) -> dict:
+def read_manifest(documents: Documents) -> dict:
     """The batch manifest, checked: ``{"boundary", "days": {D: {"file", "built_until", ...}}}``; {} before
     any build. Raises :class:`DamagedFile` for anything else."""
-    path = Layout(data_dir).batch_manifest
-    document = read_json(path, REBUILD)
+    document = documents.read(BATCH_MANIFEST, REBUILD)
     if document is None:
         return {}
     problem = _shape_problem(document)
     if problem:
-        raise DamagedFile(path, problem, REBUILD)
+        raise DamagedFile(documents.where(BATCH_MANIFEST), problem, REBUILD)
     return document
 
 
@@ -51,13 +52,23 @@ def _shape_problem(document: object) -> str | None:
             date.fromisoformat(key)
         except ValueError:
             return f"the day {key[:40]!r} is not YYYY-MM-DD"
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("file", "built_until")):
-            return f'the entry for {key} lacks "file" or "built_until"'
+        if not isinstance(entry, dict) or not isinstance(entry.get("built_until"), str):
+            return f'the entry for {key} lacks "built_until"'
+        files = entry.get("files", [entry.get("file")])
+        if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+            return f'the entry for {key} names no published files ("files")'
     try:
         boundary_of(document)
     except (TypeError, ValueError):
         return f'"boundary" {str(document.get("boundary"))[:40]!r} is not an ISO date and time'
     return None
+
+
+def published_files(entry: dict, data_dir: Path) -> list[str]:
+    """The published files a manifest's day entry names (none for a day without events), as paths or
+    URIs: a name relative to the data directory is made absolute."""
+    names = entry["files"] if "files" in entry else [entry["file"]]
+    return [name if "://" in name else str(data_dir / name) for name in names]
 
 
 def boundary_of(manifest: dict | None) -> datetime | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from lambdaflow.core.documents import Documents
 from lambdaflow.core.errors import ConfigError
 from lambdaflow.core.layout import Layout
 from lambdaflow.core.storage import Storage
@@ -102,6 +103,11 @@ class Settings:
     def layout(self) -> Layout:
         """Every path under the data directory."""
         return Layout(self.data_dir)
+
+    @property
+    def documents(self) -> Documents:
+        """The batch manifest, build records and reconcile reports, wherever the storage keeps them."""
+        return Documents(self.data_dir, self.storage)
 
     @property
     def broker_file(self) -> Path:

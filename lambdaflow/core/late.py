@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
-from lambdaflow.core.files import read_json
+from lambdaflow.core.layout import build_record_name
 from lambdaflow.core.raw_store import RESTORE, RawFileDamaged, RawStore, require_readable
 from lambdaflow.core.storage import Storage, file_name
 
@@ -23,8 +23,8 @@ DAY = timedelta(days=1)
 
 def read_build_record(settings: Settings, day: date) -> dict | None:
     """What the day's last build read: its raw files and their SHA-256; None for a day never built."""
-    return read_json(
-        settings.layout.build_record(day),
+    return settings.documents.read(
+        build_record_name(day),
         f"move it aside, then rebuild the day with `lambdaflow batch --date {day.isoformat()}`",
     )
 
@@ -76,7 +76,7 @@ def late_files(settings: Settings, day: date, files: list[str] | None = None) ->
 
 def late_days(settings: Settings) -> dict[date, int]:
     """Whole built days with raw files published after their build, and how many."""
-    days = read_manifest(settings.data_dir).get("days", {})
+    days = read_manifest(settings.documents).get("days", {})
     whole = [
         day
         for day in sorted(map(date.fromisoformat, days))

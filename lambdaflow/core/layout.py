@@ -12,6 +12,20 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+BATCH_MANIFEST = "batch/manifest.json"
+"""The batch manifest's name among the batch documents (:mod:`lambdaflow.core.documents`)."""
+
+
+def build_record_name(day: date) -> str:
+    """Which raw files the day's last build read, and their SHA-256 (a batch document)."""
+    return f"batch/builds/{day.isoformat()}.json"
+
+
+def reconcile_report_name(day: date) -> str:
+    """The day's reconciliation (a batch document)."""
+    return f"batch/reconcile/{day.isoformat()}.json"
+
+
 GENERATIONS = ".generations"
 """The folder of the speed layer's state generations; ``speed/<topic>`` links to the live one."""
 
@@ -43,26 +57,18 @@ class Layout:
     @property
     def batch_manifest(self) -> Path:
         """The built days, what each build read, and the serving boundary."""
-        return self.root / "batch" / "manifest.json"
-
-    def published_folder(self, day: date) -> Path:
-        return self.root / "batch" / "published" / f"event_date={day.isoformat()}"
+        return self.root / BATCH_MANIFEST
 
     def empty_raw_file(self, day: date) -> Path:
         """The one empty file a build of a day without raw files reads."""
         return self.root / "batch" / "empty" / f"event_date={day.isoformat()}" / "empty.parquet"
 
     def build_record(self, day: date) -> Path:
-        """Which raw files the day's last build read, and their SHA-256."""
-        return self.root / "batch" / "builds" / f"{day.isoformat()}.json"
+        """Which raw files the day's last build read, and their SHA-256 (on a local storage)."""
+        return self.root / build_record_name(day)
 
     def reconcile_report(self, day: date) -> Path:
-        return self.root / "batch" / "reconcile" / f"{day.isoformat()}.json"
-
-    @property
-    def retired_list(self) -> Path:
-        """Replaced published files, kept a while for the queries still reading them."""
-        return self.root / "batch" / "retired.json"
+        return self.root / reconcile_report_name(day)
 
     @property
     def warehouse(self) -> Path:

@@ -1,4 +1,4 @@
-"""The verdict of a day's reconciliation, as its report under the data directory keeps it.
+"""The verdict of a day's reconciliation, as its report (a batch document) keeps it.
 
 The batch DAGs write the report (:mod:`lambdaflow.serving.reconcile`); the speed
 layer keeps a day's state until the day has passed.
@@ -7,17 +7,17 @@ layer keeps a day's state until the day has passed.
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
-from lambdaflow.core.files import DamagedFile, read_json
-from lambdaflow.core.layout import Layout
+from lambdaflow.core.documents import Documents
+from lambdaflow.core.files import DamagedFile
+from lambdaflow.core.layout import reconcile_report_name
 
 
-def passed(data_dir: Path, day: date) -> bool:
+def passed(documents: Documents, day: date) -> bool:
     """Has ``day`` been reconciled, with every metric within the threshold? A report written before
     reports kept the verdict passes when nothing was unexplained."""
     try:
-        rows = read_json(Layout(data_dir).reconcile_report(day))
+        rows = documents.read(reconcile_report_name(day))
     except DamagedFile:
         return False
     return (

@@ -34,7 +34,7 @@ from lambdaflow.core import metrics
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import read_json
+from lambdaflow.core.layout import reconcile_report_name
 from lambdaflow.serving import health
 from lambdaflow.serving.prometheus import ServingMetrics
 from lambdaflow.serving.query import answer, ask
@@ -224,11 +224,11 @@ def _rounded(seconds: float | None) -> float | None:
 
 def last_builds(settings: Settings, limit: int) -> list[dict]:
     """The last built days, most recently built first, each with its reconciliation (None: not yet)."""
-    days = read_manifest(settings.data_dir).get("days", {})
+    days = read_manifest(settings.documents).get("days", {})
     newest = sorted(days.items(), key=lambda item: item[1].get("built_at") or "", reverse=True)[:limit]
     rows = []
     for day, entry in newest:
-        report = read_json(settings.layout.reconcile_report(date.fromisoformat(day))) or None
+        report = settings.documents.read(reconcile_report_name(date.fromisoformat(day))) or None
         rows.append(
             {
                 "event_date": day,

@@ -16,7 +16,7 @@ from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import today
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import read_json
+from lambdaflow.core.layout import reconcile_report_name
 from lambdaflow.serving.query import Question, answer
 from lambdaflow.serving.status import LAYERS, WorkerFigures, worker_statuses
 
@@ -69,9 +69,9 @@ def _worker(layer: str, statuses: dict[int, dict[str, dict]]) -> Health:
 
 
 def _batch(settings: Settings) -> Health:
-    days = read_manifest(settings.data_dir).get("days", {})
+    days = read_manifest(settings.documents).get("days", {})
     for day in sorted(days, reverse=True):
-        report = read_json(settings.layout.reconcile_report(date.fromisoformat(day)))
+        report = settings.documents.read(reconcile_report_name(date.fromisoformat(day)))
         if not report:
             continue
         wrong = [row for row in report if row.get("within_threshold") is False]

@@ -143,7 +143,7 @@ class PipelineCollector(Collector):
         yield family
 
     def _batch(self) -> Iterator[Metric]:
-        manifest = read_manifest(self.settings.data_dir)
+        manifest = read_manifest(self.settings.documents)
         days = manifest.get("days", {})
         built = GaugeMetricFamily(f"{PREFIX}_batch_days_built", "Days the batch layer has published.")
         built.add_metric([], len(days))

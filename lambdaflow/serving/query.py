@@ -29,11 +29,12 @@ import duckdb
 import jinja2
 
 from lambdaflow.core import metrics
-from lambdaflow.core.boundary import BatchHours, boundary_of, read_manifest, start_of
+from lambdaflow.core.boundary import BatchHours, boundary_of, published_files, read_manifest, start_of
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import parse_query_day, today
 from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.project import SERVING_SQL
+from lambdaflow.core.storage import Storage
 
 if TYPE_CHECKING:
     import polars as pl
@@ -92,24 +93,35 @@ def parse_date(option: str, text: str) -> date:
 class ServingInputs:
     """The published files one answer reads, taken from one reading of the manifest."""
 
-    batch_files: list[Path]
+    batch_files: list[str]
+    """Paths, or URIs of the storage's files (``s3://...``)."""
     boundary: datetime | None
-    speed_snapshots: list[Path]
+    speed_snapshots: list[str]
     batch_dates: list[date] | None = None
     """The event date of each batch file (the manifest's key for it); None: not known, keep every file."""
     served_until: dict[date, datetime] = field(default_factory=dict)
     """Per built day that the batch serves, the end of its batch-served hours (see BatchHours)."""
+    storage: Storage | None = None
+    """Where the published table lives: DuckDB reads an S3 one's files through its filesystem."""
 
     @classmethod
     def current(cls, settings: Settings) -> ServingInputs:
-        manifest = read_manifest(settings.data_dir)
-        days = manifest.get("days", {})
+        manifest = read_manifest(settings.documents)
+        named = [
+            (uri, date.fromisoformat(key))
+            for key, entry in manifest.get("days", {}).items()
+            for uri in published_files(entry, settings.data_dir)
+        ]
         return cls(
-            batch_files=[settings.data_dir / entry["file"] for entry in days.values()],
+            batch_files=[uri for uri, _ in named],
             boundary=boundary_of(manifest),
-            speed_snapshots=sorted(settings.layout.speed_snapshots(settings.topic).glob("partition-*.parquet")),
-            batch_dates=[date.fromisoformat(key) for key in days],
+            speed_snapshots=[
+                str(path)
+                for path in sorted(settings.layout.speed_snapshots(settings.topic).glob("partition-*.parquet"))
+            ],
+            batch_dates=[day for _, day in named],
             served_until=BatchHours.of(manifest).served_until,
+            storage=settings.storage,
         )
 
     def within(self, start: date, end: date) -> ServingInputs:
@@ -150,17 +162,21 @@ class ServingInputs:
         DuckDB opens a Parquet file more than once per query (schema, then
         data). A snapshot replaced or a day republished in between would pair
         one file's footer with another's bytes; an open descriptor keeps the
-        file the query started with.
+        file the query started with. An object store's file (a URI) is never
+        replaced, and is removed only by a vacuum after the kept period: it
+        needs no pin.
         """
         with ExitStack() as stack:
 
-            def pin(path: Path) -> Path:
+            def pin(path: Path | str) -> str:
+                if "://" in str(path):
+                    return str(path)
                 try:
                     descriptor = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:
                     raise LambdaflowError(f"published file {path} is missing; see `lambdaflow status`") from None
                 stack.callback(os.close, descriptor)
-                return Path(f"/dev/fd/{descriptor}")
+                return f"/dev/fd/{descriptor}"
 
             yield replace(
                 self,
@@ -261,9 +277,12 @@ _DUCKDB_SETTINGS = {
 _database_lock = threading.Lock()
 _database: duckdb.DuckDBPyConnection | None = None
 _forked_away: list[duckdb.DuckDBPyConnection] = []
+_filesystems: set[str] = set()
 
 
-def _cursor() -> duckdb.DuckDBPyConnection:
+def _cursor(storage: Storage | None = None) -> duckdb.DuckDBPyConnection:
+    """A cursor of the process's database, which reads ``storage``'s files (an S3 one's through its
+    fsspec filesystem, registered once)."""
     global _database
     with _database_lock:
         if _database is None:
@@ -271,6 +290,9 @@ def _cursor() -> duckdb.DuckDBPyConnection:
             for name, value in _DUCKDB_SETTINGS.items():  # global: every cursor's session starts from them
                 database.execute(f"set global {name} = {value}")
             _database = database
+        if storage is not None and storage.is_s3 and storage.url not in _filesystems:
+            _database.register_filesystem(storage.filesystem())
+            _filesystems.add(storage.url)
         return _database.cursor()
 
 
@@ -280,6 +302,7 @@ def _forget_the_database_in_a_child() -> None:
     if _database is not None:
         _forked_away.append(_database)
     _database, _database_lock = None, threading.Lock()
+    _filesystems.clear()
     _totals_statement.cache_clear()  # parsed by the parent's database
 
 
@@ -288,7 +311,7 @@ os.register_at_fork(after_in_child=_forget_the_database_in_a_child)
 
 def hourly_rows(inputs: ServingInputs) -> pl.DataFrame:
     """Every served hour and country, each from exactly one layer."""
-    with inputs.pinned() as pinned, _cursor() as cursor:
+    with inputs.pinned() as pinned, _cursor(inputs.storage) as cursor:
         sql, values = pinned.statement()
         return cursor.sql(sql, params=values).pl()
 
@@ -297,7 +320,7 @@ def answer(settings: Settings, question: Question) -> list[dict]:
     """Rows per day (or per day and hour) in the range, zeros where nothing happened."""
     inputs = ServingInputs.current(settings).within(question.date_from, question.date_to)
     keys = ("event_date", "hour") if question.hourly else ("event_date",)
-    with inputs.pinned() as pinned, _cursor() as cursor:
+    with inputs.pinned() as pinned, _cursor(inputs.storage) as cursor:
         served, values = pinned.statement()
         bound: dict[str, object] = {**values, "date_from": question.date_from, "date_to": question.date_to}
         if question.country:
@@ -358,5 +381,5 @@ def source_of(day: date, hour: int | None, served_until: datetime | None) -> str
     return "mixed"
 
 
-def _sql_list(paths: list[Path]) -> str:
+def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"

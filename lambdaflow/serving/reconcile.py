@@ -27,11 +27,11 @@ from pathlib import Path
 import polars as pl
 
 from lambdaflow.core import aggregate
-from lambdaflow.core.boundary import boundary_of, read_manifest, speed_may_drop_before
+from lambdaflow.core.boundary import boundary_of, published_files, read_manifest, speed_may_drop_before
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import InputError, LambdaflowError
-from lambdaflow.core.files import read_json, replace_json
 from lambdaflow.core.late import read_build_record, require_as_built
+from lambdaflow.core.layout import reconcile_report_name
 from lambdaflow.core.metrics import Metric, defined
 from lambdaflow.core.raw_store import Manifest, RawStore
 from lambdaflow.core.storage import Storage, file_name
@@ -64,21 +64,22 @@ class SpeedPosition:
 def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None = None) -> list[dict]:
     """One row per metric for day D; also written to ``batch/reconcile/D.json``."""
     metrics = metrics or defined()
-    entry = read_manifest(settings.data_dir).get("days", {}).get(day.isoformat())
+    entry = read_manifest(settings.documents).get("days", {}).get(day.isoformat())
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     names = [m.name for m in metrics]
     files = RawStore(settings.data_dir, settings.topic, settings.storage).files_for_date(day)
     require_as_built(settings, day, files)  # a raw file gone or changed since the build explains nothing
-    batch = _by_hour(_read(settings.data_dir / entry["file"], "published batch file"), names)
-    # A published batch file is never replaced (a rebuild writes a new one), and Polars reads a
+    published = published_files(entry, settings.data_dir)
+    batch = _by_hour(_concat([_read(uri, "published batch file", settings.storage) for uri in published]), names)
+    # A published batch file is never replaced (a rebuild commits a new one), and Polars reads a
     # snapshot in one go, so neither can change under these reads.
     snapshots = [_read(path, "speed snapshot") for path in ServingInputs.current(settings).speed_snapshots]
     speed_rows = _concat(snapshots)
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)
-    previous = read_json(
-        settings.layout.reconcile_report(day),
+    previous = settings.documents.read(
+        reconcile_report_name(day),
         f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again",
     )
     if previous and _dropped_by_speed_layer(settings, day, speed_rows):
@@ -123,7 +124,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
             }
         )
     rows = judged(rows, settings.reconcile_threshold)
-    replace_json(settings.layout.reconcile_report(day), rows)
+    settings.documents.write(reconcile_report_name(day), rows)
     return rows
 
 
@@ -144,7 +145,7 @@ def judged(rows: list[dict], threshold: int) -> list[dict]:
 def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
     """Has the speed layer dropped D? Only an old enough day can be, and then a partition with raw
     events of D has no row of D in its snapshot."""
-    boundary = boundary_of(read_manifest(settings.data_dir))
+    boundary = boundary_of(read_manifest(settings.documents))
     if boundary is None or day >= speed_may_drop_before(boundary):
         return False
     with_events = {
@@ -185,7 +186,7 @@ def _unchecked_rebuild(
                 "note": f"rebuilt after the speed layer dropped {day}; last compared at {reconciled_at}",
             }
         )
-    replace_json(settings.layout.reconcile_report(day), rows)
+    settings.documents.write(reconcile_report_name(day), rows)
     return rows
 
 

@@ -74,7 +74,7 @@ def status(settings: Settings) -> dict:
                 "stream": _progress(documents["stream"], "epoch", "updated_at"),
             }
         )
-    manifest = read_manifest(settings.data_dir)
+    manifest = read_manifest(settings.documents)
     days = manifest.get("days", {})
     last_built = max(days.items(), key=lambda item: item[1].get("built_at") or "", default=None)
     return {
