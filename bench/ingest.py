@@ -62,7 +62,7 @@ PROFILE_FOCUS = {
         "records to a frame": "contract.records_frame",
         "contract (DuckDB)": "contract.classify",
         "state transaction (dedupe, aggregates, offsets)": "state.apply",
-        "snapshot publishing": "state.publish_snapshot",
+        "snapshot publishing": "paths.publish_snapshot",
     },
 }
 

@@ -55,6 +55,8 @@ def replay(bootstrap: str, data_dir: Path, topic: str, stop: threading.Event) ->
         shutil.rmtree(generation, ignore_errors=True)
         raise
     _switch(live.root, generation)
+    if live.files.on_store:
+        live.files.switch_to(generation.name)
     log.info("%s: the speed layer now serves the replayed state (%d messages)", topic, totals.messages)
     return totals
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from lambdaflow.core import aggregate
 from lambdaflow.core import metrics as metric_definitions
 from lambdaflow.core.boundary import BatchHours, log_id
 from lambdaflow.core.errors import LambdaflowError, first_line
-from lambdaflow.core.files import fsync_file, temp_path_for
 from lambdaflow.core.metrics import Metric
 from stream_worker import attribution, dedupe, firsts
 
@@ -338,14 +336,6 @@ class PartitionState:
 
     def snapshot(self) -> pl.DataFrame:
         return self._con.sql(_snapshot_sql(self.metrics)).pl().cast(snapshot_schema(self.metrics))
-
-    def publish_snapshot(self, final: Path, temp_dir: Path) -> None:
-        """Replace the partition's snapshot file atomically."""
-        final.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp_path_for(final, temp_dir)
-        self.snapshot().write_parquet(temp, compression="zstd")
-        fsync_file(temp)
-        os.replace(temp, final)
 
     def first_day(self) -> date | None:
         """The earliest day the state holds counts for (None when it holds none)."""

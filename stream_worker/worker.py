@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from lambdaflow.core.contract import EVENT_SCHEMA, Classifier, reasons_by_partit
 from lambdaflow.core.counters import PartitionCounters
 from lambdaflow.core.documents import Documents
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import remove_stale_temps, replace_json
+from lambdaflow.core.files import remove_stale_temps
 from lambdaflow.kafka.log_identity import fingerprint
 from lambdaflow.kafka.loop import Counts, PartitionedLoop
 from stream_worker.paths import SpeedPaths
@@ -214,7 +215,7 @@ class StreamWorker:
         owned.last_commit = time.monotonic()
         self.totals.new_events += new
         self.totals.commits += 1
-        owned.open_state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+        self.paths.publish_snapshot(partition, owned.open_state.snapshot())
         owned.counters.commit(time.monotonic() - started, records[-1].timestamp)
         self.loop.commit(partition, end)
         log.debug("%s[%d] offsets %d..%d committed: %d new events", self.topic, partition, start, end - 1, new)
@@ -227,7 +228,7 @@ class StreamWorker:
             return
         for partition, owned in self.owned.items():
             if owned.state is not None and owned.state.follow(self._batch.hours):
-                owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+                self.paths.publish_snapshot(partition, owned.state.snapshot())
 
     def _holds_last_counted(self, tp: TopicPartition, owned: Owned) -> bool | None:
         """Does the broker's log hold the last record counted? None when the broker does not answer."""
@@ -308,7 +309,7 @@ class StreamWorker:
                 self._restart_log(partition, f"the record at offset {consumed.next_offset - 1} is not the one counted")
             else:
                 self._seek_to_stored(partition)
-            owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+            self.paths.publish_snapshot(partition, owned.state.snapshot())
             self.loop.resume(tp)
             log.info(
                 "%s[%d] assigned: resuming at offset %d (epoch %d)",
@@ -336,7 +337,7 @@ class StreamWorker:
         for partition, owned in self.owned.items():
             if owned.state is not None:
                 self._prune(owned.state)
-                owned.state.publish_snapshot(self.paths.snapshot_file(partition), self.paths.temp_dir)
+                self.paths.publish_snapshot(partition, owned.state.snapshot())
 
     def _prune(self, state: PartitionState) -> None:
         """Drop the days the speed layer no longer needs (see first_day_kept), and seal the days before
@@ -357,8 +358,8 @@ class StreamWorker:
         if owned.state is None or (not force and now - owned.status_written < 1.0):
             return
         owned.status_written = now
-        replace_json(
-            self.paths.status_file(partition),
+        self.paths.write_status(
+            partition,
             {
                 "topic": self.topic,
                 "partition": partition,
@@ -367,9 +368,9 @@ class StreamWorker:
                 "epoch": owned.state.consumed().epoch,
                 "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
+                "host": socket.gethostname(),
                 "counters": owned.counters.as_dict(),
             },
-            durable=False,  # progress only, written every second: no fsync in the counting path
         )
 
     def caught_up(self, partition: int) -> bool:

@@ -539,8 +539,14 @@ def digests(folder: Path) -> dict[str, str]:
         ),
         pytest.param(
             '{"days": {"2026-11-01": {"file": 1}}}',
-            'the entry for 2026-11-01 lacks "file" or "built_until"',
+            'the entry for 2026-11-01 lacks "built_until"',
             id="entry",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            '{"days": {"2026-11-01": {"files": ["f", 1], "built_until": "u"}}}',
+            'the entry for 2026-11-01 names no published files ("files")',
+            id="files",
             marks=pytest.mark.slow,
         ),
     ],

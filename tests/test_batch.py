@@ -638,7 +638,7 @@ def test_a_rebuild_after_the_speed_layer_dropped_the_day_is_not_compared_again(w
         state = PartitionState(paths.state_file(partition), partition)
         try:
             state.drop_days_before(day + timedelta(days=1))
-            state.publish_snapshot(paths.snapshot_file(partition), paths.temp_dir)
+            paths.publish_snapshot(partition, state.snapshot())
         finally:
             state.close()
 

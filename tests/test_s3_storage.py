@@ -1,8 +1,9 @@
 """The pipeline on an S3-compatible store: the raw tables, the archivers' progress reports, the
-published hours, the batch manifest, the build records and the reconcile reports live on a local S3
-server (moto's, started for the session and stopped by its PID), and every reader of them (the
-batch build's completeness check and dbt, the reconciliation, `query`, `status`, `archive
---verify`) reads them there. None of them is on local disk.
+speed layer's snapshots and progress reports, the published hours, the batch manifest, the build
+records and the reconcile reports live on a local S3 server (moto's, started for the session and
+stopped by its PID), and every reader of them (the batch build's completeness check and dbt, the
+reconciliation, `query`, `status`, `archive --verify`) reads them there. None of them is on local
+disk.
 """
 
 from __future__ import annotations
@@ -85,10 +86,21 @@ def test_the_raw_tables_are_on_the_store_and_nowhere_on_local_disk(world: S3Worl
     assert status.exit_code == 0, status.stderr[-3000:]
     report = json.loads(status.stdout)
     assert [entry["archiver"]["lag"] for entry in report["partitions"]] == [0, 0, 0]  # reports on the store
+    assert [entry["stream"]["lag"] for entry in report["partitions"]] == [0, 0, 0]
     assert report["dead_letter"]["messages"] == world.malformed > 0
     verified = world.lambdaflow("archive", "--verify")
     assert verified.exit_code == 0, verified.stdout + verified.stderr[-3000:]
     assert [json.loads(line)["partition"] for line in verified.stdout.splitlines()] == [0, 1, 2]
+
+
+def test_the_speed_layer_serves_from_its_snapshots_on_the_store(world: S3World) -> None:
+    snapshots = world.settings().speed_files.snapshots()
+    assert len(snapshots) == 3 and all(uri.startswith("s3://") for uri in snapshots)
+    assert not list(world.data_dir.rglob("*.parquet"))  # the state is local to the worker's host; no snapshot
+    answered = world.lambdaflow("query", "--from", world.day.isoformat(), "--to", world.day.isoformat())
+    assert answered.exit_code == 0, answered.stderr[-3000:]
+    row = json.loads(answered.stdout)
+    assert row["source"] == "realtime" and {metric: row[metric] for metric in METRICS} == world.daily_truth()
 
 
 def test_a_day_built_from_the_store_equals_an_independent_computation(world: S3World) -> None:

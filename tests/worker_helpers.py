@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import duckdb
-
 from lambdaflow.core.contract import classify, records_frame
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.core.storage import Storage
@@ -116,23 +114,29 @@ def log_truth(bootstrap: str, topic: str, expected_messages: int) -> LogTruth:
     )
 
 
-def archived_rows(data_dir: Path, folder: str, topic: str | None = None) -> list[tuple[int, int]]:
+def archived_rows(
+    data_dir: Path, folder: str, topic: str | None = None, storage: Storage | None = None
+) -> list[tuple[int, int]]:
     """Every (partition, offset) row a reader of the raw tables counts: ``folder`` is ``raw/events``
     or ``dead_letter``; the rows of the table's current version (of the dead letter, those below each
-    partition's resume point). ``topic``: the only topic archived under ``data_dir`` when None."""
+    partition's resume point). ``topic``: the only topic archived under ``data_dir`` when None;
+    ``storage``: the tables' (by default under ``data_dir``)."""
     tables_root = data_dir / "tables" / "raw"
     topics = [topic] if topic else sorted(p.name for p in tables_root.iterdir()) if tables_root.exists() else []
     rows: list[tuple[int, int]] = []
     for name in topics:
-        snapshot = RawStore(data_dir, name, Storage.from_env({}, data_dir)).snapshot()
+        storage = storage or Storage.from_env({}, data_dir)
+        snapshot = RawStore(data_dir, name, storage).snapshot()
         if folder == "dead_letter":
             files, where = snapshot.dead_letter_files(), snapshot.dead_letter_counted()
         else:
             files, where = [u for us in snapshot.event_files(snapshot.event_dates()).values() for u in us], "true"
         if files:
-            rows += duckdb.execute(
-                f"select kafka_partition, kafka_offset from read_parquet(?) where {where}", [files]
-            ).fetchall()
+            rows += (
+                storage.duckdb()
+                .execute(f"select kafka_partition, kafka_offset from read_parquet(?) where {where}", [files])
+                .fetchall()
+            )
     return rows
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from lambdaflow.core.documents import Documents
 from lambdaflow.core.errors import ConfigError
 from lambdaflow.core.layout import Layout
+from lambdaflow.core.speed_files import SpeedFiles
 from lambdaflow.core.storage import Storage
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -108,6 +109,11 @@ class Settings:
     def documents(self) -> Documents:
         """The batch manifest, build records and reconcile reports, wherever the storage keeps them."""
         return Documents(self.data_dir, self.storage)
+
+    @property
+    def speed_files(self) -> SpeedFiles:
+        """The speed layer's snapshots and progress reports, wherever the storage keeps them."""
+        return SpeedFiles(self.data_dir, self.topic, self.storage)
 
     @property
     def broker_file(self) -> Path:

@@ -11,6 +11,7 @@ involved, and DuckDB reads their files through an fsspec filesystem.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,9 +64,10 @@ class Storage:
         return "/".join([self.url, *parts])
 
     def open(self, uri: str) -> BinaryIO:
-        """One of the storage's files (a URI that a table lists), opened for reading."""
+        """One of the storage's files (a URI that a table lists), opened for reading. An object is
+        fetched whole, by one GET: one replaced meanwhile (a speed snapshot) is read as one version."""
         if self.is_s3:
-            return self.filesystem().open(uri, "rb")
+            return io.BytesIO(self.filesystem().cat_file(uri))
         return open(uri, "rb")  # noqa: SIM115 - the caller closes it
 
     def read_json(self, uri: str, remedy: str | None = None) -> Any | None:

@@ -132,14 +132,8 @@ class PipelineCollector(Collector):
             "Seconds since the speed layer last replaced the partition's snapshot.",
             labels=["partition"],
         )
-        now = time.time()
-        folder = self.settings.layout.speed_snapshots(self.settings.topic)
-        for path in sorted(folder.glob("partition-*.parquet")):
-            try:
-                modified = path.stat().st_mtime
-            except FileNotFoundError:  # replaced between the listing and the look
-                continue
-            family.add_metric([path.stem.removeprefix("partition-")], max(0.0, now - modified))
+        for partition, age in self.settings.speed_files.snapshot_ages().items():
+            family.add_metric([partition], age)
         yield family
 
     def _batch(self) -> Iterator[Metric]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -115,10 +117,7 @@ class ServingInputs:
         return cls(
             batch_files=[uri for uri, _ in named],
             boundary=boundary_of(manifest),
-            speed_snapshots=[
-                str(path)
-                for path in sorted(settings.layout.speed_snapshots(settings.topic).glob("partition-*.parquet"))
-            ],
+            speed_snapshots=settings.speed_files.snapshots(),
             batch_dates=[day for _, day in named],
             served_until=BatchHours.of(manifest).served_until,
             storage=settings.storage,
@@ -162,11 +161,20 @@ class ServingInputs:
         DuckDB opens a Parquet file more than once per query (schema, then
         data). A snapshot replaced or a day republished in between would pair
         one file's footer with another's bytes; an open descriptor keeps the
-        file the query started with. An object store's file (a URI) is never
-        replaced, and is removed only by a vacuum after the kept period: it
-        needs no pin.
+        file the query started with. A published batch file on an object store
+        is never replaced, and removed only by a vacuum after the kept period:
+        it needs no pin. A snapshot there is replaced by a PUT: it is fetched
+        whole, by one GET, into a local file the query reads.
         """
         with ExitStack() as stack:
+
+            def fetch(uri: str) -> str:
+                assert self.storage is not None
+                copy = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".parquet"))
+                with self.storage.open(uri) as whole:
+                    shutil.copyfileobj(whole, copy)
+                copy.flush()
+                return copy.name
 
             def pin(path: Path | str) -> str:
                 if "://" in str(path):
@@ -181,7 +189,7 @@ class ServingInputs:
             yield replace(
                 self,
                 batch_files=[pin(path) for path in self.batch_files],
-                speed_snapshots=[pin(path) for path in self.speed_snapshots],
+                speed_snapshots=[fetch(uri) if "://" in uri else pin(uri) for uri in self.speed_snapshots],
             )
 
     def variables(self) -> dict[str, object]:

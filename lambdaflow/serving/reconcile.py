@@ -74,7 +74,9 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     batch = _by_hour(_concat([_read(uri, "published batch file", settings.storage) for uri in published]), names)
     # A published batch file is never replaced (a rebuild commits a new one), and Polars reads a
     # snapshot in one go, so neither can change under these reads.
-    snapshots = [_read(path, "speed snapshot") for path in ServingInputs.current(settings).speed_snapshots]
+    snapshots = [
+        _read(path, "speed snapshot", settings.storage) for path in ServingInputs.current(settings).speed_snapshots
+    ]
     speed_rows = _concat(snapshots)
     speed = _by_hour(speed_rows.filter(pl.col("event_date") == day), names) if speed_rows.width else {}
     positions = _positions(snapshots)

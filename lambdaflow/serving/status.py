@@ -10,7 +10,6 @@ import duckdb
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError
-from lambdaflow.core.files import PROGRESS_ONLY, read_json
 from lambdaflow.core.late import late_days
 from lambdaflow.core.raw_store import RawStore
 
@@ -53,11 +52,11 @@ class WorkerFigures:
 def worker_statuses(settings: Settings) -> dict[int, dict[str, dict]]:
     """Per partition, the status file each worker last wrote for it ({} where none has), by layer."""
     store = RawStore(settings.data_dir, settings.topic, settings.storage)
-    speed_dir = settings.layout.speed_state(settings.topic)
+    speed = settings.speed_files
     return {
         partition: {
             "archiver": archived or {},
-            "stream": read_json(speed_dir / f"status-{partition}.json", PROGRESS_ONLY) or {},
+            "stream": speed.read_status(partition) or {},
         }
         for partition, archived in store.statuses(fallback=settings.partitions).items()
     }

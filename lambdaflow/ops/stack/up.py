@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from lambdaflow.batch.airflow_home import airflow_env
-from lambdaflow.core.files import read_json
 from lambdaflow.core.project import PROJECT_DIR
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.broker import HOST, BrokerAnnouncement, port_answers
@@ -133,11 +132,11 @@ def _start_services(config: StackConfig, stack: StackFile) -> tuple[dict[str, Re
 
 def _wait_until_ready(config: StackConfig, started: dict[str, Recorded]) -> AirflowReady:
     """Wait for each service to be ready; return what Airflow said once it was."""
-    topic, layout = config.settings.topic, config.settings.layout
+    topic = config.settings.topic
     archive, stream, produce = started["archive"], started["stream"], started["produce"]
     store = RawStore(config.settings.data_dir, topic, config.settings.storage)
     _wait(archive, lambda: _archiver_reported(store, archive.pid))
-    _wait(stream, lambda: _status_written(layout.speed_state(topic), stream.pid))
+    _wait(stream, lambda: _status_written(config.settings.speed_files.statuses(), stream.pid))
     _wait(produce, lambda: _log_says(produce, "live: sending to"))
     _wait(started["docs"], lambda: answers_ok(config.docs_url + "/"))
     _wait(started["serve"], lambda: answers_ok(config.serve_url + "/api/definitions"))
@@ -200,9 +199,10 @@ def _archiver_reported(store: RawStore, pid: int) -> bool:
     return any(report.get("pid") == pid and report.get("host") == socket.gethostname() for report in reports)
 
 
-def _status_written(folder: Path, pid: int) -> bool:
+def _status_written(statuses: dict[int, dict], pid: int) -> bool:
     """A consumer is ready once it owns a partition: it then writes that partition's status."""
-    return any((read_json(path) or {}).get("pid") == pid for path in folder.glob("status-*.json"))
+    host = socket.gethostname()
+    return any(status.get("pid") == pid and status.get("host", host) == host for status in statuses.values())
 
 
 def _log_says(service: Recorded, text: str) -> bool:
