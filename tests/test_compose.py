@@ -4,8 +4,10 @@
 a throwaway env file; the rendered services are then checked: every command
 the project's containers run exists here (lambdaflow, airflow and dbt commands
 are parsed by their own command-line parsers), ports are published on
-127.0.0.1 only, secrets come only from the env file, and every long-running
-service has a health check.
+127.0.0.1 only, secrets come only from the env file, every long-running
+service has a health check, and the workers, the Airflow components and the
+serving process share no volume: they meet on Kafka, MinIO and Airflow's
+database only, with two replicas of each worker.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from lambdaflow.core.project import DAGS_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+PROJECT_IMAGE = "lambdaflow:local"  # built from the Dockerfile: the checkout at /app, the locked venv at /venv
 ENV_EXAMPLE = REPO / ".env.example"
 APP = PurePosixPath("/app")  # where the checkout is mounted in the project's containers
 
@@ -268,10 +272,12 @@ def _one_shot(services: dict) -> set[str]:
 
 def test_long_running_services_have_health_checks(services: dict) -> None:
     one_shot = _one_shot(services)
-    assert {"install", "airflow-init", "producer"} <= one_shot
+    assert {"storage-init", "airflow-init", "producer"} <= one_shot
     long_running = set(services) - one_shot
     assert {
         "kafka",
+        "minio",
+        "redis",
         "postgres",
         "archiver",
         "stream-worker",
@@ -281,6 +287,7 @@ def test_long_running_services_have_health_checks(services: dict) -> None:
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "airflow-worker",
     } <= long_running
     for name in sorted(long_running):
         check = services[name].get("healthcheck") or {}
@@ -303,18 +310,14 @@ def test_dependencies_wait_for_what_they_can(services: dict) -> None:
 
 
 def _project_services(services: dict) -> dict[str, dict]:
-    """The services that run this checkout: it is bind-mounted at /app."""
-    return {
-        name: service
-        for name, service in services.items()
-        if any(source == str(REPO) and target == str(APP) for source, target, _ in _mounts(service))
-    }
+    """The services that run this checkout: the image the Dockerfile builds from it."""
+    return {name: service for name, service in services.items() if service.get("image") == PROJECT_IMAGE}
 
 
-def test_project_services_share_the_checkout_data_and_venv(services: dict) -> None:
+def test_project_services_run_the_image_and_meet_only_on_the_store(services: dict) -> None:
     project = _project_services(services)
     assert {
-        "install",
+        "storage-init",
         "archiver",
         "stream-worker",
         "producer",
@@ -325,24 +328,37 @@ def test_project_services_share_the_checkout_data_and_venv(services: dict) -> No
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "airflow-worker",
     } <= set(project)
-    data_volumes = set()
     for name, service in project.items():
-        mounts = {target: (source, mode) for source, target, mode in _mounts(service)}
-        assert mounts[str(APP)][1] == "ro", f"{name} may write into the checkout"
-        assert "/venv" in mounts, f"{name} does not mount the shared virtualenv"
-        if name == "install":
-            continue
+        build = service.get("build") or {}
+        assert Path(build.get("context", "")) == REPO, f"{name} is not built from the checkout"
+        assert Path(build.get("dockerfile", "Dockerfile")).name == DOCKERFILE.name
         env = _environment(service)
-        data_dir = env.get("LAMBDAFLOW_DATA_DIR")
-        assert data_dir == "/data", f"{name}: LAMBDAFLOW_DATA_DIR is {data_dir}"
-        assert data_dir in mounts, f"{name} does not mount the data volume at {data_dir}"
-        data_volumes.add(mounts[data_dir][0])
+        assert env.get("LAMBDAFLOW_DATA_DIR") == "/data", (
+            f"{name}: LAMBDAFLOW_DATA_DIR is {env.get('LAMBDAFLOW_DATA_DIR')}"
+        )
+        assert env.get("LAMBDAFLOW_STORAGE_URL", "").startswith("s3://"), f"{name} keeps its tables on local disk"
+        assert urlsplit(env.get("AWS_ENDPOINT_URL", "")).hostname == "minio", f"{name}: AWS_ENDPOINT_URL is not MinIO"
         assert env.get("KAFKA_BOOTSTRAP", "").split(":")[0] in services, f"{name}: KAFKA_BOOTSTRAP names no service"
         assert env.get("LAMBDAFLOW_TOPIC") == "events"
-        assert env.get("PATH", "").startswith("/venv/bin:"), f"{name} does not run the shared virtualenv"
-    assert len(data_volumes) == 1, f"the data directory is not one shared volume: {data_volumes}"
-    assert not data_volumes.pop().startswith("/"), "the data directory is a host path, not a named volume"
+        assert env.get("PATH", "").startswith("/venv/bin:"), f"{name} does not run the image's virtualenv"
+    for name in ("archiver", "stream-worker", "airflow-worker"):
+        assert (services[name].get("deploy") or {}).get("replicas", 1) >= 2, f"{name} runs one replica"
+
+
+def test_no_volume_is_shared(services: dict) -> None:
+    """The workers, the Airflow components and the serving process mount nothing: each could run on
+    a host of its own. Only the stores (Kafka, MinIO, PostgreSQL) keep a volume, each its own."""
+    for name, service in _project_services(services).items():
+        assert not service.get("volumes"), f"{name} mounts {service.get('volumes')}: it would need the host's disk"
+    owners: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for source, _, _ in _mounts(service):
+            owners.setdefault(source, []).append(name)
+    shared = {source: names for source, names in owners.items() if len(names) > 1}
+    assert not shared, f"volumes shared between services: {shared}"
+    assert {name for names in owners.values() for name in names} == {"kafka", "minio", "postgres"}, owners
 
 
 def test_airflow_components_share_one_configuration(services: dict) -> None:
@@ -353,19 +369,21 @@ def test_airflow_components_share_one_configuration(services: dict) -> None:
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "airflow-worker",
     }
     configs = {name: {k: v for k, v in env.items() if k.startswith("AIRFLOW__")} for name, env in airflow.items()}
     first = configs["airflow-apiserver"]
     for name, config in configs.items():
         assert config == first, f"{name}'s AIRFLOW__ settings differ from the API server's"
-    homes = {
-        name: dict((t, s) for s, t, _ in _mounts(services[name])).get(env.get("AIRFLOW_HOME"))
-        for name, env in airflow.items()
-    }
-    assert len(set(homes.values())) == 1 and None not in homes.values(), f"AIRFLOW_HOME is not shared: {homes}"
+    assert {env.get("AIRFLOW_HOME") for env in airflow.values()} == {"/opt/airflow"}  # each in its own container
 
     # The settings lambdaflow's own Airflow uses, except where containers differ.
-    container_specific = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__API__HOST"}
+    container_specific = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__DAGS_FOLDER",
+        "AIRFLOW__API__HOST",
+        "AIRFLOW__CORE__EXECUTOR",  # tasks on any worker host, not in the scheduler's
+    }
     defaults = {
         k: v
         for k, v in airflow_env(Settings.from_env({"LAMBDAFLOW_DATA_DIR": "/data"})).items()
@@ -374,14 +392,22 @@ def test_airflow_components_share_one_configuration(services: dict) -> None:
     for key, value in defaults.items():
         assert str(first.get(key)) == value, f"{key} is {first.get(key)!r}, lambdaflow's Airflow uses {value!r}"
     assert _host_path(first["AIRFLOW__CORE__DAGS_FOLDER"]) == DAGS_FOLDER
-    assert first["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert first["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert first["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
+    assert urlsplit(first["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis" and "redis" in services
+    assert urlsplit(first["AIRFLOW__CELERY__RESULT_BACKEND"]).hostname == "postgres"
+    workers = [name for name, s in services.items() if _command(s)[:3] == ["airflow", "celery", "worker"]]
+    assert workers == ["airflow-worker"], workers
     for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
         assert first.get(key), f"{key} is not set"
 
     # Tasks report to the API server at the execution API URL.
     url = urlsplit(first["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
-    api = [name for name, s in services.items() if _command(s)[:2] == ["airflow", "api-server"]]
+    api = [
+        name
+        for name, s in services.items()
+        if any(command[:2] == ["airflow", "api-server"] for command in _simple_commands(_command(s)))
+    ]
     assert len(api) == 1
     assert url.hostname in {api[0], services[api[0]].get("hostname")}
     assert url.port == int(first.get("AIRFLOW__API__PORT", 8080)) and url.path == "/execution/"
@@ -394,11 +420,15 @@ def test_airflow_init_creates_the_warehouse_pool(services: dict) -> None:
     assert pools and pools[0][3:5] == [WAREHOUSE_POOL, "1"], pools
 
 
-def test_install_uses_the_makefile_uv() -> None:
+def test_the_image_installs_the_lock_with_the_makefile_uv() -> None:
     makefile = (REPO / "Makefile").read_text()
     pinned = re.search(r"^UV_VERSION\s*:?=\s*(\S+)", makefile, re.MULTILINE)
     assert pinned, "Makefile pins no UV_VERSION"
-    assert f"uv=={pinned.group(1)}" in COMPOSE_FILE.read_text()
+    dockerfile = DOCKERFILE.read_text()
+    assert f"uv=={pinned.group(1)}" in dockerfile
+    assert "-r /tmp/requirements.txt" in dockerfile and "COPY requirements.txt /tmp/requirements.txt" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "data", ".env"} <= set(ignored), "the image would copy local state or secrets"
 
 
 def test_every_command_exists(services: dict, tmp_path: Path) -> None:
