@@ -1,18 +1,25 @@
-"""The published hours as a Delta table: each day replaced by one commit, on a directory and on S3."""
+"""The published hours as a Delta table: each day replaced by one commit, on a directory and on S3; and
+the manifest that names them, replaced only over the version its writer read."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pytest
 from deltalake import DeltaTable
 
+from lambdaflow.batch import publish
 from lambdaflow.batch.maintenance import maintain_tables
 from lambdaflow.batch.published_table import PublishedHours
+from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
+from lambdaflow.core.documents import Changed, Documents
 from lambdaflow.core.storage import Storage
+from lambdaflow.ops.object_store import LocalS3Server
 
 MONDAY, TUESDAY = date(2026, 11, 30), date(2026, 12, 1)
 
@@ -81,3 +88,48 @@ def test_maintenance_keeps_a_replaced_day_file_for_the_kept_period(storage: Stor
     reports = {report["table"]: report for report in maintain_tables(settings, keep=timedelta(hours=1))}
     assert reports["published_hours"]["uri"] == table.uri and reports["published_hours"]["removed_files"] == 0
     assert read(storage, first) == [1]  # replaced a moment ago: a reader may still be on it
+
+
+def test_two_hosts_publishing_at_once_each_keep_their_day_in_the_manifest(
+    s3_server: LocalS3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host A reads the manifest; host B publishes its day; A's write is then refused (If-Match), and A
+    swaps its day into B's manifest instead of writing over it."""
+    bucket = s3_server.bucket(f"publish-{uuid.uuid4().hex[:12]}")
+    env = {"LAMBDAFLOW_STORAGE_URL": f"{bucket}/lambdaflow", **s3_server.env()}
+    host_a, host_b = (Settings.from_env({**env, "LAMBDAFLOW_DATA_DIR": str(tmp_path / name)}) for name in "ab")
+    until = datetime(2026, 12, 2, tzinfo=UTC)
+    real_read, interleaved = publish.read_manifest_for_update, []
+
+    def read_then_host_b_publishes(documents):
+        read = real_read(documents)
+        if not interleaved:  # once: host B's own swap reads the manifest through here too
+            interleaved.append(TUESDAY)
+            publish._swap_in(host_b, TUESDAY, ["s3://b/tuesday.parquet"], until, {})
+        return read
+
+    monkeypatch.setattr(publish, "read_manifest_for_update", read_then_host_b_publishes)
+    publish._swap_in(host_a, MONDAY, ["s3://a/monday.parquet"], until, {})
+    manifest = read_manifest(host_a.documents)
+    assert {day: entry["files"] for day, entry in manifest["days"].items()} == {
+        MONDAY.isoformat(): ["s3://a/monday.parquet"],
+        TUESDAY.isoformat(): ["s3://b/tuesday.parquet"],
+    }
+    assert manifest["boundary"] == until.isoformat()
+
+
+def test_a_conditional_replacement_refuses_a_document_replaced_since_it_was_read(
+    s3_server: LocalS3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.bucket(f"documents-{uuid.uuid4().hex[:12]}")
+    storage = Storage.from_env({"LAMBDAFLOW_STORAGE_URL": f"{bucket}/lambdaflow", **s3_server.env()}, tmp_path)
+    documents = Documents(tmp_path, storage)
+    _, absent = documents.read_for_update("batch/manifest.json")
+    documents.write_if_unchanged("batch/manifest.json", {"n": 1}, absent)
+    with pytest.raises(Changed):  # created meanwhile by another writer
+        documents.write_if_unchanged("batch/manifest.json", {"n": 2}, absent)
+    read, version = documents.read_for_update("batch/manifest.json")
+    documents.write("batch/manifest.json", {"n": 3})
+    with pytest.raises(Changed):
+        documents.write_if_unchanged("batch/manifest.json", {"n": read["n"] + 1}, version)
+    assert documents.read("batch/manifest.json") == {"n": 3}

@@ -14,13 +14,18 @@ from pathlib import Path
 
 from lambdaflow.batch.dbt import as_vars, run_dbt
 from lambdaflow.batch.published_table import PublishedHours
-from lambdaflow.core.boundary import read_manifest
+from lambdaflow.core.boundary import read_manifest_for_update
 from lambdaflow.core.config import Settings
 from lambdaflow.core.days import midnight
+from lambdaflow.core.documents import Changed
+from lambdaflow.core.errors import LambdaflowError
 from lambdaflow.core.files import temp_path_for
 from lambdaflow.core.layout import BATCH_MANIFEST
 
 log = logging.getLogger(__name__)
+
+SWAP_ATTEMPTS = 5
+"""Conditional replacements of the manifest tried before the build gives up (another host publishing)."""
 
 
 def publish(
@@ -75,10 +80,26 @@ def publish_days(
 def _swap_in(
     settings: Settings, day: date, files: list[str], until: datetime, covered: dict[str, dict[str, int]]
 ) -> dict:
-    """Replace the batch manifest with one that names ``files`` for ``day``, and its new boundary."""
-    manifest = read_manifest(settings.documents) or {"days": {}}
-    days = dict(manifest.get("days", {}))
+    """Replace the batch manifest with one that names ``files`` for ``day``, and its new boundary. On an
+    S3 store the replacement is conditional: a manifest another host replaced meanwhile is read again
+    and this day swapped into it, so neither build's day is lost."""
     shown = [_relative(settings, uri) for uri in files]
+    for attempt in range(SWAP_ATTEMPTS):
+        manifest, version = read_manifest_for_update(settings.documents)
+        document = _with_day(manifest or {"days": {}}, day, shown, until, covered)
+        try:
+            settings.documents.write_if_unchanged(BATCH_MANIFEST, document, version)
+        except Changed as error:
+            log.warning("%s; swapping %s in again (attempt %d)", error, day, attempt + 1)
+            continue
+        log.info("published %s until %s; boundary %s", day, until.isoformat(), document["boundary"])
+        return document
+    raise LambdaflowError(f"the batch manifest kept changing under the publication of {day}; run the build again")
+
+
+def _with_day(manifest: dict, day: date, shown: list[str], until: datetime, covered: dict) -> dict:
+    """The manifest with ``day`` naming the files ``shown``, and the boundary that follows."""
+    days = dict(manifest.get("days", {}))
     days[day.isoformat()] = {
         **({"file": shown[0]} if len(shown) == 1 else {}),  # the name manifests had before "files"
         "files": shown,
@@ -88,14 +109,11 @@ def _swap_in(
     }
     previous = manifest.get("boundary")
     boundary = _contiguous_end(days, since=datetime.fromisoformat(previous) if previous else None)
-    document = {
+    return {
         "boundary": boundary.isoformat(),
         "days": dict(sorted(days.items())),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    settings.documents.write(BATCH_MANIFEST, document)
-    log.info("published %s until %s; boundary %s", day, until.isoformat(), document["boundary"])
-    return document
 
 
 def _relative(settings: Settings, uri: str) -> str:

@@ -30,15 +30,20 @@ REBUILD = "move it aside, then rebuild the built days with `lambdaflow batch --d
 
 
 def read_manifest(documents: Documents) -> dict:
-    """The batch manifest, checked: ``{"boundary", "days": {D: {"file", "built_until", ...}}}``; {} before
+    """The batch manifest, checked: ``{"boundary", "days": {D: {"files", "built_until", ...}}}``; {} before
     any build. Raises :class:`DamagedFile` for anything else."""
-    document = documents.read(BATCH_MANIFEST, REBUILD)
+    return read_manifest_for_update(documents)[0]
+
+
+def read_manifest_for_update(documents: Documents) -> tuple[dict, str | None]:
+    """:func:`read_manifest`, and what a conditional replacement checks it against (see Documents)."""
+    document, version = documents.read_for_update(BATCH_MANIFEST, REBUILD)
     if document is None:
-        return {}
+        return {}, version
     problem = _shape_problem(document)
     if problem:
         raise DamagedFile(documents.where(BATCH_MANIFEST), problem, REBUILD)
-    return document
+    return document, version
 
 
 def _shape_problem(document: object) -> str | None:

@@ -18,6 +18,10 @@ from lambdaflow.core.files import read_json, replace_json
 from lambdaflow.core.storage import Storage
 
 
+class Changed(Exception):
+    """A conditional write found the document replaced since it was read."""
+
+
 @dataclass(frozen=True)
 class Documents:
     data_dir: Path
@@ -44,6 +48,32 @@ class Documents:
             self.storage.write_json(self.where(name), document)
         else:
             replace_json(self.data_dir / name, document)
+
+    def read_for_update(self, name: str, remedy: str | None = None) -> tuple[Any | None, str | None]:
+        """The document and what :meth:`write_if_unchanged` checks it against (on S3 its ETag, read
+        first: a document replaced in between only makes that write refuse)."""
+        if not self.storage.is_s3:
+            return self.read(name, remedy), None
+        try:
+            etag = self.storage.filesystem().info(self.where(name), refresh=True).get("ETag")
+        except FileNotFoundError:
+            etag = None
+        return self.read(name, remedy), etag
+
+    def write_if_unchanged(self, name: str, document: Any, etag: str | None) -> None:
+        """Replace the document only if it is still the one :meth:`read_for_update` read (on S3, by a
+        conditional PUT: ``If-Match``, or ``If-None-Match`` where there was none); raises
+        :class:`Changed` otherwise. On a local storage the writers hold the warehouse lock."""
+        if not self.storage.is_s3:
+            self.write(name, document)
+            return
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self.storage.write_json(self.where(name), document, **condition)
+        except OSError as error:  # s3fs: FileExistsError or EINVAL for 412 Precondition Failed
+            if "pre-condition" in str(error).lower() or isinstance(error, FileExistsError):
+                raise Changed(f"{self.where(name)} was replaced by another writer meanwhile") from None
+            raise
 
     def version(self, name: str) -> tuple | None:
         """The document's identity now, which changes with each replacement (None: there is none)."""

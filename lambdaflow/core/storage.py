@@ -80,10 +80,12 @@ class Storage:
         except (OSError, ValueError) as error:  # unreachable, or not JSON, or not UTF-8
             raise DamagedFile(uri, first_line(error), remedy) from None
 
-    def write_json(self, uri: str, document: Any) -> None:
+    def write_json(self, uri: str, document: Any, **condition: str) -> None:
         """Put a small JSON object on an S3 storage: one PUT, so a reader gets the old object or the
-        new one, whole."""
-        self.filesystem().pipe_file(uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode())
+        new one, whole (``condition``: ``IfMatch`` or ``IfNoneMatch``, for a conditional PUT)."""
+        self.filesystem().pipe_file(
+            uri, json.dumps(document, indent=1, sort_keys=True, default=str).encode(), **condition
+        )
 
     def list_names(self, folder_uri: str) -> list[str]:
         """The names of the objects directly under ``folder_uri`` on an S3 storage, as listed now."""
