@@ -39,6 +39,8 @@ from bench.core import Context, Row, Section, percentile
 from bench.events import TOPIC
 from bench.history import build_directly, past_days, write_history
 from bench.procs import bench_child, bench_command, run
+from bench.queries_s3 import TEXT as S3_TEXT
+from bench.queries_s3 import s3_rows
 from lambdaflow.core import metrics
 from lambdaflow.core.config import Settings
 from lambdaflow.kafka import clients
@@ -98,7 +100,10 @@ def run_section(ctx: Context, history: Path | None = None) -> Section:
         "batch_files_read": len(read.batch_files),
         "snapshots_read": len(read.speed_snapshots),
     }
-    return _summarize(ctx, samples, bare_samples, same, (cli, bare_cli), builds, settings, question, rate, files)
+    section = _summarize(ctx, samples, bare_samples, same, (cli, bare_cli), builds, settings, question, rate, files)
+    section.rows += s3_rows(ctx, settings, question)
+    section.text += S3_TEXT
+    return section
 
 
 def _wait_for_load(history: Path, load: list[Child], timeout: float = 300) -> None:

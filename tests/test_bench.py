@@ -31,6 +31,7 @@ ROWS = {
     "queries.idle",
     "queries.busy",
     "queries.cli",
+    "queries.s3",
     "backfill.overhead",
     "state.speed_state_per_million",
     "files.raw_per_partition_per_day",
