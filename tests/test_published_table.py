@@ -105,11 +105,11 @@ def test_two_hosts_publishing_at_once_each_keep_their_day_in_the_manifest(
         read = real_read(documents)
         if not interleaved:  # once: host B's own swap reads the manifest through here too
             interleaved.append(TUESDAY)
-            publish._swap_in(host_b, TUESDAY, ["s3://b/tuesday.parquet"], until, {})
+            publish.swap_in(host_b, TUESDAY, ["s3://b/tuesday.parquet"], until, {})
         return read
 
     monkeypatch.setattr(publish, "read_manifest_for_update", read_then_host_b_publishes)
-    publish._swap_in(host_a, MONDAY, ["s3://a/monday.parquet"], until, {})
+    publish.swap_in(host_a, MONDAY, ["s3://a/monday.parquet"], until, {})
     manifest = read_manifest(host_a.documents)
     assert {day: entry["files"] for day, entry in manifest["days"].items()} == {
         MONDAY.isoformat(): ["s3://a/monday.parquet"],

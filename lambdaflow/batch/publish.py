@@ -68,7 +68,7 @@ def publish_days(
         document: dict = {}
         for day, temp in temps.items():
             files = table.replace_day(day, temp)  # committed (and durable) before the manifest names it
-            document = _swap_in(settings, day, files, untils[day], covered.get(day) or {})
+            document = swap_in(settings, day, files, untils[day], covered.get(day) or {})
             if on_published is not None:
                 on_published(day)
         return document
@@ -77,7 +77,7 @@ def publish_days(
             temp.unlink(missing_ok=True)
 
 
-def _swap_in(
+def swap_in(
     settings: Settings, day: date, files: list[str], until: datetime, covered: dict[str, dict[str, int]]
 ) -> dict:
     """Replace the batch manifest with one that names ``files`` for ``day``, and its new boundary. On an
