@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench.bare_query import SETTINGS, Files, statement
+from bench.bare_query import SETTINGS, statement
 from bench.core import Context, Row, percentile
 from lambdaflow.core.config import Settings
 from lambdaflow.core.documents import Documents
@@ -80,7 +80,9 @@ def _alternate(ctx: Context, local: Settings, on_s3: Settings, question: Questio
     bare = duckdb.connect()
     bare.execute(SETTINGS).fetchall()
     bare.register_filesystem(on_s3.storage.filesystem())
-    bare_sql, bare_values = statement(_files(on_s3, question))
+    from bench.queries import published_files  # that module runs this one's rows
+
+    bare_sql, bare_values = statement(published_files(on_s3, question))
     readers = {
         "local answer": lambda: answer(local, question),
         "S3 answer": lambda: answer(on_s3, question),
@@ -107,21 +109,6 @@ def _alternate(ctx: Context, local: Settings, on_s3: Settings, question: Questio
     finally:
         bare.close()
     return samples
-
-
-def _files(settings: Settings, question: Question) -> Files:
-    from lambdaflow.core import metrics
-    from lambdaflow.serving.query import ServingInputs
-
-    inputs = ServingInputs.current(settings).within(question.date_from, question.date_to)
-    return Files(
-        batch_files=list(inputs.batch_files),
-        speed_snapshots=list(inputs.speed_snapshots),
-        boundary=inputs.boundary.isoformat() if inputs.boundary else None,
-        metrics=list(metrics.names()),
-        date_from=question.date_from.isoformat(),
-        date_to=question.date_to.isoformat(),
-    )
 
 
 def _totals(rows: list[dict]) -> list[tuple]:

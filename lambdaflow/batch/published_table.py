@@ -44,7 +44,8 @@ class PublishedHours:
         """Replace ``day``'s rows by those of the Parquet file ``exported`` (the day's built hours, each
         row of that event date) in one commit; returns the URIs of the day's files now."""
         rows = pq.read_table(exported)
-        table = self.open()
+        local = not self.storage.is_s3
+        table = self.open() if local else None  # its version bounds what the fsyncs cover
         before = table.version() if table is not None else None
         write_deltalake(
             self.uri,
@@ -55,7 +56,7 @@ class PublishedHours:
             writer_properties=WriterProperties(compression="ZSTD"),
             storage_options=self.storage.delta_options(),
         )
-        if not self.storage.is_s3:
+        if local:
             fsync_delta_commits(Path(self.uri), before)
         return self.day_files(day)
 

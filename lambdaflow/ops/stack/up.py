@@ -135,7 +135,7 @@ def _wait_until_ready(config: StackConfig, started: dict[str, Recorded]) -> Airf
     topic = config.settings.topic
     archive, stream, produce = started["archive"], started["stream"], started["produce"]
     store = RawStore(config.settings.data_dir, topic, config.settings.storage)
-    _wait(archive, lambda: _archiver_reported(store, archive.pid))
+    _wait(archive, lambda: _status_written(store.statuses(fallback=0), archive.pid))
     _wait(stream, lambda: _status_written(config.settings.speed_files.statuses(), stream.pid))
     _wait(produce, lambda: _log_says(produce, "live: sending to"))
     _wait(started["docs"], lambda: answers_ok(config.docs_url + "/"))
@@ -193,16 +193,13 @@ def _broker_ready(config: StackConfig, broker: Recorded) -> str | None:
     return announcement.bootstrap
 
 
-def _archiver_reported(store: RawStore, pid: int) -> bool:
-    """The archiver's reports live where its storage keeps them (beside the tables on S3)."""
-    reports = [report or {} for report in store.statuses(fallback=0).values()]
-    return any(report.get("pid") == pid and report.get("host") == socket.gethostname() for report in reports)
-
-
-def _status_written(statuses: dict[int, dict], pid: int) -> bool:
-    """A consumer is ready once it owns a partition: it then writes that partition's status."""
+def _status_written(statuses: Mapping[int, dict | None], pid: int) -> bool:
+    """A consumer is ready once it owns a partition: it then writes that partition's status (where its
+    storage keeps it: beside the tables on S3), naming its pid and this host."""
     host = socket.gethostname()
-    return any(status.get("pid") == pid and status.get("host", host) == host for status in statuses.values())
+    return any(
+        (status or {}).get("pid") == pid and (status or {}).get("host", host) == host for status in statuses.values()
+    )
 
 
 def _log_says(service: Recorded, text: str) -> bool:
