@@ -17,8 +17,10 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
+from deltalake import DeltaTable
 
 from lambdaflow.core.raw_store import RawStore
 from lambdaflow.kafka.clients import ensure_topic
@@ -471,8 +473,33 @@ def test_a_damaged_raw_file_of_a_built_day_fails_the_build_and_the_reconciliatio
     for result in (build, reconciled):
         line = one_line(result)
         assert line.startswith(expected), line
-        assert line.endswith(": restore it from a backup (a published raw file is never changed or removed)")
+        assert line.endswith(": restore it from a backup (an archived raw event is never changed or removed)")
     assert world.written() == before  # the published day, manifest, warehouse and reports as they were
+
+
+def test_rows_a_build_read_gone_from_the_table_fail_the_build_and_the_reconciliation(world) -> None:
+    """Compaction may remove the files a build read, never their rows: a delete through the table's
+    own log is damage all the same."""
+    events = RawStore(world.data_dir, world.topic).tables.events_uri
+    record = json.loads((world.data_dir / "batch" / "builds" / f"{world.built}.json").read_text())
+    deleted = world.raw_file(world.built, partition=0)
+    gone = len(pl.read_parquet(deleted))
+    version = DeltaTable(events).version()
+    before = world.written()
+    DeltaTable(events).delete(f"event_date = '{world.built}' and kafka_partition = 0")
+    try:
+        build = world.lambdaflow("batch", "--date", str(world.built))
+        reconciled = world.lambdaflow("reconcile", "--date", str(world.built))
+    finally:
+        DeltaTable(events).restore(version)
+    expected = (
+        f"lambdaflow: error: raw rows of {events}/event_date={world.built} have changed since the build of "
+        f"{world.built} at {record['built_at']} read them ({record['rows']} rows then, {record['rows'] - gone} now; "
+        f"1 of its files have left the table, e.g. {deleted.name}): restore it from a backup"
+    )
+    for result in (build, reconciled):
+        assert one_line(result).startswith(expected)
+    assert world.written() == before
 
 
 def test_an_unreadable_raw_file_of_a_day_never_built_writes_nothing(world) -> None:

@@ -118,7 +118,7 @@ def check_inputs(settings: Settings, day: date, snapshot: RawSnapshot | None = N
     read_manifest(settings.documents)
     snapshot = snapshot or raw_store(settings).snapshot()
     ranges = snapshot.file_ranges([day]).get(day, [])
-    return DayInputs(ranges, late.require_as_built(settings, day, [each.uri for each in ranges]))
+    return DayInputs(ranges, late.require_as_built(settings, day, ranges))
 
 
 def raw_store(settings: Settings) -> RawStore:
@@ -150,8 +150,9 @@ def build_day(settings: Settings, day: date, until: datetime | None = None) -> d
     with warehouse_lock(settings):
         log.info("dbt build for %s (until %s) over %d raw files", day, until.isoformat(), len(files))
         run_dbt(settings, "build", "--vars", as_vars(variables))
-        published = publish(settings, day, until, variables, read_ends(inputs.ranges, snapshot))
-        record_build(settings, day, inputs.files, inputs.digests)
+        covered = read_ends(inputs.ranges, snapshot)
+        published = publish(settings, day, until, variables, covered)
+        record_build(settings, day, inputs, covered)
     return published
 
 
@@ -162,14 +163,14 @@ def build_days(settings: Settings, first: date, last: date) -> dict:
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     snapshot = raw_store(settings).snapshot()
     inputs = {day: check_inputs(settings, day, snapshot) for day in days}
-    covered = [uri for day in days for uri in inputs[day].files]
-    files = covered or raw_files_for(settings, first, [])
+    files = [uri for day in days for uri in inputs[day].files] or raw_files_for(settings, first, [])
     variables = {
         "ds": first.isoformat(),
         "ds_end": last.isoformat(),
         "until": None,
         "raw_files": "[" + ", ".join(sql_string(f) for f in files) + "]",
     }
+    covered = {day: read_ends(inputs[day].ranges, snapshot) for day in days}
     with warehouse_lock(settings):
         log.info("dbt build for %s to %s (%d days) over %d raw files", first, last, len(days), len(files))
         run_dbt(settings, "build", "--vars", as_vars(variables))
@@ -177,21 +178,23 @@ def build_days(settings: Settings, first: date, last: date) -> dict:
             settings,
             {day: midnight(day) + DAY for day in days},
             variables,
-            {day: read_ends(inputs[day].ranges, snapshot) for day in days},
-            on_published=lambda day: record_build(settings, day, inputs[day].files, inputs[day].digests),
+            covered,
+            on_published=lambda day: record_build(settings, day, inputs[day], covered[day]),
         )
 
 
-def record_build(settings: Settings, day: date, files: list[str], digests: dict[str, str] | None = None) -> None:
-    """Which raw files the day's last build read (a file published later holds late events), and
-    their SHA-256, so that the next build or reconciliation notices one that went missing or changed."""
+def record_build(settings: Settings, day: date, inputs: DayInputs, covered: dict[str, dict]) -> None:
+    """What the day's last build read: its raw files with their SHA-256, how many rows they held and
+    how far in each partition (``covered``, as published), so that the next build or reconciliation
+    notices a file that changed, or rows that went missing, since."""
     document: dict[str, object] = {
         "event_date": day.isoformat(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "raw_files": sorted(file_name(uri) for uri in files),
+        "raw_files": sorted(file_name(uri) for uri in inputs.files),
+        "raw_file_sha256": dict(sorted(inputs.digests.items())),
+        "rows": sum(each.rows for each in inputs.ranges),
+        "covered": covered,
     }
-    if digests is not None:
-        document["raw_file_sha256"] = dict(sorted(digests.items()))
     settings.documents.write(build_record_name(day), document)
 
 
@@ -202,7 +205,7 @@ def rebuild_late_days(settings: Settings) -> list[str]:
     """Rebuild every whole built day that has late raw files, so the served answer includes them."""
     rebuilt = []
     for day, count in late.late_days(settings).items():
-        log.info("%s has %d raw file(s) published after its build: rebuilding it", day, count)
+        log.info("%s has %d raw file(s) with events archived after its build: rebuilding it", day, count)
         build_day(settings, day)
         rebuilt.append(day.isoformat())
     if not rebuilt:

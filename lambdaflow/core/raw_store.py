@@ -30,7 +30,7 @@ from lambdaflow.core.storage import Storage
 
 log = logging.getLogger(__name__)
 
-RESTORE = "restore it from a backup (a published raw file is never changed or removed)"
+RESTORE = "restore it from a backup (an archived raw event is never changed or removed)"
 
 
 class RawFileDamaged(InputError):

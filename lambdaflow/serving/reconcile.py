@@ -2,13 +2,13 @@
 
 Both sides are read from published files: the batch manifest's file for day D
 and the speed layer's snapshots. The two layers saw different sets of events
-when they differ at all: the build read the raw files published before it
-(its build record lists them); the speed layer counted each partition up to
-its offset. The report explains a difference with the raw store itself: the
+when they differ at all: the build read each partition's events up to an
+offset (the manifest's ``covered``); the speed layer counted each partition up
+to its offset. The report explains a difference with the raw store itself: the
 day's events are re-aggregated (with the speed layer's Polars logic, which
-the parity test holds equal to the dbt models) over the build's files, over
-those plus the late files the speed layer has seen, and over exactly what the
-speed layer has seen:
+the parity test holds equal to the dbt models) over the events the build read,
+over those plus the late events the speed layer has seen, and over exactly
+what the speed layer has seen:
 
 * ``explained_by_late_events``: events of D that reached the raw store after
   the build (the day is due a rebuild);
@@ -30,11 +30,11 @@ from lambdaflow.core import aggregate
 from lambdaflow.core.boundary import boundary_of, published_files, read_manifest, speed_may_drop_before
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import InputError, LambdaflowError
-from lambdaflow.core.late import read_build_record, require_as_built
+from lambdaflow.core.late import late_ranges, read_by_build, require_as_built
 from lambdaflow.core.layout import reconcile_report_name
 from lambdaflow.core.metrics import Metric, defined
 from lambdaflow.core.raw_store import Manifest, RawStore
-from lambdaflow.core.storage import Storage, file_name
+from lambdaflow.core.storage import Storage
 from lambdaflow.serving.query import ServingInputs
 
 KEYS = ["hour"]
@@ -68,8 +68,8 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     names = [m.name for m in metrics]
-    files = RawStore(settings.data_dir, settings.topic, settings.storage).files_for_date(day)
-    require_as_built(settings, day, files)  # a raw file gone or changed since the build explains nothing
+    ranges = RawStore(settings.data_dir, settings.topic, settings.storage).snapshot().file_ranges([day]).get(day, [])
+    require_as_built(settings, day, ranges)  # a raw file changed, or rows gone, since the build explain nothing
     published = published_files(entry, settings.data_dir)
     batch = _by_hour(_concat([_read(uri, "published batch file", settings.storage) for uri in published]), names)
     # A published batch file is never replaced (a rebuild commits a new one), and Polars reads a
@@ -87,19 +87,19 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     if previous and _dropped_by_speed_layer(settings, day, speed_rows):
         return _unchecked_rebuild(settings, day, entry, batch, names, previous)
 
-    record = read_build_record(settings, day)
-    # A build from before build records existed: what it read is unknown, so nothing counts as late.
-    built = set(record["raw_files"]) if record else {file_name(uri) for uri in files}
-    late = [uri for uri in files if file_name(uri) not in built]
-    on_time = [uri for uri in files if file_name(uri) in built]
+    # The rows the build read are those below what it covered of each partition; the rest are late.
+    raw = [_read(each.uri, "raw file", settings.storage) for each in ranges]  # each once, for the reads below
+    as_read = read_by_build(entry.get("covered"))
+    on_time = [frame.filter(as_read) for frame in raw]
+    late = [frame.filter(~as_read) for frame in raw]
     archived = RawStore(settings.data_dir, settings.topic, settings.storage).manifests()
-    raw = {uri: _read(uri, "raw file", settings.storage) for uri in files}  # each once, for the four reads below
-    read = lambda chosen, seen_only: _events(chosen, raw, positions if seen_only else None, archived)  # noqa: E731
+    read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None, archived)  # noqa: E731
     as_built = _metrics_by_hour(read(on_time, False), metrics)
     with_late = _metrics_by_hour(_concat([read(on_time, False), read(late, True)]), metrics)
-    seen = _metrics_by_hour(read(files, True), metrics)
+    seen = _metrics_by_hour(read(raw, True), metrics)
     late_rows = read(late, False)
     late_events = late_rows["event_id"].n_unique() if late_rows.width else 0
+    late_files = len(late_ranges(entry, ranges))
 
     rows = []
     for index, name in enumerate(names):
@@ -118,7 +118,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
                 "unexplained": sum(unexplained.values()),
                 "hours_differing": [h for h in hours if value(speed, h) != value(batch, h)],
                 "hours_unexplained": [h for h, v in unexplained.items() if v != 0],
-                "late_files": len(late),
+                "late_files": late_files,
                 "late_events": late_events,
                 "built_at": entry.get("built_at"),
                 "reconciled_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -221,16 +221,14 @@ def _positions(snapshots: list[pl.DataFrame]) -> dict[int, SpeedPosition]:
 
 
 def _events(
-    files: list[str],
-    raw: dict[str, pl.DataFrame],
+    files: list[pl.DataFrame],
     positions: dict[int, SpeedPosition] | None,
     archived: dict[int, Manifest] | None = None,
 ) -> pl.DataFrame:
-    """The valid events in ``files`` (read already, in ``raw``); with ``positions``, only those the
-    speed layer has counted."""
+    """The valid events of ``files`` (raw files read already, or rows of them); with ``positions``, only
+    those the speed layer has counted."""
     frames = []
-    for uri in files:
-        frame = raw[uri]
+    for frame in files:
         if positions is not None:
             if not frame.height:
                 continue
