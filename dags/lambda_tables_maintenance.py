@@ -1,13 +1,15 @@
 """
 ### lambda_tables_maintenance
 
-Retention for the raw tables, as Delta provides it. Every day at 03:30 UTC
-this DAG vacuums the events and dead-letter tables: it removes the files that
-no table version of the kept period needs (a dead-letter file a later batch
-replaced, a file a crashed or fenced commit never committed), then writes a
-checkpoint so that opening a table stays one read. A file of the current
-version is never removed. `lambdaflow maintain` does the same by hand (`--dry-run` lists what
-would go).
+Compaction and retention for the tables, as Delta provides them. Every day at
+03:30 UTC this DAG merges the raw events table's small files (per day, Kafka
+partition and log epoch; every row kept, in Kafka order), then vacuums the
+events, dead-letter and published-hours tables: it removes the files that no
+table version of the kept period needs (merged files, a dead-letter file a
+later batch replaced, a file a crashed or fenced commit never committed), and
+writes a checkpoint so that opening a table stays one read. A file of the
+current version is never removed. `lambdaflow maintain` does the same by hand
+(`--dry-run` says what it would do).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from lambdaflow.batch.dag_parts import DOCS_HINT
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "lambdaflow", "retries": 2, "retry_delay": timedelta(minutes=5)},
-    tags=["lambdaflow", "raw-store", "retention"],
-    description="Daily: vacuums and checkpoints the raw tables; the current version's files always stay.",
+    tags=["lambdaflow", "raw-store", "compaction", "retention"],
+    description="Daily: compacts the raw events, vacuums and checkpoints the tables; current files always stay.",
     doc_md=f"{__doc__}\n{DOCS_HINT}",
     params={
         "keep_hours": Param(
@@ -42,7 +44,7 @@ from lambdaflow.batch.dag_parts import DOCS_HINT
 )
 def lambda_tables_maintenance():
     @task
-    def vacuum_raw_tables(params=None) -> list[dict]:
+    def compact_and_vacuum_tables(params=None) -> list[dict]:
         from lambdaflow.batch import build
         from lambdaflow.batch.maintenance import maintain_tables
         from lambdaflow.core.config import settings
@@ -50,7 +52,7 @@ def lambda_tables_maintenance():
         with build.failing_at_once():
             return maintain_tables(settings(), keep=timedelta(hours=int((params or {}).get("keep_hours", 168))))
 
-    vacuum_raw_tables()
+    compact_and_vacuum_tables()
 
 
 lambda_tables_maintenance()

@@ -489,11 +489,10 @@ def test_an_unexplained_difference_fails_reconciliation_naming_the_metric_and_ho
         assert [row["metric"] for row in report] == list(METRICS)
 
 
-def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> None:
-    day = world.closed_days[-1]  # the speed layer still holds it (a day behind the boundary)
-    start = datetime.combine(day, datetime.min.time(), UTC)
+def send_late_events(world, start: datetime, numbers: range) -> None:
+    """Events of the day starting at ``start``, one every 4 minutes, for users late-0 to late-39."""
     producer = clients.producer(world.bootstrap)
-    for n in range(300):
+    for n in numbers:
         user = f"late-{n % 40}"
         event = {
             "event_id": f"late-{n}",
@@ -507,14 +506,32 @@ def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> N
         producer.send(world.topic, key=user.encode(), value=json.dumps(event).encode())
     producer.flush()
     producer.close()
-    world.messages += 300
-    for command in ("archive", "stream"):
-        caught_up = world.lambdaflow(command, "--until-idle")
+
+
+def compact(world) -> int:
+    """`lambdaflow maintain`: the events files it merged."""
+    done = world.lambdaflow("maintain")
+    assert done.exit_code == 0, done.stderr[-3000:]
+    return next(row["compacted_files"] for row in map(json.loads, done.stdout.splitlines()) if row["table"] == "events")
+
+
+def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> None:
+    """The late events arrive in two parts, each archived apart: two late files per partition, which
+    compaction merges; after the rebuild it merges them with the files the first build read."""
+    day = world.closed_days[-1]  # the speed layer still holds it (a day behind the boundary)
+    start = datetime.combine(day, datetime.min.time(), UTC)
+    for part in (range(150), range(150, 300)):
+        send_late_events(world, start, part)
+        caught_up = world.lambdaflow("archive", "--until-idle")
         assert caught_up.exit_code == 0, caught_up.stderr[-3000:]
+    world.messages += 300
+    counted = world.lambdaflow("stream", "--until-idle")
+    assert counted.exit_code == 0, counted.stderr[-3000:]
     world.truth = hourly_metrics(read_all(world.bootstrap, world.topic, world.messages))
 
-    status = json.loads(world.lambdaflow("status").stdout)
-    assert status["late_days"] == {day.isoformat(): 3}  # one late file per partition
+    assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {day.isoformat(): 6}
+    assert compact(world) == 6  # each partition's two late files become one, apart from the files built
+    assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {day.isoformat(): 3}
     report = world.lambdaflow("reconcile", "--date", day.isoformat())
     assert report.exit_code == 0, report.stderr[-3000:]
     rows = {row["metric"]: row for row in map(json.loads, report.stdout.splitlines())}
@@ -534,6 +551,13 @@ def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> N
     again = [json.loads(line) for line in world.lambdaflow("reconcile", "--date", day.isoformat()).stdout.splitlines()]
     assert all(row["difference"] == 0 and row["late_files"] == 0 for row in again)
     assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {}
+    assert compact(world) == 6  # the late files, read by the rebuild now, merge with the others
+    assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {}
+    # the files the rebuild read are gone, their rows are not: the day reconciles and builds again
+    again = [json.loads(line) for line in world.lambdaflow("reconcile", "--date", day.isoformat()).stdout.splitlines()]
+    assert all(row["difference"] == 0 and row["unexplained"] == 0 for row in again) and len(again) == len(METRICS)
+    assert world.batch("--date", day.isoformat()).exit_code == 0
+    assert world.published(day) == truth_for(world, day)
 
 
 # Readers never wait on writers (last: it adds events to the topic)

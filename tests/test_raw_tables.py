@@ -250,9 +250,9 @@ def aged(path: Path, hours: float) -> Path:
 
 def test_maintenance_removes_only_old_files_no_version_needs(storage: Storage, tmp_path: Path) -> None:
     tables = RawTables(storage, TOPIC)
-    for first in (0, 100):
-        events, rejects = batch(0, first, first + 99)
-        tables.begin(0, ResumePoint(0, first)).commit(ResumePoint(0, first + 100), events, rejects)
+    for partition in (0, 1):  # a file each: nothing to compact (tests/test_compaction.py)
+        events, rejects = batch(partition, 0, 99)
+        tables.begin(partition, ResumePoint(0, 0)).commit(ResumePoint(0, 100), events, rejects)
     settings = replace(
         Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(tmp_path / "data"), "LAMBDAFLOW_TOPIC": TOPIC}), storage=storage
     )
@@ -285,14 +285,16 @@ def test_maintenance_removes_only_old_files_no_version_needs(storage: Storage, t
 
 
 @pytest.mark.slow
-def test_the_maintenance_dag_vacuums_the_raw_tables_in_a_real_dag_run(tmp_path: Path) -> None:
+def test_the_maintenance_dag_compacts_and_vacuums_the_raw_tables_in_a_real_dag_run(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     settings = Settings.from_env({"LAMBDAFLOW_DATA_DIR": str(data_dir), "LAMBDAFLOW_TOPIC": TOPIC})
     tables = RawTables(settings.storage, TOPIC)
-    events, rejects = batch(0, 0, 99)
-    tables.begin(0, ResumePoint(0, 0)).commit(ResumePoint(0, 100), events, rejects)
-    committed = Path(all_event_files(tables)[0])
-    stray = aged(shutil.copy(committed, committed.with_name("part-00000-crashed-c000.zstd.parquet")), 200)
+    for first in (0, 100):
+        events, rejects = batch(0, first, first + 99)
+        tables.begin(0, ResumePoint(0, first)).commit(ResumePoint(0, first + 100), events, rejects)
+    committed = [Path(uri) for uri in all_event_files(tables)]
+    before = rows(settings.storage, all_event_files(tables), 0, 10**9)
+    stray = aged(shutil.copy(committed[0], committed[0].with_name("part-00000-crashed-c000.zstd.parquet")), 200)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LAMBDAFLOW_", "AIRFLOW"))}
     env.update({"LAMBDAFLOW_DATA_DIR": str(data_dir), "LAMBDAFLOW_TOPIC": TOPIC, **airflow_home.airflow_env(settings)})
@@ -306,7 +308,9 @@ def test_the_maintenance_dag_vacuums_the_raw_tables_in_a_real_dag_run(tmp_path: 
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     assert not stray.exists()  # older than the DAG's 168 hours, and in no version
-    assert all_event_files(tables) == [str(committed)]
+    (merged,) = all_event_files(tables)  # the two batches' files, compacted into one
+    assert rows(settings.storage, [merged], 0, 10**9) == before
+    assert all(path.exists() for path in committed)  # merged away, kept for the readers of 168 hours
 
 
 def test_a_commit_on_a_directory_is_fsynced_its_files_before_its_log_entry(tmp_path: Path, monkeypatch) -> None:

@@ -1,21 +1,18 @@
-"""Retention for the tables, as Delta provides it: `lambdaflow maintain` and the
-`lambda_tables_maintenance` DAG.
+"""Compaction and retention for the tables, as Delta provides them: `lambdaflow
+maintain` and the `lambda_tables_maintenance` DAG.
 
-Each table (the raw events and dead letter, the published hours) is vacuumed:
-the files no version younger than the kept period needs go (a dead-letter file
-that a later batch of its partition replaced, a published day's file that a
-rebuild replaced, a file a crashed or fenced commit wrote and never
-committed), and a checkpoint
-is written so that opening the table reads one Parquet file instead of every
+The events table's small files are first merged (lambdaflow.batch.compaction).
+Then each table (the raw events and dead letter, the published hours) is
+vacuumed: the files no version younger than the kept period needs go (events
+files a compaction merged, a dead-letter file that a later batch of its
+partition replaced, a published day's file that a rebuild replaced, a file a
+crashed or fenced commit wrote and never committed), and a checkpoint is
+written so that opening the table reads one Parquet file instead of every
 commit since the last one (delta-rs also writes one every 100 commits); log
 entries older than the table's log retention (30 days) go with it. A file of
 the current version is never removed, nor one younger than the kept period, so
 a reader that took its snapshot within that period still finds all of its
 files, and a commit in flight keeps the files it is writing.
-
-The events files are not compacted: a build records which raw files it read,
-by name, to find late data (lambdaflow.core.late), and a merged file would be
-both missing and late.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from lambdaflow.batch.compaction import compact_events
 from lambdaflow.batch.published_table import PublishedHours
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import InputError
@@ -39,9 +37,11 @@ SHORTEST_KEEP = timedelta(hours=1)
 
 
 def maintain_tables(settings: Settings, keep: timedelta = KEEP, dry_run: bool = False) -> list[dict]:
-    """Vacuum and checkpoint the topic's raw tables and the published hours; one report per table."""
+    """Compact the events table, then vacuum and checkpoint the topic's raw tables and the published hours;
+    one report per table."""
     if keep < SHORTEST_KEEP:
         raise InputError(f"keep files for at least {SHORTEST_KEEP} ({keep} asked): younger ones may be in use")
+    compacted = {"events": compact_events(settings, dry_run=dry_run)}
     reports = []
     raw = RawTables(settings.storage, settings.topic)
     published = PublishedHours(settings.storage)
@@ -74,6 +74,7 @@ def maintain_tables(settings: Settings, keep: timedelta = KEEP, dry_run: bool = 
                 "uri": uris[name],
                 "version": table.version(),
                 "removed_files": len(removed),
+                **compacted.get(name, {"compacted_files": 0, "written_files": 0}),
                 "dry_run": dry_run,
             }
         )

@@ -291,6 +291,8 @@ class FileRange:
     uri: str
     rows: int
     size_bytes: int
+    path: str = ""
+    """The file's path within its table, as its log names it."""
 
 
 def _ranges(table: DeltaTable, day_column: str) -> dict[date, list[FileRange]]:
@@ -312,6 +314,7 @@ def _ranges(table: DeltaTable, day_column: str) -> dict[date, list[FileRange]]:
                 uri=f"{base}/{row['path']}",
                 rows=row["num_records"],
                 size_bytes=row["size_bytes"],
+                path=row["path"],
             )
         )
     return {day: sorted(ranges) for day, ranges in found.items()}
