@@ -5,7 +5,8 @@ directory of their own; none reads another's. The store is a local S3 server (mo
 the session and stopped by its PID. Workers are killed with SIGKILL while live events arrive and
 restarted on the other host of their kind, so partitions move between hosts mid-flight. In the end
 every valid offset is in the raw table once, the day built on the batch host reconciles with the
-speed layer, and the serving host answers every day as the log says.
+speed layer, before and after the batch host compacts the events files, and the serving host answers
+every day as the log says.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def test_three_hosts_meet_only_on_the_store(
 
     yesterday = midnight.date() - timedelta(days=1)
     hosts.lambdaflow("batch", "batch", "--date", yesterday.isoformat())
+    reconciled = hosts.lambdaflow("batch", "reconcile", "--date", yesterday.isoformat())
+    assert {row["metric"]: row["unexplained"] for row in reconciled} == dict.fromkeys(METRICS, 0)
+    # the batch host compacts the events files the killed and restarted archivers left: rows unchanged
+    (events,) = [row for row in hosts.lambdaflow("batch", "maintain") if row["table"] == "events"]
+    assert events["compacted_files"] > events["written_files"] > 0
+    assert sorted(archived_rows(tmp_path / "batch", "raw/events", topic, hosts.storage)) == sorted(rows)
     reconciled = hosts.lambdaflow("batch", "reconcile", "--date", yesterday.isoformat())
     assert {row["metric"]: row["unexplained"] for row in reconciled} == dict.fromkeys(METRICS, 0)
 
