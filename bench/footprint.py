@@ -1,4 +1,5 @@
-"""6. State and files: the speed layer's state per million events, and raw files per partition per day.
+"""6. State and files: the speed layer's state per million events, raw files per partition per day, and
+a day's raw scan before and after compaction (bench.compaction).
 
 Both are read from runs of the other sections: the state size from the stream
 worker of the last ingest repetition, the file count derived from the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from bench.compaction import compaction_row
 from bench.core import Context, Row, Section
 from lambdaflow.core.config import Settings
 
@@ -90,7 +92,10 @@ def run_section(ctx: Context, ingest: dict, freshness: dict) -> Section:
             detail={"rate": rate, "value_bytes_per_message": value_bytes, "by_rate": table, "source": source},
         ),
     ]
-    return Section(6, "State and files", rows, _text(footprint, state_mb, raw_mb, value_bytes, defaults, table, rate))
+    compacted, compaction_text = compaction_row(ctx, files)
+    rows.append(compacted)
+    text = _text(footprint, state_mb, raw_mb, value_bytes, defaults, table, rate) + compaction_text
+    return Section(6, "State and files", rows, text)
 
 
 def _text(

@@ -35,6 +35,7 @@ ROWS = {
     "backfill.overhead",
     "state.speed_state_per_million",
     "files.raw_per_partition_per_day",
+    "files.compaction",
     "growth.ratio",
     "peer.quixstreams",
 }
