@@ -553,11 +553,15 @@ def test_late_events_for_a_built_day_are_reported_rebuilt_and_served(world) -> N
     assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {}
     assert compact(world) == 6  # the late files, read by the rebuild now, merge with the others
     assert json.loads(world.lambdaflow("status").stdout)["late_days"] == {}
-    # the files the rebuild read are gone, their rows are not: the day reconciles and builds again
+    # the files the rebuild read are gone, their rows are not: the day reconciles
     again = [json.loads(line) for line in world.lambdaflow("reconcile", "--date", day.isoformat()).stdout.splitlines()]
     assert all(row["difference"] == 0 and row["unexplained"] == 0 for row in again) and len(again) == len(METRICS)
-    assert world.batch("--date", day.isoformat()).exit_code == 0
-    assert world.published(day) == truth_for(world, day)
+    # a build record from before builds counted rows: the files that left the table are not checked
+    path = world.data_dir / "batch" / "builds" / f"{day}.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({key: value for key, value in record.items() if key not in ("rows", "covered")}))
+    older = world.lambdaflow("reconcile", "--date", day.isoformat())
+    assert older.exit_code == 0 and "predates row counts" in older.stderr, older.stderr[-3000:]
 
 
 # Readers never wait on writers (last: it adds events to the topic)
