@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from lambdaflow.batch import compaction
 from lambdaflow.batch.compaction import CompactionRaced, commit_merges, compact_events, plan
 from lambdaflow.batch.maintenance import maintain_tables
 from lambdaflow.core.config import Settings
@@ -138,6 +140,37 @@ def test_of_two_compactions_at_once_the_second_is_refused_and_nothing_is_doubled
         commit_merges(storage, tables, second, DAY, merges)
     offsets = table_rows(tables)["kafka_offset"].to_list()
     assert offsets == [offset for offset in range(since.next_offset) if offset % 7]
+
+
+def test_a_compaction_that_another_overtook_between_its_days_stops_before_doubling_a_row(
+    storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two days of two files each. Right after the first compaction commits its first day, a second
+    compaction runs whole (and so merges the second day); the first must not commit the second day
+    again from its plan."""
+    tables = RawTables(storage, TOPIC)
+    since = ResumePoint()
+    for shift in (0, 0, 1, 1):
+        until = ResumePoint(0, since.next_offset + 50)
+        events, rejects = batch(0, since.next_offset, until.next_offset - 1)
+        later = [pl.col("occurred_at") + timedelta(days=shift), pl.col("event_date") + timedelta(days=shift)]
+        tables.begin(0, since).commit(until, events.with_columns(later), rejects)
+        since = until
+    settings = settings_for(storage, tmp_path)
+    real, overtaken = compaction.commit_merges, list[object]()
+
+    def then_another(*args: object) -> None:
+        real(*args)  # type: ignore[arg-type]
+        if not overtaken:
+            overtaken.append("the other compaction")  # before it runs: its own commit calls this too
+            overtaken.append(compact_events(settings))
+
+    monkeypatch.setattr(compaction, "commit_merges", then_another)
+    with pytest.raises(CompactionRaced, match="another compaction committed since this one planned"):
+        compact_events(settings)
+    assert overtaken[1] == {"compacted_files": 2, "written_files": 1}
+    offsets = table_rows(tables)["kafka_offset"].to_list()
+    assert offsets == [offset for offset in range(since.next_offset) if offset % 7]  # each once
 
 
 def test_maintain_reports_the_compaction_with_the_vacuum(storage: Storage, tmp_path: Path) -> None:

@@ -13,9 +13,11 @@ readers that took their snapshot before.
 
 Each merged file still holds one partition's rows of one epoch, which the raw
 table's readers take from the file statistics (lambdaflow.core.raw_tables). A
-file whose events the day's last build read is never merged with one holding
-events it did not (late ones, lambdaflow.core.late): a day stays late, by file,
-until it is rebuilt.
+file whose events the day's last build read is not merged with one holding
+events it did not (late ones, lambdaflow.core.late), as the manifest said when
+the compaction began: a day stays late, by file, until it is rebuilt. (A build
+that publishes while a compaction runs can leave a file holding both; readers
+tell late events row by row, so it is counted right all the same.)
 
 Two compactions at once (the DAG on two Airflow workers, or the DAG and
 `lambdaflow maintain`) could remove the same files and add their rows twice:
@@ -50,7 +52,7 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
-from lambdaflow.core.errors import LambdaflowError
+from lambdaflow.core.errors import LambdaflowError, first_line
 from lambdaflow.core.files import fsync_delta_commits, fsync_dir, fsync_file
 from lambdaflow.core.late import holds_late
 from lambdaflow.core.raw_tables import FileRange, RawSnapshot, RawTables
@@ -107,33 +109,42 @@ def _runs(files: list[FileRange], target: int) -> list[list[FileRange]]:
 
 
 def compact_events(settings: Settings, dry_run: bool = False, target: int = TARGET_FILE_BYTES) -> dict:
-    """Merge the events table's small files (see the module's docstring); one commit per day. Returns
-    ``{"compacted_files", "written_files"}`` (with ``dry_run``, what it would do)."""
+    """Merge the events table's small files (see the module's docstring); one commit per day, all planned
+    from one version. Returns ``{"compacted_files", "written_files"}`` (with ``dry_run``, what it would
+    do)."""
     tables = RawTables(settings.storage, settings.topic)
     table = tables.snapshot().events
     report = {"compacted_files": 0, "written_files": 0}
     if table is None:
         return report
-    manifest = read_manifest(settings.documents)
-    days = tables.snapshot().event_dates()
-    for day in days:
-        table.update_incremental()  # this day's plan and fence from one version, after the last commit
-        merges = plan(RawSnapshot(table, None, tables).file_ranges([day]), manifest, target)
-        if not merges:
-            continue
-        report["compacted_files"] += sum(len(each.sources) for each in merges)
-        report["written_files"] += len(merges)
+    snapshot = RawSnapshot(table, None, tables)
+    merges = plan(snapshot.file_ranges(snapshot.event_dates()), read_manifest(settings.documents), target)
+    fence = _fence(tables, table)
+    for day, merged in groupby(merges, key=lambda each: each.day):
+        day_merges = list(merged)
+        report["compacted_files"] += sum(len(each.sources) for each in day_merges)
+        report["written_files"] += len(day_merges)
         if dry_run:
             continue
-        commit_merges(settings.storage, tables, table, day, merges)
+        # Only a compaction removes events files: while the fence is where this one left it, every file
+        # of the plan is still in the table. The commit then refuses any compaction after this reload.
+        table.update_incremental()
+        if _fence(tables, table) != fence:
+            raise CompactionRaced(f"{tables.events_uri}: another compaction committed since this one planned")
+        commit_merges(settings.storage, tables, table, day, day_merges)
+        fence += 1
         log.info(
             "%s: %d file(s) merged into %d (%.1f MB)",
             day,
-            sum(len(each.sources) for each in merges),
-            len(merges),
-            sum(each.size_bytes for each in merges) / 1e6,
+            sum(len(each.sources) for each in day_merges),
+            len(day_merges),
+            sum(each.size_bytes for each in day_merges) / 1e6,
         )
     return report
+
+
+def _fence(tables: RawTables, table: DeltaTable) -> int:
+    return table.transaction_version(f"{tables.topic}/compaction") or 0
 
 
 def commit_merges(storage: Storage, tables: RawTables, table: DeltaTable, day: date, merges: list[Merge]) -> None:
@@ -141,21 +152,21 @@ def commit_merges(storage: Storage, tables: RawTables, table: DeltaTable, day: d
     ``table`` as read (the version ``merges`` were planned from). Raises :class:`CompactionRaced` when
     another compaction committed since."""
     base = tables.events_uri
-    fence = table.transaction_version(f"{tables.topic}/compaction") or 0
+    fence = _fence(tables, table)
     before = table.version()
-    now = int(time.time() * 1000)
-    actions: list[AddAction | RemoveAction] = []
+    written = []
     for merge in merges:
         first, last = merge.sources[0], merge.sources[-1]
         name = f"part-compacted-{first.partition}-{first.epoch}-{first.first}-{last.last}-{uuid.uuid4().hex[:12]}"
         path = f"event_date={day.isoformat()}/{name}.zstd.parquet"
         frame = pl.concat([_read(storage, each.uri) for each in merge.sources])
-        size = _write(storage, f"{base}/{path}", frame)
-        actions.append(AddAction(path, size, {"event_date": day.isoformat()}, now, False, json.dumps(stats(frame))))
-        actions += [
-            RemoveAction(each.path, False, now, each.size_bytes, {"event_date": day.isoformat()})
-            for each in merge.sources
-        ]
+        written.append((merge, path, _write(storage, f"{base}/{path}", frame), json.dumps(stats(frame))))
+    now = int(time.time() * 1000)  # the removal's time: the vacuum keeps the sources for the kept period from it
+    partition: dict[str, str | None] = {"event_date": day.isoformat()}
+    actions: list[AddAction | RemoveAction] = []
+    for merge, path, size, file_stats in written:
+        actions.append(AddAction(path, size, partition, now, False, file_stats))
+        actions += [RemoveAction(each.path, False, now, each.size_bytes, partition) for each in merge.sources]
     try:
         table.create_write_transaction(
             actions,
@@ -169,8 +180,8 @@ def commit_merges(storage: Storage, tables: RawTables, table: DeltaTable, day: d
         )
     except CommitFailedError as error:
         raise CompactionRaced(
-            f"{base}: another compaction committed while this one merged {day}'s files ({error}); "
-            "its merged files are left for the next vacuum"
+            f"{base}: the table refused the commit of {day}'s merged files ({first_line(error)}): another "
+            "compaction committed meanwhile, most likely; the files written are left for the vacuum"
         ) from error
     if not storage.is_s3:
         fsync_delta_commits(Path(base), before)

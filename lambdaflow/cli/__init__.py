@@ -265,7 +265,7 @@ def stream(until_idle: bool, replay: bool, fmt: str) -> None:
 @click.option("--from", "first", metavar="YYYY-MM-DD", help="With --to: build these whole UTC days in one dbt build.")
 @click.option("--to", "last", metavar="YYYY-MM-DD", help="The last day of --from's range (inclusive).")
 @click.option("--today", is_flag=True, help="Build the complete hours of today so far (the manual DAG).")
-@click.option("--late", is_flag=True, help="Rebuild every built day that has raw files published after its build.")
+@click.option("--late", is_flag=True, help="Rebuild every built day that has raw events archived after its build.")
 @format_option
 def batch(day: str | None, first: str | None, last: str | None, today: bool, late: bool, fmt: str) -> None:
     """Run the Airflow batch DAG in process: `--date D`, `--from D1 --to D2`, `--today` or `--late`.

@@ -9,7 +9,7 @@ for them, and the `lambda_batch_late` DAG rebuilds those days.
 
 Telling late events by their Kafka coordinates, not by file names, keeps the
 answer through compaction (lambdaflow.batch.compaction), which merges a day's
-files but never one the build read with one it did not.
+files, and whatever file holds them.
 
 The build record (``batch/builds/D.json``) keeps the files the build read with
 their SHA-256 and how many rows they held, so a later build or reconciliation
