@@ -15,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from lambdaflow.batch import compaction
-from lambdaflow.batch.compaction import CompactionRaced, commit_merges, compact_events, plan
+from lambdaflow.batch.compaction import CompactionRaced, commit_merges, compact_events, plan, stats
 from lambdaflow.batch.maintenance import maintain_tables
 from lambdaflow.core.config import Settings
 from lambdaflow.core.raw_tables import RawTables, ResumePoint
@@ -83,6 +83,9 @@ def test_compaction_merges_each_partitions_small_files_and_keeps_every_row_once(
     assert {p: tables.resume_point(p) for p in (0, 1)} == resume
     actions = [each for each in last_commit(tables) if "add" in each or "remove" in each]
     assert len(actions) == 12 and all(not next(iter(each.values()))["dataChange"] for each in actions)
+    for added in (each["add"] for each in actions if "add" in each):  # statistics as of the whole file
+        with storage.open(f"{tables.events_uri}/{added['path']}") as handle:
+            assert json.loads(added["stats"]) == stats(pl.read_parquet(handle))
     assert compact_events(settings) == {"compacted_files": 0, "written_files": 0}  # nothing left to merge
 
 
