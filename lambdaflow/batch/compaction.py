@@ -53,7 +53,7 @@ from deltalake.transaction import AddAction, RemoveAction
 from lambdaflow.core.boundary import read_manifest
 from lambdaflow.core.config import Settings
 from lambdaflow.core.errors import LambdaflowError, first_line
-from lambdaflow.core.files import fsync_delta_commits, fsync_dir, fsync_file
+from lambdaflow.core.files import fsync_delta_commits, fsync_dir, write_parquet_durably
 from lambdaflow.core.late import holds_late
 from lambdaflow.core.raw_tables import FileRange, RawSnapshot, RawTables
 from lambdaflow.core.storage import Storage
@@ -194,18 +194,16 @@ def _read(storage: Storage, uri: str) -> pl.DataFrame:
 
 def _write(storage: Storage, uri: str, frame: pl.DataFrame) -> int:
     """The merged file, whole and durable before any commit names it; its size in bytes."""
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=True)
-    data = buffer.getvalue()
     if storage.is_s3:
-        storage.filesystem().pipe_file(uri, data)
-    else:
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        fsync_file(path)
-        fsync_dir(path.parent)
-    return len(data)
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="zstd", statistics=True)
+        storage.filesystem().pipe_file(uri, buffer.getvalue())
+        return buffer.getbuffer().nbytes
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_durably(frame, path)
+    fsync_dir(path.parent)
+    return path.stat().st_size
 
 
 def stats(frame: pl.DataFrame) -> dict:

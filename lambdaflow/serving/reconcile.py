@@ -34,6 +34,7 @@ from lambdaflow.core.late import late_ranges, read_by_build, require_as_built
 from lambdaflow.core.layout import reconcile_report_name
 from lambdaflow.core.metrics import Metric, defined
 from lambdaflow.core.raw_store import Manifest, RawStore
+from lambdaflow.core.raw_tables import FileRange
 from lambdaflow.core.storage import Storage
 from lambdaflow.serving.query import ServingInputs
 
@@ -68,7 +69,9 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     if entry is None:
         raise LambdaflowError(f"{day} has not been built by the batch layer yet: run `lambdaflow batch --date {day}`")
     names = [m.name for m in metrics]
-    ranges = RawStore(settings.data_dir, settings.topic, settings.storage).snapshot().file_ranges([day]).get(day, [])
+    store = RawStore(settings.data_dir, settings.topic, settings.storage)
+    snapshot = store.snapshot()  # every raw read below from this one version
+    ranges = snapshot.file_ranges([day]).get(day, [])
     require_as_built(settings, day, ranges)  # a raw file changed, or rows gone, since the build explain nothing
     published = published_files(entry, settings.data_dir)
     batch = _by_hour(_concat([_read(uri, "published batch file", settings.storage) for uri in published]), names)
@@ -84,7 +87,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
         reconcile_report_name(day),
         f"delete it: `lambdaflow reconcile --date {day.isoformat()}` writes it again",
     )
-    if previous and _dropped_by_speed_layer(settings, day, speed_rows):
+    if previous and _dropped_by_speed_layer(settings, day, speed_rows, ranges):
         return _unchecked_rebuild(settings, day, entry, batch, names, previous)
 
     # The rows the build read are those below what it covered of each partition; the rest are late.
@@ -92,7 +95,7 @@ def reconcile(settings: Settings, day: date, metrics: tuple[Metric, ...] | None 
     as_read = read_by_build(entry.get("covered"))
     on_time = [frame.filter(as_read) for frame in raw]
     late = [frame.filter(~as_read) for frame in raw]
-    archived = RawStore(settings.data_dir, settings.topic, settings.storage).manifests()
+    archived = store.manifests(snapshot)
     read = lambda chosen, seen_only: _events(chosen, positions if seen_only else None, archived)  # noqa: E731
     as_built = _metrics_by_hour(read(on_time, False), metrics)
     with_late = _metrics_by_hour(_concat([read(on_time, False), read(late, True)]), metrics)
@@ -144,19 +147,13 @@ def judged(rows: list[dict], threshold: int) -> list[dict]:
     ]
 
 
-def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame) -> bool:
+def _dropped_by_speed_layer(settings: Settings, day: date, speed_rows: pl.DataFrame, ranges: list[FileRange]) -> bool:
     """Has the speed layer dropped D? Only an old enough day can be, and then a partition with raw
-    events of D has no row of D in its snapshot."""
+    events of D (its files, ``ranges``) has no row of D in its snapshot."""
     boundary = boundary_of(read_manifest(settings.documents))
     if boundary is None or day >= speed_may_drop_before(boundary):
         return False
-    with_events = {
-        r.partition
-        for r in RawStore(settings.data_dir, settings.topic, settings.storage)
-        .snapshot()
-        .file_ranges([day])
-        .get(day, [])
-    }
+    with_events = {r.partition for r in ranges}
     counted = set(speed_rows.filter(pl.col("event_date") == day)["kafka_partition"]) if speed_rows.width else set()
     return bool(with_events - counted)
 
